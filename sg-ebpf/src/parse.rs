@@ -1,0 +1,311 @@
+//! Packet parsing: Ethernet, up to two VLAN tags, IPv4 or IPv6 (with a bounded walk of extension
+//! headers), TCP. Works on a `[start, end)` byte range so that the same code runs in the kernel
+//! (`ctx.data()..ctx.data_end()`) and in host unit tests (a slice's address range).
+//!
+//! Every read goes through [`ptr_at`], which checks the bound first: the BPF verifier rejects any
+//! packet access it cannot prove in range.
+
+use sg_common::{Addr, map_v4};
+
+/// Why a packet could not be parsed. The program passes such packets and counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The packet ends inside a header.
+    Truncated,
+    /// IPv4 version or IHL not valid (RFC 791: IHL >= 5), or IPv6 version not 6.
+    BadHeader,
+    /// More IPv6 extension headers than [`MAX_EXT_HEADERS`].
+    TooManyExtHeaders,
+}
+
+/// What the program needs to know about a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// Not TCP, or not a first fragment: nothing for slowgate to look at.
+    Other,
+    /// A TCP segment (or the first fragment of one).
+    Tcp(Tcp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    /// Source in the mapped 16-byte form.
+    pub src: Addr,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    /// A connection opening: SYN without ACK. A first fragment too short to carry the flags
+    /// counts as one (RFC 1858 "tiny fragment" attack: a real stack never sends it).
+    pub new_connection: bool,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
+/// 802.1Q and 802.1ad: a stacked (QinQ) frame carries two tags.
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// RFC 8200 section 4.1: a conforming packet has at most one of each extension header (two
+/// Destination Options), so 8 covers every conforming chain.
+pub const MAX_EXT_HEADERS: usize = 8;
+
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// A TCP header without options (RFC 9293 section 3.1); the flags are at offset 13.
+const TCP_HLEN: usize = 20;
+
+/// Headers never reach this far into a packet; the bound lets the verifier prove every
+/// variable-offset access safe.
+const MAX_OFFSET: usize = 1024;
+
+/// Returns a pointer to a `T` at `off` bytes from `start`, if it lies entirely before `end`.
+///
+/// # Safety
+/// `start..end` must be a readable byte range (the packet, or a slice in tests). The returned
+/// pointer may be unaligned: read it with `read_unaligned` or use byte arrays.
+#[inline(always)]
+unsafe fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*const T, ParseError> {
+    if off > MAX_OFFSET {
+        return Err(ParseError::Truncated);
+    }
+    if start + off + core::mem::size_of::<T>() > end {
+        return Err(ParseError::Truncated);
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+fn read<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N], ParseError> {
+    // SAFETY: ptr_at checked that N bytes at off lie inside the range; [u8; N] has alignment 1.
+    unsafe { Ok(*ptr_at::<[u8; N]>(start, end, off)?) }
+}
+
+/// Parses the packet in `start..end`.
+///
+/// # Safety
+/// `start..end` must be a readable byte range.
+#[inline(always)]
+pub unsafe fn parse(start: usize, end: usize) -> Result<Packet, ParseError> {
+    let eth: [u8; ETH_HLEN] = read(start, end, 0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; VLAN_HLEN] = read(start, end, off)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        off += VLAN_HLEN;
+    }
+    match ethertype {
+        ETH_P_IP => ipv4(start, end, off),
+        ETH_P_IPV6 => ipv6(start, end, off),
+        _ => Ok(Packet::Other),
+    }
+}
+
+/// RFC 791 section 3.1.
+#[inline(always)]
+fn ipv4(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
+    let ip: [u8; 20] = read(start, end, off)?;
+    if ip[0] >> 4 != 4 {
+        return Err(ParseError::BadHeader);
+    }
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(ParseError::BadHeader);
+    }
+    // Options must be present in full, even though we skip them.
+    if start + off + header_len > end {
+        return Err(ParseError::Truncated);
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    if frag & 0x1fff != 0 {
+        // Only the first fragment carries the TCP header.
+        return Ok(Packet::Other);
+    }
+    if ip[9] != IPPROTO_TCP {
+        return Ok(Packet::Other);
+    }
+    let src = map_v4([ip[12], ip[13], ip[14], ip[15]]);
+    tcp(start, end, off + header_len, src, more_fragments)
+}
+
+/// RFC 8200 sections 3 and 4.
+#[inline(always)]
+fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
+    let ip: [u8; 40] = read(start, end, off)?;
+    if ip[0] >> 4 != 6 {
+        return Err(ParseError::BadHeader);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let mut next = ip[6];
+    let mut off = off + 40;
+    let mut fragmented = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP => return tcp(start, end, off, src, fragmented),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                // Hdr Ext Len is in 8-octet units, not counting the first 8 octets.
+                let ext: [u8; 2] = read(start, end, off)?;
+                next = ext[0];
+                off += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                // RFC 4302 section 2.2: Payload Len is in 4-octet units, minus 2.
+                let ext: [u8; 2] = read(start, end, off)?;
+                next = ext[0];
+                off += (usize::from(ext[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let ext: [u8; 8] = read(start, end, off)?;
+                next = ext[0];
+                let frag = u16::from_be_bytes([ext[2], ext[3]]);
+                if frag >> 3 != 0 {
+                    return Ok(Packet::Other);
+                }
+                fragmented = true;
+                off += 8;
+            }
+            _ => return Ok(Packet::Other),
+        }
+    }
+    if next == IPPROTO_TCP {
+        return tcp(start, end, off, src, fragmented);
+    }
+    match next {
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
+            Err(ParseError::TooManyExtHeaders)
+        }
+        _ => Ok(Packet::Other),
+    }
+}
+
+/// RFC 9293 section 3.1.
+#[inline(always)]
+fn tcp(
+    start: usize,
+    end: usize,
+    off: usize,
+    src: Addr,
+    fragment: bool,
+) -> Result<Packet, ParseError> {
+    let ports: [u8; 4] = read(start, end, off)?;
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let new_connection = match read::<TCP_HLEN>(start, end, off) {
+        Ok(head) => head[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        Err(_) if fragment => true,
+        Err(e) => return Err(e),
+    };
+    Ok(Packet::Tcp(Tcp {
+        src,
+        dport,
+        new_connection,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_bytes(pkt: &[u8]) -> Result<Packet, ParseError> {
+        let start = pkt.as_ptr() as usize;
+        unsafe { parse(start, start + pkt.len()) }
+    }
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&ethertype.to_be_bytes());
+        p
+    }
+
+    fn tcp_header(dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t
+    }
+
+    fn ipv4_syn(dport: u16) -> Vec<u8> {
+        let mut p = eth(ETH_P_IP);
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = IPPROTO_TCP;
+        ip[12..16].copy_from_slice(&[203, 0, 113, 9]);
+        p.extend_from_slice(&ip);
+        p.extend_from_slice(&tcp_header(dport, TCP_FLAG_SYN));
+        p
+    }
+
+    #[test]
+    fn ipv4_syn_is_a_new_connection_from_its_mapped_source() {
+        let got = parse_bytes(&ipv4_syn(25)).unwrap();
+        assert_eq!(
+            got,
+            Packet::Tcp(Tcp {
+                src: map_v4([203, 0, 113, 9]),
+                dport: 25,
+                new_connection: true
+            })
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_an_ipv4_syn_is_an_error_not_a_verdict() {
+        let pkt = ipv4_syn(25);
+        for len in 0..pkt.len() {
+            assert_eq!(
+                parse_bytes(&pkt[..len]),
+                Err(ParseError::Truncated),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn syn_ack_is_not_a_new_connection() {
+        let mut pkt = ipv4_syn(25);
+        let flags = pkt.len() - 7;
+        pkt[flags] = TCP_FLAG_SYN | TCP_FLAG_ACK;
+        assert!(matches!(
+            parse_bytes(&pkt),
+            Ok(Packet::Tcp(Tcp {
+                new_connection: false,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn ihl_below_five_is_a_bad_header() {
+        let mut pkt = ipv4_syn(25);
+        pkt[14] = 0x44;
+        assert_eq!(parse_bytes(&pkt), Err(ParseError::BadHeader));
+    }
+
+    #[test]
+    fn ipv6_chain_longer_than_the_bound_is_an_error() {
+        let mut p = eth(ETH_P_IPV6);
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[6] = IPPROTO_DSTOPTS;
+        p.extend_from_slice(&ip);
+        for _ in 0..MAX_EXT_HEADERS {
+            p.extend_from_slice(&[IPPROTO_DSTOPTS, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        p.extend_from_slice(&tcp_header(25, TCP_FLAG_SYN));
+        assert_eq!(parse_bytes(&p), Err(ParseError::TooManyExtHeaders));
+    }
+}

@@ -1,0 +1,379 @@
+//! The command line: definitions (clap) and the commands that work on the pinned maps.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use sg_common::{V4_MAPPED_BITS, counter, reason, service};
+
+use crate::{
+    config::{self, Config, Limit, check_burst},
+    kernel::{self, Entry, ListKind, Maps},
+    units::{Network, Rate, format_duration, parse_duration},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slowgate",
+    version,
+    about = "Slows abusive mail senders at the NIC (XDP)"
+)]
+pub struct Cli {
+    /// Where the daemon pins its maps (default: the config's pin_dir, else /sys/fs/bpf/slowgate).
+    #[arg(long, global = true, env = "SLOWGATE_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Config file, read for pin_dir when --pin-dir is not given.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the XDP program and run the daemon (stays in the foreground).
+    Run,
+    /// Check a config file without touching the kernel.
+    CheckConfig,
+    /// Detach the program and remove every pin: enforcement stops.
+    Detach,
+    /// Sources that always pass (beats deny and limits).
+    #[command(subcommand)]
+    Allow(ListCommand),
+    /// Sources whose new connections are always dropped.
+    #[command(subcommand)]
+    Deny(ListCommand),
+    /// Connection-rate limits for one address or one prefix.
+    #[command(subcommand)]
+    Limit(LimitCommand),
+    /// Attached interfaces, counters, map fill.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCommand {
+    /// Add an address or network (CIDR).
+    Add {
+        network: String,
+        /// Expire after this long (90s, 1h, 7d); default never.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Remove an address or network, exactly as added.
+    Del { network: String },
+    /// Show the entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitCommand {
+    /// Limit new connections of one address, or of a whole prefix (IPv4 /24, IPv6 /64 by default).
+    Set(LimitSet),
+    /// Remove a limit.
+    Del { network: String },
+    /// Show the limits.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LimitSet {
+    pub network: String,
+    /// Sustained rate: 1/s, 30/min, 100/h.
+    #[arg(long, required_unless_present = "block", conflicts_with = "block")]
+    pub rate: Option<String>,
+    /// Connections allowed at once.
+    #[arg(long, required_unless_present = "block", conflicts_with = "block")]
+    pub burst: Option<u32>,
+    /// Drop every new connection instead.
+    #[arg(long)]
+    pub block: bool,
+    /// Expire after this long (90s, 1h, 7d); default never.
+    #[arg(long)]
+    pub ttl: Option<String>,
+}
+
+impl Cli {
+    /// The pin directory: --pin-dir, else the config's, else the default.
+    pub fn pin_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.pin_dir {
+            return Ok(dir.clone());
+        }
+        if let Some(path) = &self.config {
+            return Ok(Config::load(path)?.pin_dir);
+        }
+        Ok(config::DEFAULT_PIN_DIR.into())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_CONFIG_PATH.into())
+    }
+}
+
+/// Runs a command; the result is what the process prints.
+pub fn execute(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run => {
+            let mut config = Config::load(&cli.config_path())?;
+            if let Some(dir) = &cli.pin_dir {
+                config.pin_dir = dir.clone();
+            }
+            crate::daemon::run(&config)
+        }
+        Command::CheckConfig => {
+            let path = cli.config_path();
+            Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::Detach => {
+            let dir = cli.pin_dir()?;
+            let removed = kernel::detach(&dir)?;
+            println!(
+                "detached: removed {} pins under {}",
+                removed.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Allow(cmd) => list_command(cli, ListKind::Allow, cmd),
+        Command::Deny(cmd) => list_command(cli, ListKind::Deny, cmd),
+        Command::Limit(cmd) => limit_command(cli, cmd),
+        Command::Status { json } => status(cli, *json),
+    }
+}
+
+fn ttl(text: &Option<String>) -> anyhow::Result<Option<Duration>> {
+    text.as_deref()
+        .map(|t| parse_duration(t).context("--ttl"))
+        .transpose()
+}
+
+fn network(text: &str) -> anyhow::Result<Network> {
+    Ok(text.parse::<Network>()?)
+}
+
+fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyhow::Result<()> {
+    match cmd {
+        ListCommand::Add { network: n, ttl: t } => {
+            let (net, ttl) = (network(n)?, ttl(t)?);
+            Maps::open_pinned(&cli.pin_dir()?)?.list_add(kind, net, ttl)?;
+            println!("{} {net}{}", kind.name(), ttl_note(ttl));
+        }
+        ListCommand::Del { network: n } => {
+            let net = network(n)?;
+            if !Maps::open_pinned(&cli.pin_dir()?)?.list_del(kind, net)? {
+                anyhow::bail!("{net} is not on the {} list", kind.name());
+            }
+            println!("removed {net} from the {} list", kind.name());
+        }
+        ListCommand::List { json } => {
+            let entries = Maps::open_pinned(&cli.pin_dir()?)?.list_entries(kind)?;
+            print_entries(&entries, *json, |_| String::new());
+        }
+    }
+    Ok(())
+}
+
+fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
+    match cmd {
+        LimitCommand::Set(set) => {
+            let net = network(&set.network)?;
+            let limit = match (&set.rate, set.burst) {
+                (Some(rate), Some(burst)) => {
+                    check_burst("--burst", burst)?;
+                    Limit::Rate {
+                        rate: rate.parse::<Rate>().context("--rate")?,
+                        burst,
+                    }
+                }
+                _ => Limit::Block,
+            };
+            let ttl = ttl(&set.ttl)?;
+            Maps::open_pinned(&cli.pin_dir()?)?.limit_set(net, limit, ttl)?;
+            println!("limit {net}: {}{}", describe(&limit), ttl_note(ttl));
+        }
+        LimitCommand::Del { network: n } => {
+            let net = network(n)?;
+            if !Maps::open_pinned(&cli.pin_dir()?)?.limit_del(net)? {
+                anyhow::bail!("{net} has no limit");
+            }
+            println!("removed the limit of {net}");
+        }
+        LimitCommand::List { json } => {
+            let entries = Maps::open_pinned(&cli.pin_dir()?)?.limit_entries()?;
+            print_entries(&entries, *json, describe);
+        }
+    }
+    Ok(())
+}
+
+fn describe(limit: &Limit) -> String {
+    match limit {
+        Limit::Block => "block".into(),
+        Limit::Rate { rate, burst } => format!("{rate} burst {burst}"),
+    }
+}
+
+fn ttl_note(ttl: Option<Duration>) -> String {
+    ttl.map(|t| format!(" for {}", format_duration(t)))
+        .unwrap_or_default()
+}
+
+fn print_entries<T>(entries: &[Entry<T>], json: bool, what: impl Fn(&T) -> String) {
+    if json {
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "network": e.network.to_string(),
+                    "limit": what(&e.value),
+                    "expires_in_seconds": e.remaining.map(|d| d.as_secs()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    for e in entries {
+        let expires = e
+            .remaining
+            .map(|d| format!("expires in {}", format_duration(d)))
+            .unwrap_or_else(|| "permanent".into());
+        println!(
+            "{:<45} {:<24} {expires}",
+            e.network.to_string(),
+            what(&e.value)
+        );
+    }
+}
+
+fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let dir = cli.pin_dir()?;
+    let maps = Maps::open_pinned(&dir)?;
+    let config = maps.read_config()?;
+    let counters = maps.counters()?;
+    let attachments = maps.attachments()?;
+    let ports = maps.protected_ports()?;
+    let fill = maps.fill();
+    let interfaces: Vec<(String, &str)> = attachments
+        .iter()
+        .map(|a| {
+            let end = a.name.iter().position(|&b| b == 0).unwrap_or(16);
+            (
+                String::from_utf8_lossy(&a.name[..end]).into_owned(),
+                sg_common::mode::NAMES
+                    .get(a.mode as usize)
+                    .copied()
+                    .unwrap_or("?"),
+            )
+        })
+        .collect();
+    let mut named: Vec<(String, u64)> = vec![
+        ("packets".into(), counters[counter::PACKETS as usize]),
+        ("passed".into(), counters[counter::PASSED as usize]),
+        ("dropped".into(), counters[counter::DROPPED as usize]),
+        (
+            "parse_errors".into(),
+            counters[counter::PARSE_ERROR as usize],
+        ),
+        (
+            "new_connections".into(),
+            counters[counter::NEW_CONN as usize],
+        ),
+        (
+            "allowed_by_list".into(),
+            counters[counter::ALLOWED as usize],
+        ),
+        (
+            "ceiling_insert_failed".into(),
+            counters[counter::CEILING_INSERT_FAILED as usize],
+        ),
+        (
+            "drop_events_lost".into(),
+            counters[counter::EVENTS_LOST as usize],
+        ),
+    ];
+    for (i, name) in reason::NAMES.iter().enumerate() {
+        named.push((
+            format!("dropped_{name}"),
+            counters[counter::DROP_REASON as usize + i],
+        ));
+    }
+    for (i, name) in service::NAMES.iter().enumerate().skip(1) {
+        named.push((
+            format!("new_connections_{name}"),
+            counters[counter::SERVICE_NEW_CONN as usize + i],
+        ));
+        named.push((
+            format!("dropped_{name}"),
+            counters[counter::SERVICE_DROPPED as usize + i],
+        ));
+    }
+    let ceiling = |b: sg_common::Bucket| {
+        if b.interval_ns == 0 {
+            "off".to_string()
+        } else {
+            let rate = Rate {
+                interval: Duration::from_nanos(b.interval_ns),
+            };
+            format!("{rate} burst {}", b.burst)
+        }
+    };
+    if json {
+        let value = json!({
+            "pin_dir": dir,
+            "interfaces": interfaces.iter().map(|(n, m)| json!({"name": n, "mode": m})).collect::<Vec<_>>(),
+            "ports": ports.iter().map(|(p, s)| json!({"port": p, "service": service::NAMES[*s as usize]})).collect::<Vec<_>>(),
+            "prefix_ipv4": config.prefix_len_v4.saturating_sub(V4_MAPPED_BITS),
+            "prefix_ipv6": config.prefix_len_v6,
+            "ceiling_source": ceiling(config.source_ceiling),
+            "ceiling_prefix": ceiling(config.prefix_ceiling),
+            "counters": named.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "maps": fill.iter().map(|(n, used, max)| json!({"name": n, "entries": used, "capacity": max})).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("pins:        {}", dir.display());
+    let ifaces: Vec<String> = interfaces
+        .iter()
+        .map(|(n, m)| format!("{n} ({m})"))
+        .collect();
+    println!("interfaces:  {}", ifaces.join(", "));
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(p, s)| format!("{p}/{}", service::NAMES[*s as usize]))
+        .collect();
+    println!("ports:       {}", ports.join(" "));
+    println!(
+        "prefixes:    IPv4 /{}, IPv6 /{}",
+        config.prefix_len_v4.saturating_sub(V4_MAPPED_BITS),
+        config.prefix_len_v6
+    );
+    println!(
+        "ceilings:    per source {}, per prefix {}",
+        ceiling(config.source_ceiling),
+        ceiling(config.prefix_ceiling)
+    );
+    println!("counters:");
+    for (name, value) in &named {
+        println!("  {name:<28} {value}");
+    }
+    println!("maps:");
+    for (name, used, max) in fill {
+        println!("  {name:<12} {used:>9} / {max}");
+    }
+    Ok(())
+}

@@ -1,0 +1,484 @@
+//! The config file: raw serde structs (`RawConfig`, defaults in one place) turned by
+//! [`Config::load`] into validated runtime settings. Errors name the file, the line and the key.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use sg_common::{Bucket, service};
+
+use crate::units::{Network, Rate, parse_duration};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/slowgate/slowgate.toml";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/slowgate";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Vec<String>,
+    #[serde(default = "default_attach_mode")]
+    attach_mode: String,
+    #[serde(default = "default_pin_dir")]
+    pin_dir: PathBuf,
+    #[serde(default)]
+    ports: RawPorts,
+    #[serde(default)]
+    prefix: RawPrefix,
+    #[serde(default)]
+    ceiling: RawCeiling,
+    #[serde(default)]
+    enforcement: RawEnforcement,
+    #[serde(default)]
+    capacity: RawCapacity,
+    #[serde(default)]
+    lists: RawLists,
+}
+
+fn default_attach_mode() -> String {
+    "auto".into()
+}
+
+fn default_pin_dir() -> PathBuf {
+    DEFAULT_PIN_DIR.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPorts {
+    smtp: Vec<u16>,
+    submission: Vec<u16>,
+    pop3: Vec<u16>,
+    imap: Vec<u16>,
+}
+
+impl Default for RawPorts {
+    fn default() -> Self {
+        RawPorts {
+            smtp: vec![25],
+            submission: vec![465, 587],
+            pop3: vec![110, 995],
+            imap: vec![143, 993],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefix {
+    ipv4: u8,
+    ipv6: u8,
+}
+
+impl Default for RawPrefix {
+    fn default() -> Self {
+        RawPrefix { ipv4: 24, ipv6: 64 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBucket {
+    rate: String,
+    burst: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCeiling {
+    source: Option<RawBucket>,
+    prefix: Option<RawBucket>,
+}
+
+impl Default for RawCeiling {
+    fn default() -> Self {
+        RawCeiling {
+            source: Some(RawBucket {
+                rate: "5/s".into(),
+                burst: 20,
+            }),
+            prefix: Some(RawBucket {
+                rate: "20/s".into(),
+                burst: 60,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnforcement {
+    #[serde(default)]
+    drop_established_from_blocked: bool,
+    #[serde(default = "default_event_sample")]
+    drop_event_sample: u32,
+    #[serde(default = "default_sweep")]
+    sweep_interval: String,
+}
+
+fn default_event_sample() -> u32 {
+    16
+}
+
+fn default_sweep() -> String {
+    "30s".into()
+}
+
+impl Default for RawEnforcement {
+    fn default() -> Self {
+        RawEnforcement {
+            drop_established_from_blocked: false,
+            drop_event_sample: default_event_sample(),
+            sweep_interval: default_sweep(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapacity {
+    lists: u32,
+    policies: u32,
+    sources: u32,
+    prefixes: u32,
+}
+
+impl Default for RawCapacity {
+    fn default() -> Self {
+        use sg_common::capacity;
+        RawCapacity {
+            lists: capacity::LIST,
+            policies: capacity::POLICY,
+            sources: capacity::CEIL_SRC,
+            prefixes: capacity::CEIL_PFX,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLists {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    limit: Vec<RawLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    network: String,
+    rate: Option<String>,
+    burst: Option<u32>,
+    #[serde(default)]
+    block: bool,
+}
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode where the driver supports it, else generic (skb) mode.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// A limit as the kernel applies it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Limit {
+    Rate { rate: Rate, burst: u32 },
+    Block,
+}
+
+/// Validated runtime settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interfaces: Vec<String>,
+    pub attach_mode: AttachMode,
+    pub pin_dir: PathBuf,
+    /// Destination port -> service.
+    pub ports: BTreeMap<u16, u8>,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub source_ceiling: Option<(Rate, u32)>,
+    pub prefix_ceiling: Option<(Rate, u32)>,
+    pub drop_established_from_blocked: bool,
+    pub drop_event_sample: u32,
+    pub sweep_interval: Duration,
+    pub capacity: Capacity,
+    pub allow: Vec<Network>,
+    pub deny: Vec<Network>,
+    pub limits: Vec<(Network, Limit)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub lists: u32,
+    pub policies: u32,
+    pub sources: u32,
+    pub prefixes: u32,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as the contents of `path` (named in every error).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(":{line}")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
+        })?;
+        validate(raw, path).with_context(|| format!("{}", path.display()))
+    }
+
+    /// The kernel's view of the ceilings and prefixes.
+    pub fn kernel_config(&self) -> sg_common::Config {
+        let bucket = |c: Option<(Rate, u32)>| match c {
+            Some((rate, burst)) => Bucket {
+                interval_ns: rate.interval.as_nanos() as u64,
+                burst: u64::from(burst),
+            },
+            None => Bucket::default(),
+        };
+        let v4_len = sg_common::V4_MAPPED_BITS + u32::from(self.prefix_v4);
+        let v6_len = u32::from(self.prefix_v6);
+        sg_common::Config {
+            source_ceiling: bucket(self.source_ceiling),
+            prefix_ceiling: bucket(self.prefix_ceiling),
+            prefix_mask_v4: sg_common::prefix_mask(v4_len),
+            prefix_mask_v6: sg_common::prefix_mask(v6_len),
+            prefix_len_v4: v4_len,
+            prefix_len_v6: v6_len,
+            flags: if self.drop_established_from_blocked {
+                sg_common::flag::DROP_ESTABLISHED_FROM_BLOCKED
+            } else {
+                0
+            },
+            event_sample: self.drop_event_sample,
+        }
+    }
+}
+
+fn validate(raw: RawConfig, _path: &Path) -> anyhow::Result<Config> {
+    if raw.interfaces.is_empty() {
+        bail!("key `interfaces`: name at least one interface to protect, like [\"eth0\"]");
+    }
+    for name in &raw.interfaces {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            bail!("key `interfaces`: `{name}` is not an interface name");
+        }
+    }
+    let attach_mode = match raw.attach_mode.as_str() {
+        "auto" => AttachMode::Auto,
+        "native" => AttachMode::Native,
+        "skb" => AttachMode::Skb,
+        other => bail!("key `attach_mode`: `{other}` is not one of auto, native, skb"),
+    };
+    let mut ports = BTreeMap::new();
+    for (name, list, svc) in [
+        ("smtp", &raw.ports.smtp, service::SMTP),
+        ("submission", &raw.ports.submission, service::SUBMISSION),
+        ("pop3", &raw.ports.pop3, service::POP3),
+        ("imap", &raw.ports.imap, service::IMAP),
+    ] {
+        for &port in list {
+            if port == 0 {
+                bail!("key `ports.{name}`: port 0 is not a port");
+            }
+            if let Some(prev) = ports.insert(port, svc) {
+                bail!(
+                    "key `ports.{name}`: port {port} is already listed under `ports.{}`",
+                    service::NAMES[prev as usize]
+                );
+            }
+        }
+    }
+    if !(8..=32).contains(&raw.prefix.ipv4) {
+        bail!(
+            "key `prefix.ipv4`: {} is not a prefix length between 8 and 32",
+            raw.prefix.ipv4
+        );
+    }
+    if !(16..=128).contains(&raw.prefix.ipv6) {
+        bail!(
+            "key `prefix.ipv6`: {} is not a prefix length between 16 and 128",
+            raw.prefix.ipv6
+        );
+    }
+    let bucket = |key: &str, b: Option<RawBucket>| -> anyhow::Result<Option<(Rate, u32)>> {
+        match b {
+            None => Ok(None),
+            Some(b) => {
+                let rate: Rate = b
+                    .rate
+                    .parse()
+                    .with_context(|| format!("key `{key}.rate`"))?;
+                check_burst(&format!("{key}.burst"), b.burst)?;
+                Ok(Some((rate, b.burst)))
+            }
+        }
+    };
+    let source_ceiling = bucket("ceiling.source", raw.ceiling.source)?;
+    let prefix_ceiling = bucket("ceiling.prefix", raw.ceiling.prefix)?;
+    let sweep_interval = parse_duration(&raw.enforcement.sweep_interval)
+        .context("key `enforcement.sweep_interval`")?;
+    let c = raw.capacity;
+    for (key, value) in [
+        ("capacity.lists", c.lists),
+        ("capacity.policies", c.policies),
+        ("capacity.sources", c.sources),
+        ("capacity.prefixes", c.prefixes),
+    ] {
+        if !(16..=16_777_216).contains(&value) {
+            bail!("key `{key}`: {value} is outside 16..=16777216");
+        }
+    }
+    let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
+        list.iter()
+            .map(|n| n.parse::<Network>().with_context(|| format!("key `{key}`")))
+            .collect()
+    };
+    let allow = networks("lists.allow", &raw.lists.allow)?;
+    let deny = networks("lists.deny", &raw.lists.deny)?;
+    let mut limits = Vec::new();
+    for l in raw.lists.limit {
+        let net: Network = l.network.parse().context("key `lists.limit.network`")?;
+        let limit = match (l.block, l.rate, l.burst) {
+            (true, None, None) => Limit::Block,
+            (false, Some(rate), Some(burst)) => {
+                check_burst("lists.limit.burst", burst)?;
+                Limit::Rate {
+                    rate: rate.parse().context("key `lists.limit.rate`")?,
+                    burst,
+                }
+            }
+            _ => bail!(
+                "key `lists.limit` for {net}: give either `rate` and `burst`, or `block = true`"
+            ),
+        };
+        limits.push((net, limit));
+    }
+    Ok(Config {
+        path: _path.to_path_buf(),
+        interfaces: raw.interfaces,
+        attach_mode,
+        pin_dir: raw.pin_dir,
+        ports,
+        prefix_v4: raw.prefix.ipv4,
+        prefix_v6: raw.prefix.ipv6,
+        source_ceiling,
+        prefix_ceiling,
+        drop_established_from_blocked: raw.enforcement.drop_established_from_blocked,
+        drop_event_sample: raw.enforcement.drop_event_sample,
+        sweep_interval,
+        capacity: Capacity {
+            lists: c.lists,
+            policies: c.policies,
+            sources: c.sources,
+            prefixes: c.prefixes,
+        },
+        allow,
+        deny,
+        limits,
+    })
+}
+
+/// The kernel clamps bursts to 65535 (sg-ebpf bucket.rs); refuse what it would change.
+pub fn check_burst(key: &str, burst: u32) -> anyhow::Result<()> {
+    if !(1..=65_535).contains(&burst) {
+        bail!("key `{key}`: burst {burst} is outside 1..=65535");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, Path::new("/etc/slowgate/test.toml"))
+    }
+
+    #[test]
+    fn the_shipped_default_config_is_accepted() {
+        let text = include_str!("../../config/slowgate.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.interfaces, ["eth0"]);
+        assert_eq!(c.ports.len(), 7);
+        assert_eq!(c.ports[&587], service::SUBMISSION);
+    }
+
+    #[test]
+    fn one_line_config_gets_the_defaults() {
+        let c = parse("interfaces = [\"eth0\"]").unwrap();
+        assert_eq!(c.attach_mode, AttachMode::Auto);
+        assert_eq!(c.prefix_v4, 24);
+        assert_eq!(c.prefix_v6, 64);
+        assert!(c.source_ceiling.is_some());
+        let k = c.kernel_config();
+        assert_eq!(k.prefix_len_v4, 120);
+        assert_eq!(k.source_ceiling.interval_ns, 200_000_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_file_line_and_key() {
+        let err = parse("interfaces = [\"eth0\"]\n\n[ports]\nsmpt = [25]\n").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("/etc/slowgate/test.toml:4"), "{msg}");
+        assert!(msg.contains("smpt"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("attach_mode = \"turbo\"", "attach_mode"),
+            (
+                "[ceiling.source]\nrate = \"fast\"\nburst = 3",
+                "ceiling.source.rate",
+            ),
+            (
+                "[ceiling.source]\nrate = \"1/s\"\nburst = 0",
+                "ceiling.source.burst",
+            ),
+            ("[prefix]\nipv4 = 40\nipv6 = 64", "prefix.ipv4"),
+            ("[lists]\ndeny = [\"300.1.1.1\"]", "lists.deny"),
+            (
+                "[lists]\nlimit = [{ network = \"203.0.113.0/24\" }]",
+                "lists.limit",
+            ),
+            (
+                "[ports]\nsmtp = [25]\nsubmission = [25]\npop3 = []\nimap = []",
+                "ports.submission",
+            ),
+        ];
+        for (body, key) in cases {
+            let text = format!("interfaces = [\"eth0\"]\n{body}\n");
+            let msg = format!("{:#}", parse(&text).unwrap_err());
+            assert!(msg.contains(key), "{key}: {msg}");
+            assert!(msg.contains("test.toml"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn missing_interfaces_is_an_error() {
+        assert!(parse("attach_mode = \"skb\"").is_err());
+        assert!(parse("interfaces = []").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! `slowgate run`: load and attach the program, apply the config, keep the maps tidy, and log
+//! sampled drops. Stopping the daemon leaves the pinned program enforcing.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sg_common::{Attachment, reason, service};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Config,
+    kernel::{self, ListKind, Maps},
+};
+
+/// How often the drop-event ring buffer is drained.
+const EVENT_POLL: Duration = Duration::from_millis(200);
+
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: &Config) -> anyhow::Result<()> {
+    let pin_dir = &config.pin_dir;
+    kernel::ensure_bpffs(pin_dir)?;
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("create {}", pin_dir.display()))?;
+
+    let mut ebpf = kernel::load(&config.capacity, Some(pin_dir))?;
+    let mut maps = Maps::from_ebpf(&mut ebpf)?;
+    let mut events = kernel::drop_events(&mut ebpf)?;
+    maps.write_config(&config.kernel_config())?;
+    maps.write_ports(&config.ports)?;
+
+    let previous = maps.attachments().unwrap_or_default();
+    let mut attached = Vec::new();
+    for iface in &config.interfaces {
+        let ifindex = ifindex(iface)?;
+        let mode = match kernel::attach(&mut ebpf, iface, config.attach_mode, pin_dir)? {
+            Some(mode) => mode,
+            None => {
+                eprintln!("slowgate: {iface}: re-using the program already attached");
+                previous
+                    .iter()
+                    .find(|a| a.ifindex == ifindex)
+                    .map_or(sg_common::mode::NONE, |a| a.mode)
+            }
+        };
+        let mut name = [0u8; 16];
+        name[..iface.len()].copy_from_slice(iface.as_bytes());
+        attached.push(Attachment {
+            ifindex,
+            mode,
+            name,
+        });
+        eprintln!(
+            "slowgate: protecting {iface} ({} XDP)",
+            sg_common::mode::NAMES[mode as usize]
+        );
+    }
+    maps.record_attachments(&attached)?;
+    apply_lists(&mut maps, config)?;
+    eprintln!(
+        "slowgate: ready; {} allow, {} deny, {} limit entries from {}; pins under {}",
+        config.allow.len(),
+        config.deny.len(),
+        config.limits.len(),
+        config.path.display(),
+        pin_dir.display()
+    );
+
+    let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    let mut sweep = tokio::time::interval(config.sweep_interval);
+    let mut poll = tokio::time::interval(EVENT_POLL);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = sweep.tick() => match maps.sweep() {
+                Ok(0) => {}
+                Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
+                Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
+            },
+            _ = poll.tick() => {
+                while let Some(item) = events.next() {
+                    if let Some(e) = kernel::parse_drop_event(&item) {
+                        log_drop(&e);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
+    );
+    Ok(())
+}
+
+/// Puts the config's lists into the kernel. Entries added with the CLI stay.
+fn apply_lists(maps: &mut Maps, config: &Config) -> anyhow::Result<()> {
+    for net in &config.allow {
+        maps.list_add(ListKind::Allow, *net, None)?;
+    }
+    for net in &config.deny {
+        maps.list_add(ListKind::Deny, *net, None)?;
+    }
+    for (net, limit) in &config.limits {
+        maps.limit_set(*net, *limit, None)
+            .with_context(|| format!("{}: key `lists.limit`", config.path.display()))?;
+    }
+    Ok(())
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        anyhow::bail!("interface {iface} does not exist (see `interfaces` in the config)");
+    }
+    Ok(index)
+}
+
+fn log_drop(e: &sg_common::DropEvent) {
+    let addr = crate::units::Network {
+        addr: e.addr,
+        prefix_len: 128,
+    }
+    .to_ipnet()
+    .addr();
+    let why = reason::NAMES.get(e.reason as usize).unwrap_or(&"unknown");
+    let svc = service::NAMES.get(e.service as usize).unwrap_or(&"unknown");
+    eprintln!(
+        "slowgate: dropped new connection from {addr} to {svc} (port {}): {why}",
+        e.port
+    );
+}

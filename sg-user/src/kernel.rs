@@ -1,0 +1,586 @@
+//! The enforcer's side of the kernel boundary: loading and attaching the XDP program, pinning,
+//! and reading and writing its maps. Knows nothing about log formats or points.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use sg_common::{
+    Addr, Attachment, Config as KernelConfig, ListEntry, Policy, PolicyKey, action, capacity,
+    counter, map_name, mode,
+};
+
+use crate::{
+    config::{AttachMode, Capacity, Limit},
+    units::{Network, Rate},
+};
+
+/// The XDP program, built by build.rs and embedded so that the binary is all an operator installs.
+pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));
+
+/// The throttle program's name in the object.
+pub const PROGRAM: &str = "slowgate";
+/// An empty XDP program in the same object, the baseline of `cargo xtask bench xdp`.
+pub const EMPTY_PROGRAM: &str = "sg_empty";
+
+/// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the
+/// running program uses.
+const PINNED_MAPS: [&str; 10] = [
+    map_name::DROP_EVENTS,
+    map_name::CONFIG,
+    map_name::PORTS,
+    map_name::ALLOW,
+    map_name::DENY,
+    map_name::POLICY,
+    map_name::CEIL_SRC,
+    map_name::CEIL_PFX,
+    map_name::COUNTERS,
+    map_name::ATTACHMENTS,
+];
+
+/// CLOCK_BOOTTIME, the kernel's `bpf_ktime_get_boot_ns`: expiry times are in this clock.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Expiry time for a time-to-live; 0 (never) without one.
+pub fn expiry(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| boot_time_ns() + t.as_nanos() as u64)
+}
+
+/// Mounts bpffs on /sys/fs/bpf when it is not mounted (some systems do not mount it).
+pub fn ensure_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) || is_bpffs(root) {
+        return Ok(());
+    }
+    let src = CString::new("bpf").unwrap();
+    let target = CString::new("/sys/fs/bpf").unwrap();
+    // SAFETY: valid C strings; mount(2) with no data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mount bpffs on /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Loads the embedded object with the configured capacities. With `pin_dir`, maps already pinned
+/// there are re-used (a restart keeps every list, limit and bucket) and new ones are pinned.
+pub fn load(capacity: &Capacity, pin_dir: Option<&Path>) -> anyhow::Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(map_name::ALLOW, capacity.lists)
+        .map_max_entries(map_name::DENY, capacity.lists)
+        .map_max_entries(map_name::POLICY, capacity.policies)
+        .map_max_entries(map_name::CEIL_SRC, capacity.sources)
+        .map_max_entries(map_name::CEIL_PFX, capacity.prefixes);
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
+        None => Vec::new(),
+    };
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
+        .load(EBPF_OBJECT)
+        .context("load the XDP program (is this root, on Linux >= 5.12 with BTF?)")
+}
+
+/// The default capacities (sg_common::capacity), for tests and tools.
+pub fn default_capacity() -> Capacity {
+    Capacity {
+        lists: capacity::LIST,
+        policies: capacity::POLICY,
+        sources: capacity::CEIL_SRC,
+        prefixes: capacity::CEIL_PFX,
+    }
+}
+
+fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("link_{iface}"))
+}
+
+/// Attaches the throttle to `iface` and pins the link, unless a pinned link is already there
+/// (a restart: the program attached earlier keeps running, sharing the re-used maps, so
+/// enforcement never pauses). Returns the mode it attached in, None when it re-used a link.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    wanted: AttachMode,
+    pin_dir: &Path,
+) -> anyhow::Result<Option<u32>> {
+    let pin = link_pin(pin_dir, iface);
+    if pin.exists() {
+        PinnedLink::from_pin(&pin)
+            .with_context(|| format!("open pinned link {}", pin.display()))?;
+        return Ok(None);
+    }
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .context("the object has no slowgate program")?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().context("verify and load the XDP program")?;
+    }
+    let (link_id, recorded) = match wanted {
+        AttachMode::Native => (program.attach(iface, XdpMode::Driver), mode::NATIVE),
+        AttachMode::Skb => (program.attach(iface, XdpMode::Skb), mode::SKB),
+        AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => (Ok(id), mode::NATIVE),
+            Err(_) => (program.attach(iface, XdpMode::Skb), mode::SKB),
+        },
+    };
+    let link_id = link_id.with_context(|| format!("attach XDP to {iface}"))?;
+    let link = program.take_link(link_id)?;
+    let fd_link: FdLink = link
+        .try_into()
+        .with_context(|| format!("XDP on {iface} is not a bpf_link (kernel too old?)"))?;
+    fd_link
+        .pin(&pin)
+        .with_context(|| format!("pin the XDP link of {iface} at {}", pin.display()))?;
+    Ok(Some(recorded))
+}
+
+/// Removes every link and map pinned under `pin_dir`: the program stops, the maps go.
+pub fn detach(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+    if !pin_dir.exists() {
+        bail!("nothing to detach: {} does not exist", pin_dir.display());
+    }
+    let mut removed = Vec::new();
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("read {}", pin_dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        std::fs::remove_file(entry.path())
+            .with_context(|| format!("remove pin {}", entry.path().display()))?;
+        removed.push(name);
+    }
+    std::fs::remove_dir(pin_dir).with_context(|| format!("remove {}", pin_dir.display()))?;
+    removed.sort();
+    Ok(removed)
+}
+
+/// Which manual list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Deny,
+}
+
+impl ListKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListKind::Allow => "allow",
+            ListKind::Deny => "deny",
+        }
+    }
+}
+
+/// A list or limit entry read back from the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry<T> {
+    pub network: Network,
+    pub value: T,
+    /// Time left before the kernel ignores it; None = never expires.
+    pub remaining: Option<Duration>,
+}
+
+/// The program's maps, typed.
+pub struct Maps {
+    pub config: Array<MapData, KernelConfig>,
+    pub ports: Array<MapData, u8>,
+    pub allow: LpmTrie<MapData, Addr, ListEntry>,
+    pub deny: LpmTrie<MapData, Addr, ListEntry>,
+    pub policy: HashMap<MapData, PolicyKey, Policy>,
+    pub ceil_src: HashMap<MapData, Addr, u64>,
+    pub ceil_pfx: HashMap<MapData, Addr, u64>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub attachments: Array<MapData, Attachment>,
+    /// max_entries of each bounded map, read from the kernel.
+    capacities: Vec<(&'static str, u32)>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (call after attaching).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Maps> {
+        Maps::build(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the object has no map {name}"))
+        })
+    }
+
+    /// Opens the maps pinned under `pin_dir` by a daemon (running or not).
+    pub fn open_pinned(pin_dir: &Path) -> anyhow::Result<Maps> {
+        if !pin_dir.join(map_name::CONFIG).exists() {
+            bail!(
+                "slowgate is not running here: no pinned maps under {} \
+                 (start it with `slowgate run --config FILE`, or pass --pin-dir)",
+                pin_dir.display()
+            );
+        }
+        Maps::build(|name| {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("open pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        })
+    }
+
+    fn build(mut get: impl FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Maps> {
+        let mut capacities = Vec::new();
+        let mut bounded = |name: &'static str| -> anyhow::Result<Map> {
+            let map = get(name)?;
+            let max = match &map {
+                Map::HashMap(m) | Map::LruHashMap(m) | Map::LpmTrie(m) => m.info()?.max_entries(),
+                _ => 0,
+            };
+            capacities.push((name, max));
+            Ok(map)
+        };
+        let allow = bounded(map_name::ALLOW)?.try_into()?;
+        let deny = bounded(map_name::DENY)?.try_into()?;
+        let policy = bounded(map_name::POLICY)?.try_into()?;
+        let ceil_src = bounded(map_name::CEIL_SRC)?.try_into()?;
+        let ceil_pfx = bounded(map_name::CEIL_PFX)?.try_into()?;
+        Ok(Maps {
+            config: get(map_name::CONFIG)?.try_into()?,
+            ports: get(map_name::PORTS)?.try_into()?,
+            allow,
+            deny,
+            policy,
+            ceil_src,
+            ceil_pfx,
+            counters: get(map_name::COUNTERS)?.try_into()?,
+            attachments: get(map_name::ATTACHMENTS)?.try_into()?,
+            capacities,
+        })
+    }
+
+    pub fn write_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
+        self.config.set(0, config, 0).context("write CONFIG")
+    }
+
+    pub fn read_config(&self) -> anyhow::Result<KernelConfig> {
+        self.config.get(&0, 0).context("read CONFIG")
+    }
+
+    /// Makes exactly `ports` protected (port -> service).
+    pub fn write_ports(&mut self, ports: &BTreeMap<u16, u8>) -> anyhow::Result<()> {
+        for port in 0..=u16::MAX {
+            let want = ports.get(&port).copied().unwrap_or(0);
+            let index = u32::from(port);
+            if self.ports.get(&index, 0)? != want {
+                self.ports.set(index, want, 0).context("write PORTS")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn protected_ports(&self) -> anyhow::Result<BTreeMap<u16, u8>> {
+        let mut out = BTreeMap::new();
+        for (port, svc) in self.ports.iter().enumerate() {
+            let svc = svc?;
+            if svc != 0 {
+                out.insert(port as u16, svc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records where the program is attached (for `slowgate status`).
+    pub fn record_attachments(&mut self, attached: &[Attachment]) -> anyhow::Result<()> {
+        if attached.len() > capacity::ATTACHMENTS as usize {
+            bail!(
+                "slowgate attaches to {} interfaces at most",
+                capacity::ATTACHMENTS
+            );
+        }
+        for slot in 0..capacity::ATTACHMENTS {
+            let a = attached.get(slot as usize).copied().unwrap_or_default();
+            self.attachments.set(slot, a, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> anyhow::Result<Vec<Attachment>> {
+        let mut out = Vec::new();
+        for a in self.attachments.iter() {
+            let a = a?;
+            if a.ifindex != 0 {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(&mut self, kind: ListKind) -> &mut LpmTrie<MapData, Addr, ListEntry> {
+        match kind {
+            ListKind::Allow => &mut self.allow,
+            ListKind::Deny => &mut self.deny,
+        }
+    }
+
+    pub fn list_add(
+        &mut self,
+        kind: ListKind,
+        net: Network,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let key = Key::new(net.prefix_len, net.addr);
+        let entry = ListEntry {
+            expires_ns: expiry(ttl),
+        };
+        self.list(kind)
+            .insert(&key, entry, 0)
+            .map_err(|e| full_or(e, kind.name()))
+            .with_context(|| format!("add {net} to the {} list", kind.name()))
+    }
+
+    /// Removes `net`; false when it was not listed.
+    pub fn list_del(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
+        let key = Key::new(net.prefix_len, net.addr);
+        removed(self.list(kind).remove(&key))
+    }
+
+    pub fn list_entries(&mut self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
+        let now = boot_time_ns();
+        let mut out = Vec::new();
+        for item in self.list(kind).iter() {
+            let (key, value) = item?;
+            out.push(Entry {
+                network: Network {
+                    addr: key.data(),
+                    prefix_len: key.prefix_len(),
+                },
+                value,
+                remaining: remaining(value.expires_ns, now),
+            });
+        }
+        out.sort_by_key(|e| e.network);
+        Ok(out)
+    }
+
+    /// The POLICY key for `net`: an exact address, or a prefix of the configured length.
+    pub fn policy_key(&self, net: Network) -> anyhow::Result<PolicyKey> {
+        let config = self.read_config()?;
+        let prefix_len = if net.is_v4() {
+            config.prefix_len_v4
+        } else {
+            config.prefix_len_v6
+        };
+        if !net.is_host() && net.prefix_len != prefix_len {
+            let (family, len) = if net.is_v4() {
+                ("IPv4", prefix_len - sg_common::V4_MAPPED_BITS)
+            } else {
+                ("IPv6", prefix_len)
+            };
+            bail!(
+                "{net}: a limit applies to one address or to a whole {family} /{len} prefix \
+                 (the configured prefix length); use `deny` for other networks"
+            );
+        }
+        Ok(PolicyKey {
+            addr: net.addr,
+            prefix_len: net.prefix_len,
+        })
+    }
+
+    pub fn limit_set(
+        &mut self,
+        net: Network,
+        limit: Limit,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let key = self.policy_key(net)?;
+        let policy = match limit {
+            Limit::Block => Policy {
+                action: action::BLOCK,
+                expires_ns: expiry(ttl),
+                ..Policy::default()
+            },
+            Limit::Rate { rate, burst } => Policy {
+                tat_ns: 0,
+                interval_ns: rate.interval.as_nanos() as u64,
+                expires_ns: expiry(ttl),
+                burst,
+                action: action::LIMIT,
+            },
+        };
+        self.policy
+            .insert(key, policy, 0)
+            .map_err(|e| full_or(e, "policy"))
+            .with_context(|| format!("set the limit of {net}"))
+    }
+
+    pub fn limit_del(&mut self, net: Network) -> anyhow::Result<bool> {
+        let key = self.policy_key(net)?;
+        removed(self.policy.remove(&key))
+    }
+
+    pub fn limit_entries(&self) -> anyhow::Result<Vec<Entry<Limit>>> {
+        let now = boot_time_ns();
+        let mut out = Vec::new();
+        for item in self.policy.iter() {
+            let (key, p) = item?;
+            let limit = if p.action == action::BLOCK {
+                Limit::Block
+            } else {
+                Limit::Rate {
+                    rate: Rate {
+                        interval: Duration::from_nanos(p.interval_ns),
+                    },
+                    burst: p.burst,
+                }
+            };
+            out.push(Entry {
+                network: Network {
+                    addr: key.addr,
+                    prefix_len: key.prefix_len,
+                },
+                value: limit,
+                remaining: remaining(p.expires_ns, now),
+            });
+        }
+        out.sort_by_key(|e| e.network);
+        Ok(out)
+    }
+
+    /// Deletes expired list and policy entries (the kernel already ignores them; this frees
+    /// their room). Returns how many went.
+    pub fn sweep(&mut self) -> anyhow::Result<usize> {
+        let now = boot_time_ns();
+        let mut swept = 0;
+        for kind in [ListKind::Allow, ListKind::Deny] {
+            let expired: Vec<Key<Addr>> = self
+                .list(kind)
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, v)| v.expires_ns != 0 && v.expires_ns <= now)
+                .map(|(k, _)| k)
+                .collect();
+            for key in expired {
+                swept += usize::from(self.list(kind).remove(&key).is_ok());
+            }
+        }
+        let expired: Vec<PolicyKey> = self
+            .policy
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.expires_ns != 0 && v.expires_ns <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            swept += usize::from(self.policy.remove(&key).is_ok());
+        }
+        Ok(swept)
+    }
+
+    /// Every counter summed over CPUs, indexed by `sg_common::counter`.
+    pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
+        (0..counter::COUNT)
+            .map(|i| Ok(self.counters.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    /// (name, entries, capacity) of each bounded map.
+    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+        let lpm = |m: &LpmTrie<MapData, Addr, ListEntry>| m.keys().filter(Result::is_ok).count();
+        let counts = [
+            lpm(&self.allow),
+            lpm(&self.deny),
+            self.policy.keys().filter(Result::is_ok).count(),
+            self.ceil_src.keys().filter(Result::is_ok).count(),
+            self.ceil_pfx.keys().filter(Result::is_ok).count(),
+        ];
+        self.capacities
+            .iter()
+            .zip(counts)
+            .map(|(&(name, max), n)| (name, n, max))
+            .collect()
+    }
+}
+
+fn remaining(expires_ns: u64, now: u64) -> Option<Duration> {
+    (expires_ns != 0).then(|| Duration::from_nanos(expires_ns.saturating_sub(now)))
+}
+
+/// A full map answers E2BIG: say so in words an operator understands.
+fn full_or(e: aya::maps::MapError, what: &str) -> anyhow::Error {
+    if let aya::maps::MapError::SyscallError(s) = &e {
+        if s.io_error.raw_os_error() == Some(libc::E2BIG) {
+            return anyhow::anyhow!(
+                "the {what} map is full; raise its size under [capacity] or remove entries"
+            );
+        }
+    }
+    e.into()
+}
+
+fn removed(result: Result<(), aya::maps::MapError>) -> anyhow::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+        Err(aya::maps::MapError::SyscallError(s))
+            if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The sampled drop events of a loaded object.
+pub fn drop_events(ebpf: &mut Ebpf) -> anyhow::Result<RingBuf<MapData>> {
+    Ok(ebpf
+        .take_map(map_name::DROP_EVENTS)
+        .context("the object has no DROP_EVENTS map")?
+        .try_into()?)
+}
+
+/// Reads one drop event from a ring buffer item.
+pub fn parse_drop_event(bytes: &[u8]) -> Option<sg_common::DropEvent> {
+    if bytes.len() < std::mem::size_of::<sg_common::DropEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; DropEvent is plain old data; read_unaligned tolerates alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}

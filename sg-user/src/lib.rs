@@ -1,0 +1,8 @@
+//! slowgate's userspace: config, the enforcer (XDP maps), the daemon and the CLI.
+//! `main.rs` is a thin shell over this library, so tests and benches call the same code.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod kernel;
+pub mod units;

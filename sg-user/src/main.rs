@@ -1,0 +1,9 @@
+use clap::Parser;
+
+fn main() {
+    let cli = slowgate::cli::Cli::parse();
+    if let Err(e) = slowgate::cli::execute(&cli) {
+        eprintln!("slowgate: {e:#}");
+        std::process::exit(1);
+    }
+}
