@@ -1,1 +1,487 @@
+//! Helpers for slowgate's root-only tests and benchmarks: the XDP program run on crafted packets
+//! (BPF_PROG_TEST_RUN), network namespaces joined by veth, listeners and clients inside them,
+//! and the daemon as a child process. Every guard cleans up on drop, also when a test fails.
 
+use std::{
+    fs::File,
+    io::Read,
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use aya::{
+    Ebpf, TestRun, TestRunOptions,
+    programs::Xdp,
+};
+use slowgate::{config::Capacity, kernel};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Fails the test with a clear message when not root: these tests load XDP programs.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads XDP programs and creates network namespaces: run it as root \
+         (`cargo xtask test`)"
+    );
+}
+
+/// A unique suffix for names of namespaces and pin directories made by this process.
+pub fn unique(tag: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("sgt{}{tag}{n}", std::process::id() % 100_000)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crafted packets.
+
+/// Ethernet frame with optional VLAN tags (their TPIDs: 0x8100 or 0x88a8), then `payload`.
+pub fn frame(vlan_tpids: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    for (i, tpid) in vlan_tpids.iter().enumerate() {
+        p.extend_from_slice(&tpid.to_be_bytes());
+        p.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+pub fn tcp_header(dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t
+}
+
+/// IPv4 header (with `option_words` 4-byte words of NOP options) carrying `l4` of `proto`.
+pub fn ipv4(src: [u8; 4], proto: u8, option_words: usize, frag: u16, l4: &[u8]) -> Vec<u8> {
+    let ihl = 5 + option_words;
+    let mut ip = vec![0u8; ihl * 4];
+    ip[0] = 0x40 | ihl as u8;
+    ip[2..4].copy_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&[198, 51, 100, 1]);
+    for b in &mut ip[20..] {
+        *b = 1; // NOP
+    }
+    ip.extend_from_slice(l4);
+    ip
+}
+
+/// An IPv6 extension header in a chain.
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    HopByHop,
+    Routing,
+    DestOpts,
+    /// Fragment header with this fragment offset (in 8-byte units).
+    Fragment(u16),
+}
+
+/// IPv6 header, extension headers in order, then `l4` of `proto`.
+pub fn ipv6(src: Ipv6Addr, exts: &[Ext], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let code = |e: &Ext| match e {
+        Ext::HopByHop => 0u8,
+        Ext::Routing => 43,
+        Ext::DestOpts => 60,
+        Ext::Fragment(_) => 44,
+    };
+    let mut body = Vec::new();
+    for (i, e) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(proto, code);
+        match e {
+            Ext::Fragment(off) => {
+                let mut h = vec![next, 0, 0, 0, 0, 0, 0, 1];
+                h[2..4].copy_from_slice(&((off << 3) | 1).to_be_bytes());
+                body.extend_from_slice(&h);
+            }
+            // 16 bytes: Hdr Ext Len 1 (two 8-octet units), padded with PadN.
+            _ => body.extend_from_slice(&[next, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        }
+    }
+    body.extend_from_slice(l4);
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+    ip[6] = exts.first().map_or(proto, code);
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&"2001:db8:a::1".parse::<Ipv6Addr>().unwrap().octets());
+    ip.extend_from_slice(&body);
+    ip
+}
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A plain IPv4 TCP segment from `src` to `dport` in an Ethernet frame.
+pub fn v4_tcp(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    frame(&[], ETH_P_IP, &ipv4(src, IPPROTO_TCP, 0, 0, &tcp_header(dport, flags)))
+}
+
+/// A plain IPv6 TCP segment.
+pub fn v6_tcp(src: &str, dport: u16, flags: u8) -> Vec<u8> {
+    let src: Ipv6Addr = src.parse().unwrap();
+    frame(&[], ETH_P_IPV6, &ipv6(src, &[], IPPROTO_TCP, &tcp_header(dport, flags)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The program in the kernel, not attached anywhere.
+
+/// The embedded object, loaded without pins, with the throttle (and the empty baseline) loaded.
+pub struct TestProgram {
+    pub ebpf: Ebpf,
+    pub maps: kernel::Maps,
+}
+
+impl TestProgram {
+    /// Loads with small capacities (tests) and writes `config`'s kernel settings.
+    pub fn load(config: &slowgate::config::Config) -> anyhow::Result<TestProgram> {
+        TestProgram::load_with(config, &config.capacity)
+    }
+
+    pub fn load_with(
+        config: &slowgate::config::Config,
+        capacity: &Capacity,
+    ) -> anyhow::Result<TestProgram> {
+        let mut ebpf = kernel::load(capacity, None)?;
+        for name in [kernel::PROGRAM, kernel::EMPTY_PROGRAM] {
+            let program: &mut Xdp = ebpf.program_mut(name).context("program")?.try_into()?;
+            program.load().with_context(|| format!("load {name}"))?;
+        }
+        let mut maps = kernel::Maps::from_ebpf(&mut ebpf)?;
+        maps.write_config(&config.kernel_config())?;
+        maps.write_ports(&config.ports)?;
+        Ok(TestProgram { ebpf, maps })
+    }
+
+    /// Runs the throttle once on `packet`; returns its verdict.
+    pub fn run(&self, packet: &[u8]) -> u32 {
+        self.run_program(kernel::PROGRAM, packet, 1).0
+    }
+
+    /// Runs `program` `repeat` times on `packet`: (last verdict, mean duration per run).
+    pub fn run_program(&self, program: &str, packet: &[u8], repeat: u32) -> (u32, Duration) {
+        let program: &Xdp = self
+            .ebpf
+            .program(program)
+            .expect("program in object")
+            .try_into()
+            .expect("an XDP program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.duration)
+    }
+
+    pub fn counter(&self, index: u32) -> u64 {
+        self.maps.counters().expect("read counters")[index as usize]
+    }
+}
+
+/// A config for tests: the default one with the given overrides appended as TOML.
+pub fn test_config(extra: &str) -> slowgate::config::Config {
+    let text = format!(
+        "interfaces = [\"lo\"]\n{extra}\n[capacity]\nlists = 1024\npolicies = 1024\nsources = 4096\nprefixes = 1024\n"
+    );
+    slowgate::config::Config::parse(&text, Path::new("test.toml")).expect("test config")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces.
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A network namespace, deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> anyhow::Result<Netns> {
+        let name = unique(tag);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NAME args...`
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Adds an address (IPv6 with nodad, so it is usable at once).
+    pub fn addr(&self, dev: &str, cidr: &str) -> anyhow::Result<()> {
+        if cidr.contains(':') {
+            self.ip(&["addr", "add", cidr, "dev", dev, "nodad"])
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", dev])
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` with this thread inside the namespace: sockets it creates live there.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        let original = File::open("/proc/thread-self/ns/net").context("open own netns")?;
+        let target = File::open(self.path()).context("open netns")?;
+        // SAFETY: valid namespace fds; setns(CLONE_NEWNET) changes only this thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
+        }
+        let result = f();
+        // SAFETY: as above; going back to where the thread was.
+        if unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("cannot return from netns: {}", std::io::Error::last_os_error());
+        }
+        Ok(result)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Joins `a` and `b` with a veth pair created directly inside them, both ends up.
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {
+    ip(&[
+        "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
+        &b.name,
+    ])?;
+    a.ip(&["link", "set", a_dev, "up"])?;
+    b.ip(&["link", "set", b_dev, "up"])?;
+    Ok(())
+}
+
+/// TCP listeners in a namespace, accepting and closing connections until dropped.
+pub struct Listeners {
+    stop: std::sync::Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Listens on `[::]:port` (dual stack) for each port.
+    pub fn start(ns: &Netns, ports: &[u16]) -> anyhow::Result<Listeners> {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &port in ports {
+            let listener = ns.enter(|| TcpListener::bind(("::", port)))??;
+            listener.set_nonblocking(true)?;
+            let stop = stop.clone();
+            threads.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => drop(conn),
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+        }
+        Ok(Listeners { stop, threads })
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP connection attempt from `src` (an address inside `ns`) to `dst`.
+pub fn connect(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = ns
+        .enter(|| Socket::new(domain, Type::STREAM, None))
+        .expect("enter netns")
+        .expect("socket");
+    socket.bind(&SocketAddr::new(src, 0).into()).expect("bind source address");
+    socket.connect_timeout(&dst.into(), timeout).is_ok()
+}
+
+/// `attempts` connection attempts spread evenly over `over`; returns how many succeeded.
+/// Bounded in count and time: each attempt waits at most its slot.
+pub fn attempts(ns: &Netns, src: IpAddr, dst: SocketAddr, attempts: u32, over: Duration) -> u32 {
+    let slot = over / attempts;
+    let start = Instant::now();
+    let mut ok = 0;
+    for i in 0..attempts {
+        let due = start + slot * i;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        if connect(ns, src, dst, slot.mul_f32(0.9)) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+// ---------------------------------------------------------------------------------------------
+// The slowgate binary and daemon.
+
+/// The `slowgate` binary under test (`cargo xtask test` sets SLOWGATE_BIN).
+pub fn bin() -> PathBuf {
+    let path = std::env::var_os("SLOWGATE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/slowgate")
+    });
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the CLI against `pin_dir`; returns (success, stdout + stderr).
+pub fn cli(pin_dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .output()
+        .expect("run slowgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A pin directory under /sys/fs/bpf, detached and removed on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> PinDir {
+        slowgate::kernel::ensure_bpffs(Path::new("/sys/fs/bpf/x")).expect("bpffs");
+        PinDir {
+            path: PathBuf::from("/sys/fs/bpf").join(unique("pins")),
+        }
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        PinDir::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = slowgate::kernel::detach(&self.path);
+        }
+    }
+}
+
+/// `slowgate run` inside a namespace (only the network namespace is entered, so pins are
+/// shared with the test: see ../shared/TOOLCHAIN.md). Killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until it says it is ready (at most 20 s).
+    pub fn start(ns: &Netns, config_text: &str, pin_dir: &Path) -> anyhow::Result<Daemon> {
+        let dir = std::env::temp_dir().join(unique("daemon"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("slowgate.toml");
+        std::fs::write(&config, config_text)?;
+        let log = dir.join("daemon.log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg(bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("spawn slowgate run")?;
+        let mut daemon = Daemon { child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = daemon.log_text();
+            if text.contains("slowgate: ready") {
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("slowgate run exited ({status}): {text}");
+            }
+            if Instant::now() > deadline {
+                bail!("slowgate run not ready after 20 s: {text}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(dir) = self.log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

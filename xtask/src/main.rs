@@ -1,1 +1,264 @@
-fn main() {}
+//! `cargo xtask setup | build | test | bench | lab`: the one place that knows how to build,
+//! set up, test and measure slowgate. Nobody should need to remember a cargo incantation.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian's rustc for the BPF build (see ../shared/TOOLCHAIN.md).
+const BPF_RUSTC: &str = "/usr/bin/rustc";
+
+/// Debian packages the build needs. The LLVM ones are completed with rustc's LLVM major.
+const BUILD_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "libzstd-dev", "zlib1g-dev"];
+/// Debian packages the tests and the lab use.
+const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "procps"];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, set up, test and measure slowgate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (Debian packages, bpf-linker), idempotently.
+    Setup,
+    /// Build the XDP program (with BTF) and the `slowgate` binary that embeds it.
+    Build {
+        /// Build in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then every test: formatting, lints, unit tests, root integration tests.
+    Test,
+    /// Benchmarks: `xdp` (per-packet cost against an empty XDP program).
+    Bench {
+        #[arg(default_value = "xdp")]
+        what: String,
+        /// Extra arguments for the benchmark binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The lab: real Postfix and Dovecot under attack, slowgate protecting them.
+    Lab,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::Build { release } => setup().and_then(|()| build(release)),
+        Task::Test => test(),
+        Task::Bench { what, args } => setup().and_then(|()| bench(&what, &args)),
+        Task::Lab => lab(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status: ExitStatus = cmd
+        .status()
+        .with_context(|| format!("start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing Debian packages (as root), or names them.
+fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&String> = packages.iter().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; run `cargo xtask setup` as root to install them",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| {
+        format!(
+            "install {}",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+        )
+    })
+}
+
+/// The LLVM major of Debian's rustc (`LLVM version: 22.1.8`).
+fn rustc_llvm_major() -> anyhow::Result<u32> {
+    let out = Command::new(BPF_RUSTC)
+        .arg("-vV")
+        .output()
+        .with_context(|| format!("run {BPF_RUSTC} -vV (is rustc-web installed?)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    llvm_major_in(&text, "LLVM version: ")
+        .with_context(|| format!("no LLVM version in `{BPF_RUSTC} -vV`: {text}"))
+}
+
+fn llvm_major_in(text: &str, marker: &str) -> Option<u32> {
+    let at = text.find(marker)? + marker.len();
+    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn bpf_linker_path() -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join("bpf-linker")
+}
+
+/// The LLVM major bpf-linker was linked against (it links libLLVM.so.N dynamically).
+fn bpf_linker_llvm_major(linker: &Path) -> Option<u32> {
+    let out = Command::new("ldd").arg(linker).output().ok()?;
+    llvm_major_in(&String::from_utf8_lossy(&out.stdout), "libLLVM.so.")
+        .or_else(|| llvm_major_in(&String::from_utf8_lossy(&out.stdout), "libLLVM-"))
+}
+
+fn setup() -> anyhow::Result<()> {
+    let mut packages: Vec<String> = BUILD_PACKAGES.iter().map(|s| s.to_string()).collect();
+    packages.extend(TEST_PACKAGES.iter().map(|s| s.to_string()));
+    apt_install(&packages)?;
+    let major = rustc_llvm_major()?;
+    apt_install(&[format!("llvm-{major}-dev"), format!("libpolly-{major}-dev")])?;
+    if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
+        bail!("rust-web-src is installed but /usr/lib/rustlib/src/rust/library/core is missing");
+    }
+
+    let linker = bpf_linker_path();
+    let have = if linker.exists() { bpf_linker_llvm_major(&linker) } else { None };
+    if have != Some(major) {
+        match have {
+            Some(other) => eprintln!(
+                "xtask: bpf-linker uses LLVM {other}, rustc uses LLVM {major}: rebuilding it"
+            ),
+            None => eprintln!("xtask: installing bpf-linker against LLVM {major} (about a minute)"),
+        }
+        let llvm_bin = format!("/usr/lib/llvm-{major}/bin");
+        let path = format!("{llvm_bin}:{}", env::var("PATH").unwrap_or_default());
+        run(cargo()
+            .args(["install", "--force", "bpf-linker", "--no-default-features"])
+            .args(["--features", &format!("llvm-{major}")])
+            .env("PATH", path))
+        .context("install bpf-linker")?;
+    }
+    match bpf_linker_llvm_major(&linker) {
+        Some(m) if m == major => {}
+        Some(m) => bail!(
+            "bpf-linker uses LLVM {m} but {BPF_RUSTC} uses LLVM {major}: a mismatch can produce \
+             broken BTF; reinstall with `cargo install bpf-linker --force --no-default-features \
+             --features llvm-{major}`"
+        ),
+        None => bail!("cannot tell which LLVM {} uses (ldd shows no libLLVM)", linker.display()),
+    }
+    eprintln!("xtask: setup ok (rustc and bpf-linker on LLVM {major})");
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "slowgate", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    eprintln!(
+        "xtask: built {} (the XDP object is embedded; BPF object at {})",
+        workspace().join("target").join(profile).join("slowgate").display(),
+        workspace().join("target/ebpf/bpfel-unknown-none/release/sg-ebpf").display()
+    );
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    build(false)?;
+    run(cargo().args(["fmt", "--all", "--check"]))
+        .context("formatting: run `cargo fmt --all`")?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // Unprivileged tests: units, config, parsers, buckets.
+    run(cargo().args(["test", "--workspace", "--exclude", "sg-tests"]))?;
+    if !is_root() {
+        bail!("the integration tests load XDP programs and create network namespaces: run as root");
+    }
+    // Root tests: the program in the kernel, namespaces, the daemon. Serial: they share the
+    // kernel and name their namespaces per process.
+    let bin = workspace().join("target/debug/slowgate");
+    run(cargo()
+        .args(["test", "--package", "sg-tests", "--", "--test-threads=1"])
+        .env("SLOWGATE_BIN", bin))
+}
+
+fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
+    match what {
+        "xdp" => run(cargo()
+            .args(["run", "--release", "--package", "sg-tests", "--bin", "sg-bench", "--", "xdp"])
+            .args(args)),
+        other => bail!("unknown benchmark `{other}` (known: xdp)"),
+    }
+}
+
+fn lab() -> anyhow::Result<()> {
+    bail!(
+        "the lab (real Postfix and Dovecot under attack) is not built yet: it needs the points \
+         engine (issue 3) and the daemon services (issue 4); see issue 5"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_is_read_from_rustc_and_ldd_output() {
+        let rustc = "rustc 1.96.0\nbinary: rustc\nLLVM version: 22.1.8\n";
+        assert_eq!(llvm_major_in(rustc, "LLVM version: "), Some(22));
+        let ldd = "\tlibLLVM.so.22.1 => /usr/lib/llvm-22/lib/libLLVM.so.22.1 (0x0)\n";
+        assert_eq!(llvm_major_in(ldd, "libLLVM.so."), Some(22));
+        assert_eq!(llvm_major_in("nothing", "libLLVM.so."), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask bench xdp`: per-packet cost of the throttle (BPF_PROG_TEST_RUN), as a ratio to an
+//! empty XDP program measured in the same run, with maps filled to production sizes.
+
+use std::time::Duration;
+
+use sg_common::map_v4;
+use sg_tests::*;
+use slowgate::{
+    config::{Capacity, Limit},
+    kernel::ListKind,
+    units::{Network, Rate},
+};
+
+const REPEAT: u32 = 1_000_000;
+const RUNS: usize = 7;
+const TRACKED_SOURCES: u32 = 1_000_000;
+const LIST_ENTRIES: u32 = 100_000;
+
+fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
+    anyhow::ensure!(what == "xdp", "unknown benchmark {what} (known: xdp)");
+    require_root();
+
+    // Generous ceilings so that an unknown source passes through both buckets every time.
+    let config = test_config(
+        "[ceiling.source]\nrate = \"1000000000/s\"\nburst = 65535\n\
+         [ceiling.prefix]\nrate = \"1000000000/s\"\nburst = 65535\n\
+         [enforcement]\ndrop_event_sample = 16\n",
+    );
+    let capacity = Capacity {
+        lists: 131_072,
+        policies: 262_144,
+        sources: 1_048_576,
+        prefixes: 262_144,
+    };
+    let mut p = TestProgram::load_with(&config, &capacity)?;
+    eprintln!("filling maps: {TRACKED_SOURCES} tracked sources, {LIST_ENTRIES} list entries ...");
+    fill(&mut p)?;
+
+    let limited = [198, 51, 100, 7];
+    let blocked = [198, 51, 100, 8];
+    let fast: Rate = "1000000000/s".parse()?;
+    let slow: Rate = "1/h".parse()?;
+    p.maps.limit_set(net(limited), Limit::Rate { rate: fast, burst: 65535 }, None)?;
+    p.maps.limit_set(net(blocked), Limit::Rate { rate: slow, burst: 1 }, None)?;
+
+    let cases: [(&str, Vec<u8>, u32); 4] = [
+        ("non-mail packet (SYN to 8080)", v4_tcp([203, 0, 113, 9], 8080, TCP_SYN), XDP_PASS),
+        ("SYN, unknown source", v4_tcp([203, 0, 113, 9], 25, TCP_SYN), XDP_PASS),
+        ("SYN, limited source under its limit", v4_tcp(limited, 25, TCP_SYN), XDP_PASS),
+        ("SYN dropped by a limit", v4_tcp(blocked, 25, TCP_SYN), XDP_DROP),
+    ];
+    let mut empty = Vec::new();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for run in 0..RUNS {
+        let base = ns(p.run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, REPEAT).1);
+        empty.push(base);
+        for (i, (name, pkt, want)) in cases.iter().enumerate() {
+            let (verdict, mean) = p.run_program(slowgate::kernel::PROGRAM, pkt, REPEAT);
+            anyhow::ensure!(verdict == *want, "{name}: verdict {verdict}, expected {want}");
+            samples[i].push(ns(mean));
+            ratios[i].push(ns(mean) / base);
+        }
+        eprintln!("run {}/{RUNS} done", run + 1);
+    }
+    println!("XDP per-packet cost, BPF_PROG_TEST_RUN repeat={REPEAT}, median of {RUNS} runs");
+    println!("maps: {TRACKED_SOURCES} tracked sources (CEIL_SRC), {LIST_ENTRIES} list entries (ALLOW+DENY)");
+    println!();
+    println!("| case | ns/packet | ratio to empty program |");
+    println!("|---|---:|---:|");
+    println!("| empty XDP program (baseline) | {:.1} | 1.00 |", median(&mut empty));
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        println!(
+            "| {name} | {:.1} | {:.2} |",
+            median(&mut samples[i]),
+            median(&mut ratios[i])
+        );
+    }
+    Ok(())
+}
+
+fn net(a: [u8; 4]) -> Network {
+    Network {
+        addr: map_v4(a),
+        prefix_len: 128,
+    }
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Fills CEIL_SRC with distinct IPv6 sources and the lists with distinct networks.
+fn fill(p: &mut TestProgram) -> anyhow::Result<()> {
+    for i in 0..TRACKED_SOURCES {
+        let mut addr = [0u8; 16];
+        addr[0..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        addr[8..12].copy_from_slice(&i.to_be_bytes());
+        p.maps.ceil_src.insert(addr, 0u64, 0)?;
+    }
+    for i in 0..LIST_ENTRIES {
+        let mut addr = [0u8; 16];
+        addr[0..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        addr[4..8].copy_from_slice(&i.to_be_bytes());
+        let kind = if i % 10 == 0 { ListKind::Allow } else { ListKind::Deny };
+        p.maps.list_add(kind, Network { addr, prefix_len: 64 }, None)?;
+    }
+    Ok(())
+}
