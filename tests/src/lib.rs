@@ -15,10 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use aya::{
-    Ebpf, TestRun, TestRunOptions,
-    programs::Xdp,
-};
+use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp};
 use slowgate::{config::Capacity, kernel};
 
 pub const XDP_DROP: u32 = 1;
@@ -137,13 +134,21 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// A plain IPv4 TCP segment from `src` to `dport` in an Ethernet frame.
 pub fn v4_tcp(src: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
-    frame(&[], ETH_P_IP, &ipv4(src, IPPROTO_TCP, 0, 0, &tcp_header(dport, flags)))
+    frame(
+        &[],
+        ETH_P_IP,
+        &ipv4(src, IPPROTO_TCP, 0, 0, &tcp_header(dport, flags)),
+    )
 }
 
 /// A plain IPv6 TCP segment.
 pub fn v6_tcp(src: &str, dport: u16, flags: u8) -> Vec<u8> {
     let src: Ipv6Addr = src.parse().unwrap();
-    frame(&[], ETH_P_IPV6, &ipv6(src, &[], IPPROTO_TCP, &tcp_header(dport, flags)))
+    frame(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(src, &[], IPPROTO_TCP, &tcp_header(dport, flags)),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,7 +223,11 @@ pub fn test_config(extra: &str) -> slowgate::config::Config {
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -268,7 +277,10 @@ impl Netns {
         let result = f();
         // SAFETY: as above; going back to where the thread was.
         if unsafe { libc::setns(original.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!("cannot return from netns: {}", std::io::Error::last_os_error());
+            panic!(
+                "cannot return from netns: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(result)
     }
@@ -331,12 +343,18 @@ impl Drop for Listeners {
 /// One TCP connection attempt from `src` (an address inside `ns`) to `dst`.
 pub fn connect(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
     use socket2::{Domain, Socket, Type};
-    let domain = if dst.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let socket = ns
         .enter(|| Socket::new(domain, Type::STREAM, None))
         .expect("enter netns")
         .expect("socket");
-    socket.bind(&SocketAddr::new(src, 0).into()).expect("bind source address");
+    socket
+        .bind(&SocketAddr::new(src, 0).into())
+        .expect("bind source address");
     socket.connect_timeout(&dst.into(), timeout).is_ok()
 }
 
@@ -363,9 +381,9 @@ pub fn attempts(ns: &Netns, src: IpAddr, dst: SocketAddr, attempts: u32, over: D
 
 /// The `slowgate` binary under test (`cargo xtask test` sets SLOWGATE_BIN).
 pub fn bin() -> PathBuf {
-    let path = std::env::var_os("SLOWGATE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/slowgate")
-    });
+    let path = std::env::var_os("SLOWGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/slowgate"));
     assert!(
         path.exists(),
         "{} is missing: build it first (`cargo xtask test` does)",

@@ -65,7 +65,10 @@ fn main() {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -112,7 +115,11 @@ fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "missing Debian packages: {}; run `cargo xtask setup` as root to install them",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -123,7 +130,11 @@ fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     .with_context(|| {
         format!(
             "install {}",
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         )
     })
 }
@@ -141,7 +152,11 @@ fn rustc_llvm_major() -> anyhow::Result<u32> {
 
 fn llvm_major_in(text: &str, marker: &str) -> Option<u32> {
     let at = text.find(marker)? + marker.len();
-    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn bpf_linker_path() -> PathBuf {
@@ -169,7 +184,11 @@ fn setup() -> anyhow::Result<()> {
     }
 
     let linker = bpf_linker_path();
-    let have = if linker.exists() { bpf_linker_llvm_major(&linker) } else { None };
+    let have = if linker.exists() {
+        bpf_linker_llvm_major(&linker)
+    } else {
+        None
+    };
     if have != Some(major) {
         match have {
             Some(other) => eprintln!(
@@ -192,7 +211,10 @@ fn setup() -> anyhow::Result<()> {
              broken BTF; reinstall with `cargo install bpf-linker --force --no-default-features \
              --features llvm-{major}`"
         ),
-        None => bail!("cannot tell which LLVM {} uses (ldd shows no libLLVM)", linker.display()),
+        None => bail!(
+            "cannot tell which LLVM {} uses (ldd shows no libLLVM)",
+            linker.display()
+        ),
     }
     eprintln!("xtask: setup ok (rustc and bpf-linker on LLVM {major})");
     Ok(())
@@ -208,8 +230,14 @@ fn build(release: bool) -> anyhow::Result<()> {
     let profile = if release { "release" } else { "debug" };
     eprintln!(
         "xtask: built {} (the XDP object is embedded; BPF object at {})",
-        workspace().join("target").join(profile).join("slowgate").display(),
-        workspace().join("target/ebpf/bpfel-unknown-none/release/sg-ebpf").display()
+        workspace()
+            .join("target")
+            .join(profile)
+            .join("slowgate")
+            .display(),
+        workspace()
+            .join("target/ebpf/bpfel-unknown-none/release/sg-ebpf")
+            .display()
     );
     Ok(())
 }
@@ -217,9 +245,15 @@ fn build(release: bool) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     setup()?;
     build(false)?;
-    run(cargo().args(["fmt", "--all", "--check"]))
-        .context("formatting: run `cargo fmt --all`")?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["fmt", "--all", "--check"])).context("formatting: run `cargo fmt --all`")?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Unprivileged tests: units, config, parsers, buckets.
     run(cargo().args(["test", "--workspace", "--exclude", "sg-tests"]))?;
     if !is_root() {
@@ -236,7 +270,16 @@ fn test() -> anyhow::Result<()> {
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
     match what {
         "xdp" => run(cargo()
-            .args(["run", "--release", "--package", "sg-tests", "--bin", "sg-bench", "--", "xdp"])
+            .args([
+                "run",
+                "--release",
+                "--package",
+                "sg-tests",
+                "--bin",
+                "sg-bench",
+                "--",
+                "xdp",
+            ])
             .args(args)),
         other => bail!("unknown benchmark `{other}` (known: xdp)"),
     }

@@ -41,35 +41,75 @@ fn main() -> anyhow::Result<()> {
     let blocked = [198, 51, 100, 8];
     let fast: Rate = "1000000000/s".parse()?;
     let slow: Rate = "1/h".parse()?;
-    p.maps.limit_set(net(limited), Limit::Rate { rate: fast, burst: 65535 }, None)?;
-    p.maps.limit_set(net(blocked), Limit::Rate { rate: slow, burst: 1 }, None)?;
+    p.maps.limit_set(
+        net(limited),
+        Limit::Rate {
+            rate: fast,
+            burst: 65535,
+        },
+        None,
+    )?;
+    p.maps.limit_set(
+        net(blocked),
+        Limit::Rate {
+            rate: slow,
+            burst: 1,
+        },
+        None,
+    )?;
 
     let cases: [(&str, Vec<u8>, u32); 4] = [
-        ("non-mail packet (SYN to 8080)", v4_tcp([203, 0, 113, 9], 8080, TCP_SYN), XDP_PASS),
-        ("SYN, unknown source", v4_tcp([203, 0, 113, 9], 25, TCP_SYN), XDP_PASS),
-        ("SYN, limited source under its limit", v4_tcp(limited, 25, TCP_SYN), XDP_PASS),
-        ("SYN dropped by a limit", v4_tcp(blocked, 25, TCP_SYN), XDP_DROP),
+        (
+            "non-mail packet (SYN to 8080)",
+            v4_tcp([203, 0, 113, 9], 8080, TCP_SYN),
+            XDP_PASS,
+        ),
+        (
+            "SYN, unknown source",
+            v4_tcp([203, 0, 113, 9], 25, TCP_SYN),
+            XDP_PASS,
+        ),
+        (
+            "SYN, limited source under its limit",
+            v4_tcp(limited, 25, TCP_SYN),
+            XDP_PASS,
+        ),
+        (
+            "SYN dropped by a limit",
+            v4_tcp(blocked, 25, TCP_SYN),
+            XDP_DROP,
+        ),
     ];
     let mut empty = Vec::new();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for run in 0..RUNS {
-        let base = ns(p.run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, REPEAT).1);
+        let base = ns(p
+            .run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, REPEAT)
+            .1);
         empty.push(base);
         for (i, (name, pkt, want)) in cases.iter().enumerate() {
             let (verdict, mean) = p.run_program(slowgate::kernel::PROGRAM, pkt, REPEAT);
-            anyhow::ensure!(verdict == *want, "{name}: verdict {verdict}, expected {want}");
+            anyhow::ensure!(
+                verdict == *want,
+                "{name}: verdict {verdict}, expected {want}"
+            );
             samples[i].push(ns(mean));
             ratios[i].push(ns(mean) / base);
         }
         eprintln!("run {}/{RUNS} done", run + 1);
     }
     println!("XDP per-packet cost, BPF_PROG_TEST_RUN repeat={REPEAT}, median of {RUNS} runs");
-    println!("maps: {TRACKED_SOURCES} tracked sources (CEIL_SRC), {LIST_ENTRIES} list entries (ALLOW+DENY)");
+    println!(
+        "maps: {TRACKED_SOURCES} tracked sources (CEIL_SRC), {LIST_ENTRIES} list entries (ALLOW+DENY)"
+    );
     println!();
     println!("| case | ns/packet | ratio to empty program |");
     println!("|---|---:|---:|");
-    println!("| empty XDP program (baseline) | {:.1} | 1.00 |", median(&mut empty));
+    println!(
+        "| empty XDP program (baseline) | {:.1} | 1.00 |",
+        median(&mut empty)
+    );
     for (i, (name, _, _)) in cases.iter().enumerate() {
         println!(
             "| {name} | {:.1} | {:.2} |",
@@ -108,8 +148,19 @@ fn fill(p: &mut TestProgram) -> anyhow::Result<()> {
         let mut addr = [0u8; 16];
         addr[0..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         addr[4..8].copy_from_slice(&i.to_be_bytes());
-        let kind = if i % 10 == 0 { ListKind::Allow } else { ListKind::Deny };
-        p.maps.list_add(kind, Network { addr, prefix_len: 64 }, None)?;
+        let kind = if i % 10 == 0 {
+            ListKind::Allow
+        } else {
+            ListKind::Deny
+        };
+        p.maps.list_add(
+            kind,
+            Network {
+                addr,
+                prefix_len: 64,
+            },
+            None,
+        )?;
     }
     Ok(())
 }

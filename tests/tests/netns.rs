@@ -1,0 +1,278 @@
+//! The daemon and the CLI against real TCP between network namespaces joined by veth, with the
+//! XDP program attached on the server side. Root only. Documentation addresses only.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use sg_tests::*;
+
+const SERVER_V4: &str = "198.51.100.1";
+const CLIENT1_V4: &str = "198.51.100.10";
+const SERVER2_V4: &str = "203.0.113.1";
+const CLIENT2_V4: &str = "203.0.113.10";
+const SERVER_A6: &str = "2001:db8:a::1";
+const CLIENT_A6: &str = "2001:db8:a::10";
+const CLIENT_A6_OTHER: &str = "2001:db8:a::11";
+const SERVER_B6: &str = "2001:db8:b::1";
+const CLIENT_B6: &str = "2001:db8:b::10";
+
+const ATTEMPTS: u32 = 20;
+const OVER: Duration = Duration::from_secs(2);
+
+/// Server and client namespaces, the server's veth protected by slowgate.
+struct Lab {
+    server: Netns,
+    client: Netns,
+    pins: PinDir,
+    _listeners: Listeners,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn to(server: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(server), port)
+}
+
+/// Ceilings well above anything these tests send, so only the CLI's entries decide.
+fn daemon_config() -> String {
+    "interfaces = [\"sg0\"]\nattach_mode = \"native\"\n\
+     [ceiling.source]\nrate = \"100/s\"\nburst = 200\n\
+     [ceiling.prefix]\nrate = \"100/s\"\nburst = 200\n\
+     [capacity]\nlists = 1024\npolicies = 1024\nsources = 4096\nprefixes = 1024\n"
+        .to_string()
+}
+
+impl Lab {
+    fn new() -> Lab {
+        require_root();
+        let server = Netns::new("srv").unwrap();
+        let client = Netns::new("cli").unwrap();
+        veth(&server, "sg0", &client, "cl0").unwrap();
+        for a in [
+            "198.51.100.1/24",
+            "203.0.113.1/24",
+            "2001:db8:a::1/64",
+            "2001:db8:b::1/64",
+        ] {
+            server.addr("sg0", a).unwrap();
+        }
+        for a in [
+            "198.51.100.10/24",
+            "203.0.113.10/24",
+            "2001:db8:a::10/64",
+            "2001:db8:a::11/64",
+            "2001:db8:b::10/64",
+        ] {
+            client.addr("cl0", a).unwrap();
+        }
+        let listeners = Listeners::start(&server, &[25, 143, 8080]).unwrap();
+        Lab {
+            server,
+            client,
+            pins: PinDir::new(),
+            _listeners: listeners,
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.server, &daemon_config(), &self.pins.path).unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let (ok, out) = cli(&self.pins.path, args);
+        assert!(ok, "slowgate {}: {out}", args.join(" "));
+        out
+    }
+
+    fn attempts(&self, from: &str, server: &str, port: u16) -> u32 {
+        attempts(&self.client, ip(from), to(server, port), ATTEMPTS, OVER)
+    }
+
+    fn connects(&self, from: &str, server: &str, port: u16) -> bool {
+        connect(
+            &self.client,
+            ip(from),
+            to(server, port),
+            Duration::from_millis(500),
+        )
+    }
+}
+
+#[test]
+fn limits_and_denies_hold_across_namespaces_a_crash_and_a_restart() {
+    let lab = Lab::new();
+    let mut daemon = lab.start();
+
+    // No limit yet: the client connects to every port.
+    for port in [25, 143, 8080] {
+        assert!(
+            lab.connects(CLIENT1_V4, SERVER_V4, port),
+            "port {port} before any limit"
+        );
+    }
+    assert_eq!(
+        lab.attempts(CLIENT1_V4, SERVER_V4, 25),
+        ATTEMPTS,
+        "unlimited client"
+    );
+
+    // 1/s burst 1: at most 3 of 20 attempts in 2 s; another client is unaffected.
+    lab.cli(&[
+        "limit",
+        "set",
+        "198.51.100.10/32",
+        "--rate",
+        "1/s",
+        "--burst",
+        "1",
+    ]);
+    let limited = lab.attempts(CLIENT1_V4, SERVER_V4, 25);
+    assert!(
+        (1..=3).contains(&limited),
+        "limited client got {limited} of {ATTEMPTS}"
+    );
+    assert_eq!(
+        lab.attempts(CLIENT2_V4, SERVER2_V4, 25),
+        ATTEMPTS,
+        "second client"
+    );
+    assert_eq!(
+        lab.attempts(CLIENT1_V4, SERVER_V4, 8080),
+        ATTEMPTS,
+        "port 8080 is not slowed"
+    );
+
+    // Deny a /64: another address of it is stopped, a different /64 is not, 8080 still open.
+    lab.cli(&["deny", "add", "2001:db8:a::/64"]);
+    assert!(!lab.connects(CLIENT_A6_OTHER, SERVER_A6, 25));
+    assert!(!lab.connects(CLIENT_A6, SERVER_A6, 143));
+    assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
+    assert!(lab.connects(CLIENT_A6_OTHER, SERVER_A6, 8080));
+
+    // kill -9: the pinned program keeps enforcing.
+    daemon.kill9();
+    let after_crash = lab.attempts(CLIENT1_V4, SERVER_V4, 25);
+    assert!(
+        after_crash <= 3,
+        "limit after kill -9: {after_crash} of {ATTEMPTS}"
+    );
+    assert!(
+        !lab.connects(CLIENT_A6_OTHER, SERVER_A6, 25),
+        "deny after kill -9"
+    );
+    assert_eq!(lab.attempts(CLIENT2_V4, SERVER2_V4, 25), ATTEMPTS);
+
+    // Restart: the same maps are re-used, the entries are still there and still enforced.
+    let daemon = lab.start();
+    assert!(
+        daemon
+            .log_text()
+            .contains("re-using the program already attached")
+    );
+    let limits = lab.cli(&["limit", "list"]);
+    assert!(limits.contains("198.51.100.10/32"), "{limits}");
+    assert!(limits.contains("1/s burst 1"), "{limits}");
+    assert!(lab.cli(&["deny", "list"]).contains("2001:db8:a::/64"));
+    let after_restart = lab.attempts(CLIENT1_V4, SERVER_V4, 25);
+    assert!(
+        after_restart <= 3,
+        "limit after restart: {after_restart} of {ATTEMPTS}"
+    );
+    assert!(!lab.connects(CLIENT_A6_OTHER, SERVER_A6, 25));
+
+    let status = lab.cli(&["status"]);
+    assert!(status.contains("sg0 (native)"), "{status}");
+    assert!(status.contains("25/smtp"), "{status}");
+
+    // Removing the entries lets everyone back in.
+    lab.cli(&["limit", "del", "198.51.100.10"]);
+    lab.cli(&["deny", "del", "2001:db8:a::/64"]);
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), ATTEMPTS);
+    assert!(lab.connects(CLIENT_A6_OTHER, SERVER_A6, 25));
+}
+
+#[test]
+fn ttl_entries_expire_on_their_own_even_without_a_daemon() {
+    let lab = Lab::new();
+    let mut daemon = lab.start();
+    lab.cli(&["deny", "add", "198.51.100.10", "--ttl", "2s"]);
+    assert!(!lab.connects(CLIENT1_V4, SERVER_V4, 25));
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        lab.connects(CLIENT1_V4, SERVER_V4, 25),
+        "an expired deny blocks nobody"
+    );
+}
+
+#[test]
+fn detach_removes_program_and_pins() {
+    let lab = Lab::new();
+    let _daemon = lab.start();
+    lab.cli(&["deny", "add", "198.51.100.0/24"]);
+    assert!(!lab.connects(CLIENT1_V4, SERVER_V4, 25));
+    let out = lab.cli(&["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(!lab.pins.path.exists());
+    assert!(
+        lab.connects(CLIENT1_V4, SERVER_V4, 25),
+        "no program after detach"
+    );
+}
+
+#[test]
+fn cli_without_a_daemon_or_pins_says_so() {
+    require_root();
+    let pins = PinDir::new();
+    let (ok, out) = cli(&pins.path, &["deny", "list"]);
+    assert!(!ok);
+    assert!(out.contains("not running"), "{out}");
+}
+
+#[test]
+fn cli_refuses_bad_arguments_with_a_clear_error() {
+    let lab = Lab::new();
+    let _daemon = lab.start();
+    let cases: [(&[&str], &str); 6] = [
+        (&["deny", "add", "300.1.2.3"], "not an address or network"),
+        (
+            &["allow", "add", "198.51.100.0/24", "--ttl", "soon"],
+            "not a duration",
+        ),
+        (
+            &[
+                "limit",
+                "set",
+                "198.51.100.9",
+                "--rate",
+                "fast",
+                "--burst",
+                "1",
+            ],
+            "not a rate",
+        ),
+        (
+            &[
+                "limit",
+                "set",
+                "198.51.100.9",
+                "--rate",
+                "1/s",
+                "--burst",
+                "0",
+            ],
+            "burst",
+        ),
+        (&["limit", "set", "198.51.0.0/16", "--block"], "/24"),
+        (&["deny", "del", "198.51.100.99"], "not on the deny list"),
+    ];
+    for (args, expected) in cases {
+        let (ok, out) = cli(&lab.pins.path, args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(out.contains(expected), "{args:?}: {out}");
+    }
+}
