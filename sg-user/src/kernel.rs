@@ -545,12 +545,12 @@ fn remaining(expires_ns: u64, now: u64) -> Option<Duration> {
 
 /// A full map answers E2BIG: say so in words an operator understands.
 fn full_or(e: aya::maps::MapError, what: &str) -> anyhow::Error {
-    if let aya::maps::MapError::SyscallError(s) = &e {
-        if s.io_error.raw_os_error() == Some(libc::E2BIG) {
-            return anyhow::anyhow!(
-                "the {what} map is full; raise its size under [capacity] or remove entries"
-            );
-        }
+    if let aya::maps::MapError::SyscallError(s) = &e
+        && s.io_error.raw_os_error() == Some(libc::E2BIG)
+    {
+        return anyhow::anyhow!(
+            "the {what} map is full; raise its size under [capacity] or remove entries"
+        );
     }
     e.into()
 }
