@@ -305,5 +305,4 @@ mod tests {
         assert_eq!(prefix_mask(0), [0; 16]);
         assert_eq!(prefix_mask(128), [0xff; 16]);
     }
-
 }
