@@ -47,6 +47,15 @@ pub enum Command {
     /// Connection-rate limits for one address or one prefix.
     #[command(subcommand)]
     Limit(LimitCommand),
+    /// Print the events of each log line as JSON lines, then a summary.
+    Parse {
+        /// Log format; `auto` picks per line from the syslog program name.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::parsers::Format,
+        /// Log file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
     /// Attached interfaces, counters, map fill.
     Status {
         #[arg(long)]
@@ -151,6 +160,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::Deny(cmd) => list_command(cli, ListKind::Deny, cmd),
         Command::Limit(cmd) => limit_command(cli, cmd),
         Command::Status { json } => status(cli, *json),
+        Command::Parse { format, file } => parse(*format, file),
     }
 }
 
@@ -375,5 +385,49 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     for (name, used, max) in fill {
         println!("  {name:<12} {used:>9} / {max}");
     }
+    Ok(())
+}
+
+/// `slowgate parse`: one JSON line per event, then a summary on stderr. Lines that are not
+/// UTF-8 are read lossily; nothing stops the run.
+fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+
+    use crate::parsers::{Outcome, Parsers};
+    let input: Box<dyn BufRead> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut parsers = Parsers::default();
+    let (mut lines, mut with_events, mut not_understood, mut events) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = Vec::new();
+    let mut input = input;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf).context("read the log")? == 0 {
+            break;
+        }
+        lines += 1;
+        let line = String::from_utf8_lossy(&buf);
+        match parsers.parse(format, &line) {
+            Outcome::NotUnderstood => not_understood += 1,
+            Outcome::Understood(found) => {
+                with_events += u64::from(!found.is_empty());
+                for event in found {
+                    events += 1;
+                    let row = json!({"line": lines, "event": event});
+                    writeln!(out, "{row}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "lines read: {lines}, lines with events: {with_events}, events: {events}, \
+         lines not understood: {not_understood}"
+    );
     Ok(())
 }
