@@ -8,4 +8,5 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod parsers;
+pub mod tail;
 pub mod units;

@@ -1,0 +1,308 @@
+//! Following a log file across every way logs rotate: rename + create, copytruncate,
+//! delete + recreate, symlinked paths. No line is lost or read twice across a rotation, and a
+//! partial last line is held until its newline arrives.
+//!
+//! The tailer keeps the open file and its (device, inode). On each poll it reads what was
+//! appended; then, if the path now names another file, it drains the old one to its end and
+//! switches to the new one from its start. If the open file shrank (copytruncate), it starts
+//! again from the beginning.
+
+use std::{
+    fs::File,
+    io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// Longest line held while waiting for its newline; a longer one is cut there (and counted),
+/// so a file without newlines cannot grow memory without bound.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Where to start in a file that already exists when the tailer first opens it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// At its end: old lines do not punish anyone again (the daemon's default).
+    End,
+    /// At its beginning (replays, tests).
+    Beginning,
+}
+
+pub struct Tailer {
+    path: PathBuf,
+    start: Start,
+    open: Option<Open>,
+    partial: Vec<u8>,
+    /// Lines cut at MAX_LINE.
+    pub overlong: u64,
+}
+
+struct Open {
+    file: File,
+    id: (u64, u64),
+    offset: u64,
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+impl Tailer {
+    pub fn new(path: impl Into<PathBuf>, start: Start) -> Tailer {
+        Tailer {
+            path: path.into(),
+            start,
+            open: None,
+            partial: Vec::new(),
+            overlong: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads every complete line appended since the last poll and hands each to `line`
+    /// (without its newline). A missing file is waited for, not an error.
+    pub fn poll(&mut self, line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        if self.open.is_none() && !self.reopen(false)? {
+            return Ok(());
+        }
+        self.read_open(line)?;
+        // Has the path moved on to another file (rename + create, delete + recreate)?
+        let current = match std::fs::metadata(&self.path) {
+            Ok(meta) => Some(identity(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let open_id = self.open.as_ref().map(|o| o.id);
+        if let Some(id) = current
+            && Some(id) != open_id
+        {
+            // The old file was drained above; a partial line there is complete now.
+            self.flush_partial(line);
+            if self.reopen(true)? {
+                self.read_open(line)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the path; `rotated` files are read from their start.
+    fn reopen(&mut self, rotated: bool) -> io::Result<bool> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // When it appears, it is new: read it whole.
+                self.start = Start::Beginning;
+                self.open = None;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let offset = match (rotated, self.start) {
+            (false, Start::End) => meta.len(),
+            _ => 0,
+        };
+        // Files that appear after the first look are new: read them whole.
+        self.start = Start::Beginning;
+        let mut open = Open {
+            file,
+            id: identity(&meta),
+            offset,
+        };
+        open.file.seek(SeekFrom::Start(offset))?;
+        self.open = Some(open);
+        Ok(true)
+    }
+
+    fn read_open(&mut self, line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let len = open.file.metadata()?.len();
+        if len < open.offset {
+            // copytruncate: the file was emptied in place; its new content starts at 0.
+            open.offset = 0;
+            open.file.seek(SeekFrom::Start(0))?;
+            self.partial.clear();
+        }
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = open.file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            open.offset += n as u64;
+            let mut chunk = &buf[..n];
+            while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+                if self.partial.is_empty() {
+                    line(&chunk[..nl]);
+                } else {
+                    self.partial.extend_from_slice(&chunk[..nl]);
+                    line(&self.partial);
+                    self.partial.clear();
+                }
+                chunk = &chunk[nl + 1..];
+            }
+            self.partial.extend_from_slice(chunk);
+            if self.partial.len() > MAX_LINE {
+                self.overlong += 1;
+                line(&self.partial[..MAX_LINE]);
+                self.partial.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_partial(&mut self, line: &mut dyn FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            line(&self.partial);
+            self.partial.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let d = std::env::temp_dir().join(format!("sg-tail-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn poll(t: &mut Tailer) -> Vec<String> {
+        let mut out = Vec::new();
+        t.poll(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn starts_at_the_end_and_reads_appended_lines() {
+        let d = Dir::new("end");
+        let log = d.0.join("mail.log");
+        append(&log, "old 1\nold 2\n");
+        let mut t = Tailer::new(&log, Start::End);
+        assert!(poll(&mut t).is_empty());
+        append(&log, "new 1\nnew 2\n");
+        assert_eq!(poll(&mut t), ["new 1", "new 2"]);
+    }
+
+    #[test]
+    fn partial_lines_wait_for_their_newline() {
+        let d = Dir::new("partial");
+        let log = d.0.join("mail.log");
+        let mut t = Tailer::new(&log, Start::Beginning);
+        append(&log, "half a li");
+        assert!(poll(&mut t).is_empty());
+        append(&log, "ne\nnext");
+        assert_eq!(poll(&mut t), ["half a line"]);
+    }
+
+    #[test]
+    fn rename_and_create_loses_nothing_and_repeats_nothing() {
+        let d = Dir::new("rename");
+        let log = d.0.join("mail.log");
+        append(&log, "");
+        let mut t = Tailer::new(&log, Start::End);
+        poll(&mut t);
+        append(&log, "a\nb\n");
+        // logrotate: lines written to the old file just before the rename are still read.
+        std::fs::rename(&log, d.0.join("mail.log.1")).unwrap();
+        append(&d.0.join("mail.log.1"), "c\n");
+        append(&log, "d\n");
+        assert_eq!(poll(&mut t), ["a", "b", "c", "d"]);
+        append(&log, "e\n");
+        assert_eq!(poll(&mut t), ["e"]);
+    }
+
+    #[test]
+    fn copytruncate_starts_again_at_the_beginning() {
+        let d = Dir::new("truncate");
+        let log = d.0.join("mail.log");
+        append(&log, "x\ny\n");
+        let mut t = Tailer::new(&log, Start::Beginning);
+        assert_eq!(poll(&mut t), ["x", "y"]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&log)
+            .unwrap();
+        append(&log, "z\n");
+        assert_eq!(poll(&mut t), ["z"]);
+    }
+
+    #[test]
+    fn delete_then_recreate_and_a_missing_file_is_waited_for() {
+        let d = Dir::new("delete");
+        let log = d.0.join("mail.log");
+        let mut t = Tailer::new(&log, Start::End);
+        assert!(poll(&mut t).is_empty(), "missing: nothing, no error");
+        append(&log, "first\n");
+        assert_eq!(
+            poll(&mut t),
+            ["first"],
+            "a file that appears later is read whole"
+        );
+        std::fs::remove_file(&log).unwrap();
+        assert!(poll(&mut t).is_empty());
+        append(&log, "second\n");
+        assert_eq!(poll(&mut t), ["second"]);
+    }
+
+    #[test]
+    fn a_symlinked_path_follows_its_target_switch() {
+        let d = Dir::new("symlink");
+        let (a, b, link) = (
+            d.0.join("a.log"),
+            d.0.join("b.log"),
+            d.0.join("current.log"),
+        );
+        append(&a, "");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let mut t = Tailer::new(&link, Start::End);
+        poll(&mut t);
+        append(&a, "in a\n");
+        append(&b, "in b\n");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&b, &link).unwrap();
+        assert_eq!(poll(&mut t), ["in a", "in b"]);
+    }
+
+    #[test]
+    fn an_endless_line_is_cut_and_counted() {
+        let d = Dir::new("long");
+        let log = d.0.join("mail.log");
+        let mut t = Tailer::new(&log, Start::Beginning);
+        append(&log, &"x".repeat(MAX_LINE + 10));
+        let lines = poll(&mut t);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(t.overlong, 1);
+    }
+}
