@@ -108,35 +108,24 @@ fn installed(package: &str) -> bool {
 
 /// Installs the missing Debian packages (as root), or names them.
 fn apt_install(packages: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&String> = packages.iter().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
+    let names = missing.join(" ");
     if !is_root() {
-        bail!(
-            "missing Debian packages: {}; run `cargo xtask setup` as root to install them",
-            missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        bail!("missing Debian packages: {names}; run `cargo xtask setup` as root to install them");
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| {
-        format!(
-            "install {}",
-            missing
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-    })
+    .with_context(|| format!("install {names}"))
 }
 
 /// The LLVM major of Debian's rustc (`LLVM version: 22.1.8`).
