@@ -394,7 +394,7 @@ fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Resu
     use std::io::{BufRead, Write};
 
     use crate::parsers::{Outcome, Parsers};
-    let input: Box<dyn BufRead> = if file == std::path::Path::new("-") {
+    let mut input: Box<dyn BufRead> = if file == std::path::Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
@@ -404,7 +404,6 @@ fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Resu
     let mut parsers = Parsers::default();
     let (mut lines, mut with_events, mut not_understood, mut events) = (0u64, 0u64, 0u64, 0u64);
     let mut buf = Vec::new();
-    let mut input = input;
     loop {
         buf.clear();
         if input.read_until(b'\n', &mut buf).context("read the log")? == 0 {

@@ -276,7 +276,7 @@ impl Config {
     }
 }
 
-fn validate(raw: RawConfig, _path: &Path) -> anyhow::Result<Config> {
+fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.interfaces.is_empty() {
         bail!("key `interfaces`: name at least one interface to protect, like [\"eth0\"]");
     }
@@ -376,7 +376,7 @@ fn validate(raw: RawConfig, _path: &Path) -> anyhow::Result<Config> {
         limits.push((net, limit));
     }
     Ok(Config {
-        path: _path.to_path_buf(),
+        path: path.to_path_buf(),
         interfaces: raw.interfaces,
         attach_mode,
         pin_dir: raw.pin_dir,

@@ -490,24 +490,12 @@ impl Maps {
         let now = boot_time_ns();
         let mut swept = 0;
         for kind in [ListKind::Allow, ListKind::Deny] {
-            let expired: Vec<Key<Addr>> = self
-                .list(kind)
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, v)| v.expires_ns != 0 && v.expires_ns <= now)
-                .map(|(k, _)| k)
-                .collect();
+            let expired = expired_keys(self.list(kind).iter(), |v| v.expires_ns, now);
             for key in expired {
                 swept += usize::from(self.list(kind).remove(&key).is_ok());
             }
         }
-        let expired: Vec<PolicyKey> = self
-            .policy
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.expires_ns != 0 && v.expires_ns <= now)
-            .map(|(k, _)| k)
-            .collect();
+        let expired = expired_keys(self.policy.iter(), |v| v.expires_ns, now);
         for key in expired {
             swept += usize::from(self.policy.remove(&key).is_ok());
         }
@@ -537,6 +525,22 @@ impl Maps {
             .map(|(&(name, max), n)| (name, n, max))
             .collect()
     }
+}
+
+/// Keys of the entries whose expiry (0 = never) has passed at `now`.
+fn expired_keys<K, V>(
+    entries: impl Iterator<Item = Result<(K, V), aya::maps::MapError>>,
+    expires_ns: impl Fn(&V) -> u64,
+    now: u64,
+) -> Vec<K> {
+    entries
+        .filter_map(Result::ok)
+        .filter(|(_, v)| {
+            let at = expires_ns(v);
+            at != 0 && at <= now
+        })
+        .map(|(k, _)| k)
+        .collect()
 }
 
 fn remaining(expires_ns: u64, now: u64) -> Option<Duration> {

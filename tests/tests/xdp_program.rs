@@ -18,11 +18,15 @@ fn net(s: &str) -> Network {
     s.parse().unwrap()
 }
 
+/// The program loaded with the test config plus `extra` (TOML).
+fn program_with(extra: &str) -> TestProgram {
+    require_root();
+    TestProgram::load(&test_config(extra)).expect("load the program")
+}
+
 /// Ceilings off, so that only lists and policies decide.
 fn program() -> TestProgram {
-    require_root();
-    let config = test_config("[ceiling]\n");
-    TestProgram::load(&config).expect("load the program")
+    program_with("[ceiling]\n")
 }
 
 fn program_denying(cidr: &str) -> TestProgram {
@@ -103,9 +107,7 @@ fn established_packets_from_a_denied_source_pass() {
 
 #[test]
 fn drop_established_option_cuts_denied_and_blocked_sessions_only() {
-    require_root();
-    let config = test_config("[ceiling]\n[enforcement]\ndrop_established_from_blocked = true\n");
-    let mut p = TestProgram::load(&config).unwrap();
+    let mut p = program_with("[ceiling]\n[enforcement]\ndrop_established_from_blocked = true\n");
     p.maps
         .list_add(ListKind::Deny, net("203.0.113.0/24"), None)
         .unwrap();
@@ -409,11 +411,9 @@ fn policy_rate_lets_burst_through_then_drops() {
 
 #[test]
 fn default_ceilings_work_with_no_policy_at_all() {
-    require_root();
-    let config = test_config(
+    let p = program_with(
         "[ceiling.source]\nrate = \"1/min\"\nburst = 2\n[ceiling.prefix]\nrate = \"1/min\"\nburst = 3\n",
     );
-    let p = TestProgram::load(&config).unwrap();
     let a = [203, 0, 113, 1];
     let verdicts: Vec<u32> = (0..3).map(|_| p.run(&v4_tcp(a, 25, TCP_SYN))).collect();
     assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_DROP]);
@@ -434,9 +434,7 @@ fn default_ceilings_work_with_no_policy_at_all() {
 
 #[test]
 fn a_policy_overrides_the_default_ceiling() {
-    require_root();
-    let config = test_config("[ceiling.source]\nrate = \"1/min\"\nburst = 1\n");
-    let mut p = TestProgram::load(&config).unwrap();
+    let mut p = program_with("[ceiling.source]\nrate = \"1/min\"\nburst = 1\n");
     p.maps
         .limit_set(net("198.51.100.50"), rate("100/s", 50), None)
         .unwrap();
@@ -481,9 +479,7 @@ fn token_bucket_never_over_admits_when_two_cpus_hammer_one_source() {
 
 #[test]
 fn drops_are_sampled_into_the_ring_buffer() {
-    require_root();
-    let config = test_config("[ceiling]\n[enforcement]\ndrop_event_sample = 1\n");
-    let mut p = TestProgram::load(&config).unwrap();
+    let mut p = program_with("[ceiling]\n[enforcement]\ndrop_event_sample = 1\n");
     p.maps
         .list_add(ListKind::Deny, net("203.0.113.0/24"), None)
         .unwrap();

@@ -69,10 +69,7 @@ impl Postfix {
         }
         if let Some(rest) = message.strip_prefix("too many errors after ") {
             // "too many errors after RCPT from NAME[ADDR]"
-            return match rest.split_once(" from ") {
-                Some((_, client)) => client_event(client, EventKind::TooManyErrors),
-                None => Outcome::NotUnderstood,
-            };
+            return client_after(rest, " from ", EventKind::TooManyErrors);
         }
         if let Some(rest) = message.strip_prefix("warning: ") {
             // "warning: NAME[ADDR]: SASL LOGIN authentication failed: ..., sasl_username=u"
@@ -210,6 +207,14 @@ fn client_event(text: &str, kind: EventKind) -> Outcome {
     }
 }
 
+/// The client after the first `separator` in `text` ("... from NAME[ADDR]", "... for [ADDR]:PORT").
+fn client_after(text: &str, separator: &str, kind: EventKind) -> Outcome {
+    match text.split_once(separator) {
+        Some((_, client)) => client_event(client, kind),
+        None => Outcome::NotUnderstood,
+    }
+}
+
 /// "RCPT from NAME[ADDR]: 550 5.1.1 <x@y>: Recipient address rejected: ...; from=<..> to=<..>
 /// proto=ESMTP helo=<..>" (smtpd_check.c). The client is the first `from NAME[ADDR]:` after the
 /// command; everything the client chose (recipient, sender, HELO) comes after it.
@@ -251,15 +256,8 @@ fn postscreen(message: &str) -> Outcome {
         return reject_line(reject);
     }
     if let Some(rest) = message.strip_prefix("DNSBL rank ") {
-        return match rest.split_once(" for ") {
-            Some((_, client)) => client_event(
-                client,
-                EventKind::Reject {
-                    reject: RejectKind::Rbl,
-                },
-            ),
-            None => Outcome::NotUnderstood,
-        };
+        let reject = RejectKind::Rbl;
+        return client_after(rest, " for ", EventKind::Reject { reject });
     }
     for test in [
         "PREGREET ",
@@ -268,15 +266,8 @@ fn postscreen(message: &str) -> Outcome {
         "NON-SMTP COMMAND ",
     ] {
         if let Some(rest) = message.strip_prefix(test) {
-            return match rest.split_once(" from ") {
-                Some((_, client)) => client_event(
-                    client,
-                    EventKind::Reject {
-                        reject: RejectKind::Other,
-                    },
-                ),
-                None => Outcome::NotUnderstood,
-            };
+            let reject = RejectKind::Other;
+            return client_after(rest, " from ", EventKind::Reject { reject });
         }
     }
     NOTHING
