@@ -24,8 +24,9 @@ pub mod map_name {
     pub const ALLOW: &str = "ALLOW";
     pub const DENY: &str = "DENY";
     pub const POLICY: &str = "POLICY";
-    pub const CEIL_SRC: &str = "CEIL_SRC";
-    pub const CEIL_PFX: &str = "CEIL_PFX";
+    pub const SOURCES: &str = "SOURCES";
+    pub const PREFIXES: &str = "PREFIXES";
+    pub const GENERATION: &str = "GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const ATTACHMENTS: &str = "ATTACHMENTS";
@@ -38,11 +39,12 @@ pub mod capacity {
     pub const LIST: u32 = 131_072;
     /// POLICY (hash; userspace owns it; a full map refuses new entries with E2BIG).
     pub const POLICY: u32 = 262_144;
-    /// CEIL_SRC (LRU hash: when full, the least recently seen source is forgotten and starts
-    /// again with a full bucket).
-    pub const CEIL_SRC: u32 = 262_144;
-    /// CEIL_PFX (LRU hash, same behaviour as CEIL_SRC).
-    pub const CEIL_PFX: u32 = 65_536;
+    /// SOURCES slots (a power of two). The table never fills up: a source takes the slot its
+    /// keyed hash picks, replacing whatever source was there, which starts again with a full
+    /// bucket when it comes back (counted as SOURCE_SLOT_REPLACED).
+    pub const SOURCES: u32 = 262_144;
+    /// PREFIXES slots (a power of two), same behaviour as SOURCES.
+    pub const PREFIXES: u32 = 65_536;
     /// DROP_EVENTS ring buffer size in bytes (a full ring drops new events and counts them).
     pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
     /// ATTACHMENTS slots (interfaces one daemon can attach to).
@@ -75,13 +77,11 @@ pub mod action {
     pub const BLOCK: u32 = 2;
 }
 
-/// Value of POLICY.
+/// Value of POLICY. The bucket's state is not here but in the slot of the source (or prefix) it
+/// applies to, next to the cached verdict (see [`Slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
-    /// Bucket state owned by the kernel (GCRA "theoretical arrival time", CLOCK_BOOTTIME ns).
-    /// Userspace writes 0 on creation: the bucket starts full.
-    pub tat_ns: u64,
     /// Nanoseconds per connection at the sustained rate.
     pub interval_ns: u64,
     /// CLOCK_BOOTTIME nanoseconds after which the kernel ignores the entry; 0 = never.
@@ -90,6 +90,77 @@ pub struct Policy {
     pub burst: u32,
     /// One of [`action`].
     pub action: u32,
+}
+
+/// What the kernel worked out for one source (or prefix), cached in its [`Slot`].
+pub mod verdict {
+    /// No rule for the source itself: look at its prefix. For a prefix: the default ceilings.
+    pub const NEXT: u32 = 0;
+    /// Allow list: pass.
+    pub const ALLOW: u32 = 1;
+    /// Deny list: drop.
+    pub const DENY: u32 = 2;
+    /// A POLICY token bucket (the slot's `interval_ns` and `burst`).
+    pub const LIMIT: u32 = 3;
+    /// A POLICY block.
+    pub const BLOCK: u32 = 4;
+}
+
+/// One slot of SOURCES (or PREFIXES): the kernel's memory of one source (or prefix).
+///
+/// The slot index and the fingerprint come from a hash of the address keyed with
+/// `Config::seed`, so a sender cannot choose whose slot it takes. A new SYN reads the slot
+/// (an array lookup) and, while the verdict is current, decides from it alone; only when the
+/// verdict is stale (another source's slot, `GENERATION` moved because userspace changed a list
+/// or a policy, or an entry's expiry passed) does it consult ALLOW, DENY and POLICY again.
+/// Two CPUs may write one slot at once for different sources; `check` detects the torn result,
+/// which is then worked out again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// The source's token bucket (GCRA theoretical arrival time, tick clock): its policy's
+    /// bucket when one applies, else the default ceiling's. Updated by compare-and-swap.
+    pub tat_ns: u64,
+    /// Fingerprint (high 32 bits, never 0) and GENERATION (low 32 bits) of the cached verdict;
+    /// 0 = never used.
+    pub tag: u64,
+    /// Tick-clock time at which the verdict must be worked out again (an entry expires).
+    pub until_ns: u64,
+    /// The policy's interval (verdict LIMIT).
+    pub interval_ns: u64,
+    /// One of [`verdict`].
+    pub verdict: u32,
+    /// The policy's burst (verdict LIMIT).
+    pub burst: u32,
+    /// [`Slot::checksum`] of the fields above.
+    pub check: u64,
+}
+
+impl Slot {
+    /// What `check` must hold for a slot whose fields were written by one writer. A torn slot
+    /// mixes fields of two writers, whose tags always differ, so the xor differs too.
+    #[inline(always)]
+    pub fn checksum(&self) -> u64 {
+        let packed = (u64::from(self.verdict) << 32) | u64::from(self.burst);
+        self.tag ^ self.until_ns ^ self.interval_ns ^ packed ^ 0x5a5a_5a5a_5a5a_5a5a
+    }
+}
+
+/// Slot index (masked with `mask`) and fingerprint (high 32 bits set, never 0) of `addr`,
+/// from a multiply-xor hash keyed with `seed`. Not a cryptographic MAC: the seed is random per
+/// installation and never leaves the machine; the worst a guessed seed allows is to evict
+/// chosen sources from their slots (they start again with a full bucket).
+#[inline(always)]
+pub fn slot_hash(addr: &Addr, seed: &[u64; 2], mask: u32) -> (u32, u64) {
+    let [a, b] = words(addr);
+    let mut h = (a ^ seed[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h.rotate_left(31) ^ b ^ seed[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 29;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 32;
+    let index = (h as u32) & mask;
+    let fingerprint = (h & 0xffff_ffff_0000_0000) | (1 << 63);
+    (index, fingerprint)
 }
 
 /// A token bucket's parameters. `interval_ns == 0` switches the bucket off.
@@ -126,6 +197,16 @@ pub struct Config {
     pub flags: u32,
     /// Emit one drop event in every `event_sample` drops (per CPU); 0 = none.
     pub event_sample: u32,
+    /// Length of one kernel tick (1 s / CONFIG_HZ), measured by userspace. Buckets run on the
+    /// tick clock, `jiffies * tick_ns`, because reading it costs a few instructions where a
+    /// precise clock costs more than the rest of the program; 0 = use the precise clock.
+    pub tick_ns: u64,
+    /// Key of [`slot_hash`], random per installation, kept across restarts.
+    pub seed: [u64; 2],
+    /// SOURCES capacity minus one (capacities are powers of two).
+    pub source_slots_mask: u32,
+    /// PREFIXES capacity minus one.
+    pub prefix_slots_mask: u32,
 }
 
 /// Services, the values of PORTS (indexed by destination port in host order).
@@ -162,22 +243,31 @@ pub mod reason {
 /// Indexes into the per-CPU COUNTERS array.
 pub mod counter {
     use super::{reason, service};
-    /// Every packet the program saw.
+    /// Every packet the program saw (PASSED + DROPPED: userspace adds them up).
     pub const PACKETS: u32 = 0;
     pub const PASSED: u32 = 1;
     pub const DROPPED: u32 = 2;
     /// Packets that could not be parsed (truncated, bad IHL, too many extension headers); passed.
     pub const PARSE_ERROR: u32 = 3;
-    /// New connections (SYN without ACK) to a protected port.
+    /// New connections (SYN without ACK) to a protected port (userspace adds up
+    /// SERVICE_NEW_CONN).
     pub const NEW_CONN: u32 = 4;
     /// New connections passed because the allow list matched.
     pub const ALLOWED: u32 = 5;
-    /// A default-ceiling bucket could not be created (map busy); the packet passed.
-    pub const CEILING_INSERT_FAILED: u32 = 6;
+    /// Verdicts worked out from ALLOW, DENY and POLICY (the rest came from a slot).
+    pub const VERDICT_WORKED_OUT: u32 = 6;
     /// Drop events lost because the ring buffer was full.
     pub const EVENTS_LOST: u32 = 7;
+    /// SOURCES slots taken for the first time (the table's fill).
+    pub const SOURCE_SLOT_CLAIMED: u32 = 8;
+    /// SOURCES slots taken over from another source.
+    pub const SOURCE_SLOT_REPLACED: u32 = 9;
+    /// PREFIXES slots taken for the first time.
+    pub const PREFIX_SLOT_CLAIMED: u32 = 10;
+    /// PREFIXES slots taken over from another prefix.
+    pub const PREFIX_SLOT_REPLACED: u32 = 11;
     /// `DROP_REASON + reason::*`: drops by reason.
-    pub const DROP_REASON: u32 = 8;
+    pub const DROP_REASON: u32 = 12;
     /// `SERVICE_NEW_CONN + service::*`: new connections by service.
     pub const SERVICE_NEW_CONN: u32 = DROP_REASON + reason::COUNT;
     /// `SERVICE_DROPPED + service::*`: drops by service.
@@ -232,6 +322,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Attachment {}
+    unsafe impl aya::Pod for super::Slot {}
 }
 
 // Counter ranges do not overlap.
@@ -240,8 +331,9 @@ const _: () = assert!(counter::SERVICE_NEW_CONN == counter::DROP_REASON + reason
 
 // No implicit padding anywhere: a key's padding bytes would be hashed.
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Policy>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 16);
+const _: () = assert!(core::mem::size_of::<Policy>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 16 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 24);
 
@@ -273,14 +365,25 @@ pub const fn prefix_mask(bits: u32) -> Addr {
 /// `addr` with every bit past `mask` cleared.
 #[inline(always)]
 pub fn apply_mask(addr: &Addr, mask: &Addr) -> Addr {
-    let mut out = [0u8; 16];
-    // Unrolled by the compiler; the BPF verifier sees constant indexes.
-    let mut i = 0;
-    while i < 16 {
-        out[i] = addr[i] & mask[i];
-        i += 1;
-    }
-    out
+    let [a0, a1] = words(addr);
+    let [m0, m1] = words(mask);
+    // SAFETY: 16 bytes either way.
+    unsafe { core::mem::transmute::<[u64; 2], Addr>([a0 & m0, a1 & m1]) }
+}
+
+/// True for an IPv4-mapped address.
+#[inline(always)]
+pub fn is_v4_mapped(addr: &Addr) -> bool {
+    let [a0, a1] = words(addr);
+    a0 == 0 && a1 as u32 == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// The address as two native-endian words, the form the XDP program computes with (LLVM's BPF
+/// backend turns byte-wise work on a 16-byte array into 16 loads and as many shifts).
+#[inline(always)]
+pub fn words(addr: &Addr) -> [u64; 2] {
+    // SAFETY: 16 bytes either way; every bit pattern is a valid u64.
+    unsafe { core::mem::transmute::<Addr, [u64; 2]>(*addr) }
 }
 
 #[cfg(test)]
@@ -292,6 +395,50 @@ mod tests {
         let mask = prefix_mask(V4_MAPPED_BITS + 24);
         let addr = map_v4([198, 51, 100, 77]);
         assert_eq!(apply_mask(&addr, &mask), map_v4([198, 51, 100, 0]));
+    }
+
+    #[test]
+    fn v4_mapped_is_recognised_by_words() {
+        assert!(is_v4_mapped(&map_v4([198, 51, 100, 1])));
+        let mut v6 = map_v4([198, 51, 100, 1]);
+        v6[0] = 0x20;
+        assert!(!is_v4_mapped(&v6));
+        v6 = map_v4([198, 51, 100, 1]);
+        v6[10] = 0;
+        assert!(!is_v4_mapped(&v6));
+    }
+
+    #[test]
+    fn slot_hash_stays_in_the_table_and_depends_on_the_seed() {
+        let mask = (1 << 10) - 1;
+        let mut same = 0;
+        for i in 0..1000u32 {
+            let mut addr = map_v4(i.to_be_bytes());
+            addr[0] = 0x20;
+            let (index, fingerprint) = slot_hash(&addr, &[1, 2], mask);
+            assert!(index <= mask);
+            assert!(fingerprint >> 63 == 1 && fingerprint as u32 == 0);
+            same += usize::from(slot_hash(&addr, &[3, 4], mask).0 == index);
+        }
+        // Another seed moves almost every address (1 in 1024 stay by chance).
+        assert!(same < 20, "{same} of 1000 addresses kept their slot");
+    }
+
+    #[test]
+    fn a_slot_written_by_one_writer_checks_and_a_torn_one_does_not() {
+        let mut slot = Slot {
+            tag: 0x8000_0001_0000_0007,
+            until_ns: 99,
+            interval_ns: 1000,
+            verdict: verdict::LIMIT,
+            burst: 5,
+            ..Slot::default()
+        };
+        slot.check = slot.checksum();
+        let mut torn = slot;
+        torn.verdict = verdict::ALLOW;
+        assert_eq!(slot.check, slot.checksum());
+        assert_ne!(torn.check, torn.checksum());
     }
 
     #[test]

@@ -10,15 +10,15 @@
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, xdp_action},
-        btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-        helpers::bpf_ktime_get_boot_ns,
+        bindings::xdp_action,
+        btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+        helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
         macros::{btf_map, xdp},
         programs::XdpContext,
     };
     use sg_common::{
-        Addr, Config, DropEvent, ListEntry, Policy, PolicyKey, V4_MAPPED_PREFIX, action,
-        apply_mask, capacity, counter, flag, reason,
+        Addr, Config, DropEvent, ListEntry, Policy, PolicyKey, Slot, action, apply_mask, capacity,
+        counter, flag, is_v4_mapped, reason, slot_hash, verdict,
     };
     use sg_ebpf::{
         bucket,
@@ -46,13 +46,19 @@ mod program {
     #[btf_map]
     static POLICY: HashMap<PolicyKey, Policy, { capacity::POLICY as usize }> = HashMap::new();
 
-    /// Default-ceiling bucket per source (TAT). Full: the least recently used is evicted.
+    /// What the kernel remembers of each source: its bucket and its cached verdict
+    /// (see `sg_common::Slot`). Never full: a source takes over the slot its hash picks.
     #[btf_map]
-    static CEIL_SRC: LruHashMap<Addr, u64, { capacity::CEIL_SRC as usize }> = LruHashMap::new();
+    static SOURCES: Array<Slot, { capacity::SOURCES as usize }> = Array::new();
 
-    /// Default-ceiling bucket per prefix (TAT). Full: the least recently used is evicted.
+    /// The same for prefixes.
     #[btf_map]
-    static CEIL_PFX: LruHashMap<Addr, u64, { capacity::CEIL_PFX as usize }> = LruHashMap::new();
+    static PREFIXES: Array<Slot, { capacity::PREFIXES as usize }> = Array::new();
+
+    /// Bumped by userspace after every change to ALLOW, DENY or POLICY: cached verdicts of
+    /// another generation are stale.
+    #[btf_map]
+    static GENERATION: Array<u32, 1> = Array::new();
 
     #[btf_map]
     static COUNTERS: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::new();
@@ -70,7 +76,6 @@ mod program {
     /// The throttle.
     #[xdp]
     pub fn slowgate(ctx: XdpContext) -> u32 {
-        count(counter::PACKETS);
         let verdict = match try_slowgate(&ctx) {
             Ok(verdict) => verdict,
             Err(_) => {
@@ -93,6 +98,13 @@ mod program {
         xdp_action::XDP_PASS
     }
 
+    /// Returns the low 32 bits of jiffies: userspace runs it twice to measure the tick length.
+    #[xdp]
+    pub fn sg_clock(_ctx: XdpContext) -> u32 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_jiffies64() as u32 }
+    }
+
     #[inline(always)]
     fn try_slowgate(ctx: &XdpContext) -> Result<u32, parse::ParseError> {
         // SAFETY: data..data_end is the packet, readable for the whole program run.
@@ -107,7 +119,7 @@ mod program {
         let Some(config) = CONFIG.get(0) else {
             return Ok(xdp_action::XDP_PASS);
         };
-        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let now = tick_clock(config);
 
         if !tcp.new_connection {
             // A session in progress is never cut, unless the operator asked for it.
@@ -120,58 +132,52 @@ mod program {
                     service,
                     reason::BLOCKED_ESTABLISHED,
                     config,
-                    now,
                 ));
             }
             return Ok(xdp_action::XDP_PASS);
         }
 
-        count(counter::NEW_CONN);
         count(counter::SERVICE_NEW_CONN + u32::from(service));
         match decide(&tcp.src, config, now) {
             None => Ok(xdp_action::XDP_PASS),
-            Some(why) => Ok(refuse(&tcp.src, tcp.dport, service, why, config, now)),
+            Some(why) => Ok(refuse(&tcp.src, tcp.dport, service, why, config)),
         }
     }
 
     /// Returns the drop reason for a new connection from `src`, or None to pass it.
     #[inline(always)]
     fn decide(src: &Addr, config: &Config, now: u64) -> Option<u8> {
-        let host = Key::new(128, *src);
-        if ALLOW.get(&host).is_some_and(|e| live(e.expires_ns, now)) {
-            count(counter::ALLOWED);
-            return None;
-        }
-        if DENY.get(&host).is_some_and(|e| live(e.expires_ns, now)) {
-            return Some(reason::DENY);
-        }
-        let prefix = prefix_of(src, config);
-        if let Some(policy) = policy_for(src, &prefix, now) {
-            // SAFETY: policy points into a POLICY value, valid for this program run.
-            let policy = unsafe { &mut *policy };
-            if policy.action == action::BLOCK {
-                return Some(reason::POLICY_BLOCK);
+        let generation = GENERATION.get(0).copied().unwrap_or(0);
+        let source = Remembered::of_source(src, config, generation, now)?;
+        match source.verdict {
+            verdict::ALLOW => {
+                count(counter::ALLOWED);
+                return None;
             }
-            // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
-            let ok = unsafe {
-                bucket::take(
-                    &mut policy.tat_ns,
-                    now,
-                    policy.interval_ns,
-                    u64::from(policy.burst),
-                )
-            };
-            return if ok { None } else { Some(reason::POLICY_RATE) };
+            verdict::DENY => return Some(reason::DENY),
+            verdict::BLOCK => return Some(reason::POLICY_BLOCK),
+            verdict::LIMIT => {
+                return (!source.take(now, config, source.interval_ns, u64::from(source.burst)))
+                    .then_some(reason::POLICY_RATE);
+            }
+            _ => {}
         }
-        let source = config.source_ceiling;
-        if source.interval_ns != 0
-            && !ceiling(&CEIL_SRC, src, now, source.interval_ns, source.burst)
+        let prefix = Remembered::of_prefix(src, config, generation, now)?;
+        match prefix.verdict {
+            verdict::BLOCK => return Some(reason::POLICY_BLOCK),
+            verdict::LIMIT => {
+                return (!prefix.take(now, config, prefix.interval_ns, u64::from(prefix.burst)))
+                    .then_some(reason::POLICY_RATE);
+            }
+            _ => {}
+        }
+        let ceiling = config.source_ceiling;
+        if ceiling.interval_ns != 0 && !source.take(now, config, ceiling.interval_ns, ceiling.burst)
         {
             return Some(reason::DEFAULT_SOURCE);
         }
-        let net = config.prefix_ceiling;
-        if net.interval_ns != 0
-            && !ceiling(&CEIL_PFX, &prefix.addr, now, net.interval_ns, net.burst)
+        let ceiling = config.prefix_ceiling;
+        if ceiling.interval_ns != 0 && !prefix.take(now, config, ceiling.interval_ns, ceiling.burst)
         {
             return Some(reason::DEFAULT_PREFIX);
         }
@@ -181,20 +187,196 @@ mod program {
     /// True when `src` is denied or blocked by policy (for the established-packets option).
     #[inline(always)]
     fn is_blocked(src: &Addr, config: &Config, now: u64) -> bool {
-        let host = Key::new(128, *src);
-        if ALLOW.get(&host).is_some_and(|e| live(e.expires_ns, now)) {
+        let generation = GENERATION.get(0).copied().unwrap_or(0);
+        let Some(source) = Remembered::of_source(src, config, generation, now) else {
             return false;
+        };
+        match source.verdict {
+            verdict::DENY | verdict::BLOCK => true,
+            verdict::NEXT => Remembered::of_prefix(src, config, generation, now)
+                .is_some_and(|p| p.verdict == verdict::BLOCK),
+            _ => false,
         }
-        if DENY.get(&host).is_some_and(|e| live(e.expires_ns, now)) {
-            return true;
+    }
+
+    /// A source's (or prefix's) slot and its current verdict.
+    struct Remembered {
+        slot: *mut Slot,
+        verdict: u32,
+        burst: u32,
+        interval_ns: u64,
+    }
+
+    impl Remembered {
+        /// The slot of `src`, with the verdict of the allow and deny lists and of the policy
+        /// for the exact address.
+        #[inline(always)]
+        fn of_source(src: &Addr, config: &Config, generation: u32, now: u64) -> Option<Self> {
+            let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
+            let slot = SOURCES.get_ptr_mut(index)?;
+            let tag = fingerprint | u64::from(generation);
+            // SAFETY: slot points to a map value, valid for this program run.
+            let seen_tat = match unsafe { Self::cached(slot, tag, now) } {
+                Ok(current) => return Some(current),
+                Err(seen_tat) => seen_tat,
+            };
+            count(counter::VERDICT_WORKED_OUT);
+            let boot = unsafe { bpf_ktime_get_boot_ns() };
+            let host = Key::new(128, *src);
+            let (verdict, expires_ns, policy) =
+                if let Some(e) = ALLOW.get(&host).filter(|e| live(e.expires_ns, boot)) {
+                    (verdict::ALLOW, e.expires_ns, None)
+                } else if let Some(e) = DENY.get(&host).filter(|e| live(e.expires_ns, boot)) {
+                    (verdict::DENY, e.expires_ns, None)
+                } else {
+                    let exact = PolicyKey {
+                        addr: *src,
+                        prefix_len: 128,
+                    };
+                    match live_policy(&exact, boot) {
+                        Some(p) => (policy_verdict(p), p.expires_ns, Some(p)),
+                        None => (verdict::NEXT, 0, None),
+                    }
+                };
+            let fresh = Remembered {
+                slot,
+                verdict,
+                burst: policy.map_or(0, |p| p.burst),
+                interval_ns: policy.map_or(0, |p| p.interval_ns),
+            };
+            // SAFETY: as above.
+            unsafe {
+                fresh.store(
+                    tag,
+                    seen_tat,
+                    until(expires_ns, boot, now),
+                    counter::SOURCE_SLOT_CLAIMED,
+                )
+            };
+            Some(fresh)
         }
-        let prefix = prefix_of(src, config);
-        policy_for(src, &prefix, now).is_some_and(|p| unsafe { (*p).action } == action::BLOCK)
+
+        /// The slot of `src`'s prefix, with the verdict of the policy for that prefix.
+        #[inline(always)]
+        fn of_prefix(src: &Addr, config: &Config, generation: u32, now: u64) -> Option<Self> {
+            let key = prefix_of(src, config);
+            let (index, fingerprint) = slot_hash(&key.addr, &config.seed, config.prefix_slots_mask);
+            let slot = PREFIXES.get_ptr_mut(index)?;
+            let tag = fingerprint | u64::from(generation);
+            // SAFETY: slot points to a map value, valid for this program run.
+            let seen_tat = match unsafe { Self::cached(slot, tag, now) } {
+                Ok(current) => return Some(current),
+                Err(seen_tat) => seen_tat,
+            };
+            count(counter::VERDICT_WORKED_OUT);
+            let boot = unsafe { bpf_ktime_get_boot_ns() };
+            let policy = live_policy(&key, boot);
+            let fresh = Remembered {
+                slot,
+                verdict: policy.map_or(verdict::NEXT, policy_verdict),
+                burst: policy.map_or(0, |p| p.burst),
+                interval_ns: policy.map_or(0, |p| p.interval_ns),
+            };
+            let expires_ns = policy.map_or(0, |p| p.expires_ns);
+            // SAFETY: as above.
+            unsafe {
+                fresh.store(
+                    tag,
+                    seen_tat,
+                    until(expires_ns, boot, now),
+                    counter::PREFIX_SLOT_CLAIMED,
+                )
+            };
+            Some(fresh)
+        }
+
+        /// The slot's verdict when it is this address's, of this generation, not past its
+        /// time, and not torn by two writers; else the bucket state seen with the stale tag.
+        ///
+        /// # Safety
+        /// `slot` must point to a map value valid for this program run.
+        #[inline(always)]
+        unsafe fn cached(slot: *mut Slot, tag: u64, now: u64) -> Result<Self, u64> {
+            let s = unsafe { &*slot };
+            if s.tag != tag || now >= s.until_ns || s.check != s.checksum() {
+                return Err(unsafe { core::ptr::read_volatile(&s.tat_ns) });
+            }
+            Ok(Remembered {
+                slot,
+                verdict: s.verdict,
+                burst: s.burst,
+                interval_ns: s.interval_ns,
+            })
+        }
+
+        /// Writes the verdict into the slot. The bucket survives when the slot was already this
+        /// address's (a new generation or a passed expiry); another address starts full.
+        /// `seen_tat` is the bucket as it was when the tag was found stale: when another CPU
+        /// took the slot over meanwhile and already spent tokens, the reset must not refund
+        /// them, so it only happens if the bucket is still what was seen.
+        ///
+        /// # Safety
+        /// As for `cached`.
+        #[inline(always)]
+        unsafe fn store(&self, tag: u64, seen_tat: u64, until_ns: u64, claimed_counter: u32) {
+            let s = unsafe { &mut *self.slot };
+            if s.tag >> 32 != tag >> 32 {
+                // The REPLACED counter follows each CLAIMED counter.
+                count(claimed_counter + u32::from(s.tag != 0));
+                // SAFETY: tat_ns is an aligned u64 inside the map value.
+                let _ = unsafe { bucket::compare_exchange(&mut s.tat_ns, seen_tat, 0) };
+            }
+            s.tag = tag;
+            s.until_ns = until_ns;
+            s.interval_ns = self.interval_ns;
+            s.verdict = self.verdict;
+            s.burst = self.burst;
+            s.check = s.checksum();
+        }
+
+        /// Takes one token from the slot's bucket; false when the connection must be refused.
+        #[inline(always)]
+        fn take(&self, now: u64, config: &Config, interval_ns: u64, burst: u64) -> bool {
+            let tat = unsafe { &mut (*self.slot).tat_ns };
+            // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
+            unsafe { bucket::take(tat, now, config.tick_ns, interval_ns, burst) }
+        }
+    }
+
+    #[inline(always)]
+    fn policy_verdict(p: &Policy) -> u32 {
+        if p.action == action::BLOCK {
+            verdict::BLOCK
+        } else {
+            verdict::LIMIT
+        }
+    }
+
+    /// The tick-clock time at which an entry expiring at `expires_ns` (CLOCK_BOOTTIME, 0 =
+    /// never) stops applying.
+    #[inline(always)]
+    fn until(expires_ns: u64, boot: u64, now: u64) -> u64 {
+        if expires_ns == 0 {
+            u64::MAX
+        } else {
+            now.saturating_add(expires_ns.saturating_sub(boot))
+        }
+    }
+
+    /// The clock of the buckets: jiffies times the tick length userspace measured, a few
+    /// instructions where the precise clock costs more than the rest of the program.
+    #[inline(always)]
+    fn tick_clock(config: &Config) -> u64 {
+        if config.tick_ns == 0 {
+            return unsafe { bpf_ktime_get_boot_ns() };
+        }
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_jiffies64() }.wrapping_mul(config.tick_ns)
     }
 
     #[inline(always)]
     fn prefix_of(src: &Addr, config: &Config) -> PolicyKey {
-        let v4 = src[..12] == V4_MAPPED_PREFIX;
+        let v4 = is_v4_mapped(src);
         let (mask, prefix_len) = if v4 {
             (&config.prefix_mask_v4, config.prefix_len_v4)
         } else {
@@ -206,53 +388,12 @@ mod program {
         }
     }
 
-    /// The live POLICY entry for the exact source, else for its prefix.
+    /// The POLICY entry of `key`, unless it has expired.
     #[inline(always)]
-    fn policy_for(src: &Addr, prefix: &PolicyKey, now: u64) -> Option<*mut Policy> {
-        let exact = PolicyKey {
-            addr: *src,
-            prefix_len: 128,
-        };
-        if let Some(p) = POLICY.get_ptr_mut(&exact) {
-            if live(unsafe { (*p).expires_ns }, now) {
-                return Some(p);
-            }
-        }
-        let p = POLICY.get_ptr_mut(prefix)?;
-        if live(unsafe { (*p).expires_ns }, now) {
-            Some(p)
-        } else {
-            None
-        }
-    }
-
-    /// Takes a token from the default-ceiling bucket of `key`, creating it (full) on first sight.
-    /// Returns false when the connection exceeds the ceiling.
-    #[inline(always)]
-    fn ceiling<const N: usize>(
-        map: &LruHashMap<Addr, u64, N>,
-        key: &Addr,
-        now: u64,
-        interval_ns: u64,
-        burst: u64,
-    ) -> bool {
-        let tat = match map.get_ptr_mut(key) {
-            Some(p) => p,
-            None => {
-                // Another CPU may create it between our lookup and insert: NOEXIST keeps its
-                // state, and the second lookup finds it.
-                let _ = map.insert(key, 0u64, u64::from(BPF_NOEXIST));
-                match map.get_ptr_mut(key) {
-                    Some(p) => p,
-                    None => {
-                        count(counter::CEILING_INSERT_FAILED);
-                        return true;
-                    }
-                }
-            }
-        };
-        // SAFETY: tat points to an 8-byte aligned map value, valid for this program run.
-        unsafe { bucket::take(tat, now, interval_ns, burst) }
+    fn live_policy(key: &PolicyKey, boot: u64) -> Option<&'static Policy> {
+        // SAFETY: map values stay valid for the program run.
+        let p = unsafe { POLICY.get(key) }?;
+        live(p.expires_ns, boot).then_some(p)
     }
 
     #[inline(always)]
@@ -261,13 +402,13 @@ mod program {
     }
 
     #[inline(always)]
-    fn refuse(src: &Addr, port: u16, service: u8, why: u8, config: &Config, now: u64) -> u32 {
+    fn refuse(src: &Addr, port: u16, service: u8, why: u8, config: &Config) -> u32 {
         count(counter::DROP_REASON + u32::from(why));
         count(counter::SERVICE_DROPPED + u32::from(service));
         let sample = u64::from(config.event_sample);
         if sample != 0 && counter_value(counter::DROPPED) % sample == 0 {
             let event = DropEvent {
-                time_ns: now,
+                time_ns: unsafe { bpf_ktime_get_boot_ns() },
                 addr: *src,
                 port,
                 reason: why,

@@ -5,7 +5,7 @@
 //! Every read goes through [`ptr_at`], which checks the bound first: the BPF verifier rejects any
 //! packet access it cannot prove in range.
 
-use sg_common::{Addr, map_v4};
+use sg_common::Addr;
 
 /// Why a packet could not be parsed. The program passes such packets and counts them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,26 @@ unsafe fn ptr_at<T>(start: usize, end: usize, off: usize) -> Result<*const T, Pa
     Ok((start + off) as *const T)
 }
 
+/// Loads a `T` from a pointer that may be unaligned. On BPF this is one load instruction (the
+/// verifier accepts misaligned packet loads on architectures with efficient unaligned access,
+/// and no BPF instruction traps on alignment); on the host it is `read_unaligned`.
+///
+/// # Safety
+/// `p` must point to `size_of::<T>()` readable bytes.
+#[inline(always)]
+unsafe fn load<T: Copy>(p: *const T) -> T {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: see above; LLVM's BPF backend otherwise splits the load into single bytes.
+    unsafe {
+        core::ptr::read(p)
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller guarantees the bytes are readable.
+    unsafe {
+        core::ptr::read_unaligned(p)
+    }
+}
+
 #[inline(always)]
 fn read<const N: usize>(start: usize, end: usize, off: usize) -> Result<[u8; N], ParseError> {
     // SAFETY: ptr_at checked that N bytes at off lie inside the range; [u8; N] has alignment 1.
@@ -136,7 +156,11 @@ fn ipv4(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     if ip[9] != IPPROTO_TCP {
         return Ok(Packet::Other);
     }
-    let src = map_v4([ip[12], ip[13], ip[14], ip[15]]);
+    // SAFETY: read() above checked that the 20-byte header is in range.
+    let v4: u32 = unsafe { load(ptr_at::<u32>(start, end, off + 12)?) };
+    let mapped = u64::from(u32::from_ne_bytes([0, 0, 0xff, 0xff])) | (u64::from(v4) << 32);
+    // SAFETY: two u64 are 16 bytes; any bytes are a valid Addr.
+    let src: Addr = unsafe { core::mem::transmute::<[u64; 2], Addr>([0, mapped]) };
     tcp(start, end, off + header_len, src, more_fragments)
 }
 
@@ -147,8 +171,10 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     if ip[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
+    // SAFETY: read() above checked that the 40-byte header is in range.
+    let words: [u64; 2] = unsafe { load(ptr_at::<[u64; 2]>(start, end, off + 8)?) };
+    // SAFETY: two u64 are 16 bytes; any bytes are a valid Addr.
+    let src: Addr = unsafe { core::mem::transmute::<[u64; 2], Addr>(words) };
     let mut next = ip[6];
     let mut off = off + 40;
     let mut fragmented = false;
@@ -217,6 +243,7 @@ fn tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sg_common::map_v4;
 
     fn parse_bytes(pkt: &[u8]) -> Result<Packet, ParseError> {
         let start = pkt.as_ptr() as usize;

@@ -307,8 +307,16 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             counters[counter::ALLOWED as usize],
         ),
         (
-            "ceiling_insert_failed".into(),
-            counters[counter::CEILING_INSERT_FAILED as usize],
+            "verdicts_worked_out".into(),
+            counters[counter::VERDICT_WORKED_OUT as usize],
+        ),
+        (
+            "source_slots_replaced".into(),
+            counters[counter::SOURCE_SLOT_REPLACED as usize],
+        ),
+        (
+            "prefix_slots_replaced".into(),
+            counters[counter::PREFIX_SLOT_REPLACED as usize],
         ),
         (
             "drop_events_lost".into(),

@@ -152,8 +152,8 @@ impl Default for RawCapacity {
         RawCapacity {
             lists: capacity::LIST,
             policies: capacity::POLICY,
-            sources: capacity::CEIL_SRC,
-            prefixes: capacity::CEIL_PFX,
+            sources: capacity::SOURCES,
+            prefixes: capacity::PREFIXES,
         }
     }
 }
@@ -272,6 +272,8 @@ impl Config {
                 0
             },
             event_sample: self.drop_event_sample,
+            // Filled in by `Maps::write_config`, which knows the kernel and the maps.
+            ..sg_common::Config::default()
         }
     }
 }
@@ -348,6 +350,15 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     ] {
         if !(16..=16_777_216).contains(&value) {
             bail!("key `{key}`: {value} is outside 16..=16777216");
+        }
+        if key.ends_with("sources") || key.ends_with("prefixes") {
+            // Slot tables are indexed by masking a hash.
+            if !value.is_power_of_two() {
+                bail!(
+                    "key `{key}`: {value} is not a power of two (try {})",
+                    value.next_power_of_two()
+                );
+            }
         }
     }
     let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {

@@ -31,7 +31,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let mut ebpf = kernel::load(&config.capacity, Some(pin_dir))?;
     let mut maps = Maps::from_ebpf(&mut ebpf)?;
     let mut events = kernel::drop_events(&mut ebpf)?;
-    maps.write_config(&config.kernel_config())?;
+    let tick_ns = kernel::tick_ns(&mut ebpf)?;
+    maps.write_config(&config.kernel_config(), tick_ns)?;
     maps.write_ports(&config.ports)?;
 
     let previous = maps.attachments().unwrap_or_default();

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use aya::{
-    Ebpf, EbpfLoader, include_bytes_aligned,
+    Ebpf, EbpfLoader, TestRun, include_bytes_aligned,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         Xdp, XdpMode,
@@ -18,8 +18,8 @@ use aya::{
     },
 };
 use sg_common::{
-    Addr, Attachment, Config as KernelConfig, ListEntry, Policy, PolicyKey, action, capacity,
-    counter, map_name, mode,
+    Addr, Attachment, Config as KernelConfig, ListEntry, Policy, PolicyKey, Slot, action, capacity,
+    counter, map_name, mode, service,
 };
 
 use crate::{
@@ -34,18 +34,58 @@ pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "slowgate";
 /// An empty XDP program in the same object, the baseline of `cargo xtask bench xdp`.
 pub const EMPTY_PROGRAM: &str = "sg_empty";
+/// A program that returns jiffies, to measure the kernel's tick (see [`tick_ns`]).
+pub const CLOCK_PROGRAM: &str = "sg_clock";
+
+/// The length of one kernel tick (1 s / CONFIG_HZ), which the XDP program's bucket clock counts
+/// in. Measured once per process by reading jiffies twice, 200 ms apart, through the clock
+/// program, and rounded to the nearest CONFIG_HZ the kernel offers.
+pub fn tick_ns(ebpf: &mut Ebpf) -> anyhow::Result<u64> {
+    static TICK_NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(&t) = TICK_NS.get() {
+        return Ok(t);
+    }
+    let program: &mut Xdp = ebpf
+        .program_mut(CLOCK_PROGRAM)
+        .context("the object has no clock program")?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().context("load the clock program")?;
+    }
+    let frame = [0u8; 64];
+    let jiffies = || -> anyhow::Result<(u32, std::time::Instant)> {
+        let result = program
+            .test_run(aya::programs::TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
+            .context("run the clock program")?;
+        Ok((result.return_value, std::time::Instant::now()))
+    };
+    let (j0, t0) = jiffies()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (j1, t1) = jiffies()?;
+    let measured = f64::from(j1.wrapping_sub(j0)) / (t1 - t0).as_secs_f64();
+    let hz = [100.0, 250.0, 300.0, 1000.0]
+        .into_iter()
+        .min_by(|a: &f64, b: &f64| (a - measured).abs().total_cmp(&(b - measured).abs()))
+        .unwrap_or(250.0);
+    let tick = (1e9 / hz) as u64;
+    Ok(*TICK_NS.get_or_init(|| tick))
+}
 
 /// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the
 /// running program uses.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     map_name::DROP_EVENTS,
     map_name::CONFIG,
     map_name::PORTS,
     map_name::ALLOW,
     map_name::DENY,
     map_name::POLICY,
-    map_name::CEIL_SRC,
-    map_name::CEIL_PFX,
+    map_name::SOURCES,
+    map_name::PREFIXES,
+    map_name::GENERATION,
     map_name::COUNTERS,
     map_name::ATTACHMENTS,
 ];
@@ -110,8 +150,8 @@ pub fn load(capacity: &Capacity, pin_dir: Option<&Path>) -> anyhow::Result<Ebpf>
         .map_max_entries(map_name::ALLOW, capacity.lists)
         .map_max_entries(map_name::DENY, capacity.lists)
         .map_max_entries(map_name::POLICY, capacity.policies)
-        .map_max_entries(map_name::CEIL_SRC, capacity.sources)
-        .map_max_entries(map_name::CEIL_PFX, capacity.prefixes);
+        .map_max_entries(map_name::SOURCES, capacity.sources.next_power_of_two())
+        .map_max_entries(map_name::PREFIXES, capacity.prefixes.next_power_of_two());
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),
@@ -129,8 +169,8 @@ pub fn default_capacity() -> Capacity {
     Capacity {
         lists: capacity::LIST,
         policies: capacity::POLICY,
-        sources: capacity::CEIL_SRC,
-        prefixes: capacity::CEIL_PFX,
+        sources: capacity::SOURCES,
+        prefixes: capacity::PREFIXES,
     }
 }
 
@@ -231,8 +271,9 @@ pub struct Maps {
     pub allow: LpmTrie<MapData, Addr, ListEntry>,
     pub deny: LpmTrie<MapData, Addr, ListEntry>,
     pub policy: HashMap<MapData, PolicyKey, Policy>,
-    pub ceil_src: HashMap<MapData, Addr, u64>,
-    pub ceil_pfx: HashMap<MapData, Addr, u64>,
+    pub sources: Array<MapData, Slot>,
+    pub prefixes: Array<MapData, Slot>,
+    pub generation: Array<MapData, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     pub attachments: Array<MapData, Attachment>,
     /// max_entries of each bounded map, read from the kernel.
@@ -270,7 +311,7 @@ impl Maps {
         let mut bounded = |name: &'static str| -> anyhow::Result<Map> {
             let map = get(name)?;
             let max = match &map {
-                Map::HashMap(m) | Map::LruHashMap(m) | Map::LpmTrie(m) => m.info()?.max_entries(),
+                Map::HashMap(m) | Map::LpmTrie(m) | Map::Array(m) => m.info()?.max_entries(),
                 _ => 0,
             };
             capacities.push((name, max));
@@ -279,24 +320,57 @@ impl Maps {
         let allow = bounded(map_name::ALLOW)?.try_into()?;
         let deny = bounded(map_name::DENY)?.try_into()?;
         let policy = bounded(map_name::POLICY)?.try_into()?;
-        let ceil_src = bounded(map_name::CEIL_SRC)?.try_into()?;
-        let ceil_pfx = bounded(map_name::CEIL_PFX)?.try_into()?;
+        let sources = bounded(map_name::SOURCES)?.try_into()?;
+        let prefixes = bounded(map_name::PREFIXES)?.try_into()?;
         Ok(Maps {
             config: get(map_name::CONFIG)?.try_into()?,
             ports: get(map_name::PORTS)?.try_into()?,
             allow,
             deny,
             policy,
-            ceil_src,
-            ceil_pfx,
+            sources,
+            prefixes,
+            generation: get(map_name::GENERATION)?.try_into()?,
             counters: get(map_name::COUNTERS)?.try_into()?,
             attachments: get(map_name::ATTACHMENTS)?.try_into()?,
             capacities,
         })
     }
 
-    pub fn write_config(&mut self, config: &KernelConfig) -> anyhow::Result<()> {
+    /// Writes the kernel's settings, completed with what only this side knows: the tick length
+    /// (see [`tick_ns`]), the slot tables' sizes, and the slot hash's seed (the one already in
+    /// force when there is one, so that a restart keeps every source in its slot).
+    pub fn write_config(&mut self, config: &KernelConfig, tick_ns: u64) -> anyhow::Result<()> {
+        let old = self.read_config()?;
+        let seed = if old.seed != [0, 0] {
+            old.seed
+        } else {
+            random_seed()?
+        };
+        let capacity = |name| {
+            self.capacities
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(1, |&(_, max)| max)
+        };
+        let config = KernelConfig {
+            tick_ns,
+            seed,
+            source_slots_mask: capacity(map_name::SOURCES) - 1,
+            prefix_slots_mask: capacity(map_name::PREFIXES) - 1,
+            ..*config
+        };
         self.config.set(0, config, 0).context("write CONFIG")
+    }
+
+    /// Tells the kernel that ALLOW, DENY or POLICY changed: verdicts cached in slots are stale.
+    /// Call after the change. Two writers racing here still both leave a new generation behind
+    /// their change, which is all the kernel needs.
+    fn changed(&mut self) -> anyhow::Result<()> {
+        let generation = self.generation.get(&0, 0).context("read GENERATION")?;
+        self.generation
+            .set(0, generation.wrapping_add(1), 0)
+            .context("write GENERATION")
     }
 
     pub fn read_config(&self) -> anyhow::Result<KernelConfig> {
@@ -372,13 +446,16 @@ impl Maps {
         self.list(kind)
             .insert(&key, entry, 0)
             .map_err(|e| full_or(e, kind.name()))
-            .with_context(|| format!("add {net} to the {} list", kind.name()))
+            .with_context(|| format!("add {net} to the {} list", kind.name()))?;
+        self.changed()
     }
 
     /// Removes `net`; false when it was not listed.
     pub fn list_del(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
         let key = Key::new(net.prefix_len, net.addr);
-        removed(self.list(kind).remove(&key))
+        let removed = removed(self.list(kind).remove(&key))?;
+        self.changed()?;
+        Ok(removed)
     }
 
     pub fn list_entries(&mut self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
@@ -438,7 +515,6 @@ impl Maps {
                 ..Policy::default()
             },
             Limit::Rate { rate, burst } => Policy {
-                tat_ns: 0,
                 interval_ns: rate.interval.as_nanos() as u64,
                 expires_ns: expiry(ttl),
                 burst,
@@ -448,12 +524,15 @@ impl Maps {
         self.policy
             .insert(key, policy, 0)
             .map_err(|e| full_or(e, "policy"))
-            .with_context(|| format!("set the limit of {net}"))
+            .with_context(|| format!("set the limit of {net}"))?;
+        self.changed()
     }
 
     pub fn limit_del(&mut self, net: Network) -> anyhow::Result<bool> {
         let key = self.policy_key(net)?;
-        removed(self.policy.remove(&key))
+        let removed = removed(self.policy.remove(&key))?;
+        self.changed()?;
+        Ok(removed)
     }
 
     pub fn limit_entries(&self) -> anyhow::Result<Vec<Entry<Limit>>> {
@@ -499,25 +578,39 @@ impl Maps {
         for key in expired {
             swept += usize::from(self.policy.remove(&key).is_ok());
         }
+        if swept > 0 {
+            self.changed()?;
+        }
         Ok(swept)
     }
 
     /// Every counter summed over CPUs, indexed by `sg_common::counter`.
+    /// PACKETS and NEW_CONN are sums of other counters, worked out here to spare the program
+    /// two increments per packet.
     pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
-        (0..counter::COUNT)
+        let mut all = (0..counter::COUNT)
             .map(|i| Ok(self.counters.get(&i, 0)?.iter().sum()))
-            .collect()
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        let at = |c: u32| c as usize;
+        all[at(counter::PACKETS)] = all[at(counter::PASSED)] + all[at(counter::DROPPED)];
+        all[at(counter::NEW_CONN)] = (0..service::COUNT)
+            .map(|s| all[at(counter::SERVICE_NEW_CONN + s)])
+            .sum();
+        Ok(all)
     }
 
     /// (name, entries, capacity) of each bounded map.
     pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
         let lpm = |m: &LpmTrie<MapData, Addr, ListEntry>| m.keys().filter(Result::is_ok).count();
+        // Slots are never freed, so the tables' fill is the count of first claims.
+        let claimed = self.counters().unwrap_or_default();
+        let claimed = |c: u32| claimed.get(c as usize).copied().unwrap_or(0) as usize;
         let counts = [
             lpm(&self.allow),
             lpm(&self.deny),
             self.policy.keys().filter(Result::is_ok).count(),
-            self.ceil_src.keys().filter(Result::is_ok).count(),
-            self.ceil_pfx.keys().filter(Result::is_ok).count(),
+            claimed(counter::SOURCE_SLOT_CLAIMED),
+            claimed(counter::PREFIX_SLOT_CLAIMED),
         ];
         self.capacities
             .iter()
@@ -525,6 +618,21 @@ impl Maps {
             .map(|(&(name, max), n)| (name, n, max))
             .collect()
     }
+}
+
+/// 128 random bits from the kernel (getrandom(2)).
+fn random_seed() -> anyhow::Result<[u64; 2]> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 16 {
+        return Err(std::io::Error::last_os_error()).context("getrandom");
+    }
+    let (a, b) = bytes.split_at(8);
+    Ok([
+        u64::from_ne_bytes(a.try_into()?),
+        u64::from_ne_bytes(b.try_into()?) | 1,
+    ])
 }
 
 /// Keys of the entries whose expiry (0 = never) has passed at `now`.

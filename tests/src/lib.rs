@@ -176,7 +176,8 @@ impl TestProgram {
             program.load().with_context(|| format!("load {name}"))?;
         }
         let mut maps = kernel::Maps::from_ebpf(&mut ebpf)?;
-        maps.write_config(&config.kernel_config())?;
+        let tick_ns = kernel::tick_ns(&mut ebpf)?;
+        maps.write_config(&config.kernel_config(), tick_ns)?;
         maps.write_ports(&config.ports)?;
         Ok(TestProgram { ebpf, maps })
     }
@@ -206,6 +207,22 @@ impl TestProgram {
 
     pub fn counter(&self, index: u32) -> u64 {
         self.maps.counters().expect("read counters")[index as usize]
+    }
+}
+
+/// Keeps the calling thread on `cpu` (panics when the machine has no such CPU).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -241,6 +241,51 @@ fn expired_entries_are_ignored() {
 }
 
 #[test]
+fn a_cached_verdict_gives_way_to_a_list_change_at_once() {
+    let mut p = program();
+    let pkt = v4_tcp(OTHER_V4, 25, TCP_SYN);
+    assert_eq!(p.run(&pkt), XDP_PASS);
+    assert_eq!(p.run(&pkt), XDP_PASS);
+    let worked_out = p.counter(counter::VERDICT_WORKED_OUT);
+    assert_eq!(p.run(&pkt), XDP_PASS);
+    assert_eq!(
+        p.counter(counter::VERDICT_WORKED_OUT),
+        worked_out,
+        "a known source is decided from its slot"
+    );
+    p.maps
+        .list_add(ListKind::Deny, net("198.51.100.0/24"), None)
+        .unwrap();
+    assert_eq!(p.run(&pkt), XDP_DROP);
+    p.maps
+        .list_del(ListKind::Deny, net("198.51.100.0/24"))
+        .unwrap();
+    assert_eq!(p.run(&pkt), XDP_PASS);
+    p.maps
+        .limit_set(net("198.51.100.0/24"), Limit::Block, None)
+        .unwrap();
+    assert_eq!(p.run(&pkt), XDP_DROP);
+}
+
+#[test]
+fn an_entry_that_expires_while_cached_stops_applying_with_no_userspace_help() {
+    let mut p = program();
+    let pkt = v4_tcp(OTHER_V4, 25, TCP_SYN);
+    p.maps
+        .limit_set(
+            net("198.51.100.20"),
+            Limit::Block,
+            Some(Duration::from_millis(300)),
+        )
+        .unwrap();
+    assert_eq!(p.run(&pkt), XDP_DROP);
+    assert_eq!(p.run(&pkt), XDP_DROP);
+    // Past the expiry plus a few ticks of the bucket clock; nobody touches the maps.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(p.run(&pkt), XDP_PASS);
+}
+
+#[test]
 fn vlan_tags_do_not_bypass_a_deny() {
     let p = program_denying("203.0.113.0/24");
     let ip = ipv4(DENIED_V4, IPPROTO_TCP, 0, 0, &tcp_header(25, TCP_SYN));
@@ -446,34 +491,36 @@ fn a_policy_overrides_the_default_ceiling() {
 
 #[test]
 fn token_bucket_never_over_admits_when_two_cpus_hammer_one_source() {
-    // GCRA bound: a bucket of `burst` refilled every `interval` admits at most
-    // burst + elapsed / interval connections. Both CPUs contend for every token as it appears;
-    // an update that is not atomic lets both take it, and the count goes past the bound.
+    // A bucket of BURST tokens that refills one token an hour: however hard both CPUs hammer
+    // it, exactly BURST connections pass. An update that is not atomic lets both CPUs take the
+    // same token, and more pass.
     let mut p = program();
     const RUNS: u32 = 1_000_000;
-    const INTERVAL_NS: u128 = 1_000;
+    const BURST: u32 = 50_000;
     p.maps
-        .limit_set(net("198.51.100.60"), rate("1000000/s", 1), None)
+        .limit_set(net("198.51.100.60"), rate("1/h", BURST), None)
         .unwrap();
     let pkt = v4_tcp([198, 51, 100, 60], 25, TCP_SYN);
-    let start = std::time::Instant::now();
+    // Each thread on its own CPU: the kernel keeps a test run on the CPU it started on, so two
+    // threads that start on one CPU would take turns instead of racing.
     std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| p.run_program(slowgate::kernel::PROGRAM, &pkt, RUNS));
+        for cpu in 0..2 {
+            let (p, pkt) = (&p, &pkt);
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                p.run_program(slowgate::kernel::PROGRAM, pkt, RUNS)
+            });
         }
     });
-    let elapsed = start.elapsed().as_nanos();
     let passed = p.counter(counter::PASSED);
     let dropped = p.counter(counter::DROP_REASON + u32::from(reason::POLICY_RATE));
     assert_eq!(passed + dropped, 2 * u64::from(RUNS));
-    let bound = 1 + elapsed / INTERVAL_NS;
+    // Slack of 2: a connection passes when it loses the compare-and-swap race 8 times in a row
+    // (the bucket fails open), and one token may refill if the run straddles a tick. A
+    // non-atomic update lets over a thousand more through.
     assert!(
-        u128::from(passed) <= bound,
-        "{passed} passed in {elapsed} ns: more than the bucket allows ({bound})"
-    );
-    assert!(
-        passed > 100,
-        "the bucket refills: {passed} passed in {elapsed} ns"
+        (u64::from(BURST)..=u64::from(BURST) + 2).contains(&passed),
+        "{passed} passed: the bucket holds {BURST}"
     );
 }
 
