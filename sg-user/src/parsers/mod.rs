@@ -6,7 +6,11 @@
 //! never puts points on someone else.
 
 pub mod dovecot;
+pub mod exim;
 pub mod postfix;
+pub mod qmail;
+pub mod rspamd;
+pub mod sendmail;
 pub mod syslog;
 
 use std::{net::IpAddr, str::FromStr};
@@ -16,10 +20,42 @@ use crate::events::Event;
 /// Which parser reads a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Pick per line, from the program name in the syslog header.
+    /// Pick per line, from the program name in the header.
     Auto,
     Postfix,
+    Sendmail,
+    Qmail,
+    Exim,
     Dovecot,
+    Rspamd,
+}
+
+impl Format {
+    /// The format a line's program belongs to.
+    fn of(program: &str, message: &str) -> Option<Format> {
+        if postfix::is_postfix(program) {
+            Some(Format::Postfix)
+        } else if dovecot::is_dovecot(program, message) {
+            Some(Format::Dovecot)
+        } else if sendmail::is_sendmail(program) {
+            Some(Format::Sendmail)
+        } else if qmail::is_qmail(program) {
+            Some(Format::Qmail)
+        } else if exim::is_exim(program) {
+            Some(Format::Exim)
+        } else if rspamd::is_rspamd(program) {
+            Some(Format::Rspamd)
+        } else {
+            None
+        }
+    }
+}
+
+/// A parsed line: when it was written (if the header says) and what it meant.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub time_ns: Option<u64>,
+    pub outcome: Outcome,
 }
 
 /// What a parser made of a line.
@@ -39,19 +75,40 @@ pub struct Parsers {
 
 impl Parsers {
     pub fn parse(&mut self, format: Format, line: &str) -> Outcome {
+        self.parse_timed(format, line).outcome
+    }
+
+    /// Parses a line with its header's time. With a format other than `Auto`, lines of other
+    /// programs are not understood.
+    pub fn parse_timed(&mut self, format: Format, line: &str) -> Parsed {
         let Some(header) = syslog::split(line) else {
+            return Parsed {
+                time_ns: None,
+                outcome: Outcome::NotUnderstood,
+            };
+        };
+        Parsed {
+            time_ns: header.time_ns,
+            outcome: self.parse_message(format, header.program, header.message),
+        }
+    }
+
+    /// Parses a message whose header was already split (journald gives the program apart).
+    pub fn parse_message(&mut self, format: Format, program: &str, message: &str) -> Outcome {
+        let Some(found) = Format::of(program, message) else {
             return Outcome::NotUnderstood;
         };
-        let is_postfix = postfix::is_postfix(header.program);
-        let is_dovecot = dovecot::is_dovecot(header.program, header.message);
-        match format {
-            Format::Postfix | Format::Auto if is_postfix => {
-                self.postfix.parse(header.program, header.message)
-            }
-            Format::Dovecot | Format::Auto if is_dovecot => {
-                dovecot::parse(header.program, header.message)
-            }
-            _ => Outcome::NotUnderstood,
+        if format != Format::Auto && format != found {
+            return Outcome::NotUnderstood;
+        }
+        match found {
+            Format::Postfix => self.postfix.parse(program, message),
+            Format::Dovecot => dovecot::parse(program, message),
+            Format::Sendmail => sendmail::parse(message),
+            Format::Qmail => qmail::parse(program, message),
+            Format::Exim => exim::parse(message),
+            Format::Rspamd => rspamd::parse(message),
+            Format::Auto => Outcome::NotUnderstood,
         }
     }
 }

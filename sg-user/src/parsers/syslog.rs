@@ -1,14 +1,22 @@
-//! Syslog headers: RFC 3164 (`Nov 22 07:53:40 host prog[pid]: msg`), ISO timestamps
+//! Log line headers: syslog RFC 3164 (`Nov 22 07:53:40 host prog[pid]: msg`), ISO timestamps
 //! (`2026-11-22T07:53:40.123+00:00 host prog[pid]: msg`), RFC 5424
-//! (`<22>1 2026-11-22T07:53:40Z host prog pid - - msg`), and Dovecot's own log file
-//! (`Nov 22 07:53:40 imap-login: Info: msg`, no host).
+//! (`<22>1 2026-11-22T07:53:40Z host prog pid - - msg`), Dovecot's own log file
+//! (`Nov 22 07:53:40 imap-login: Info: msg`, no host), daemontools' multilog with TAI64N
+//! stamps (qmail: `@4000000069216ed40a3f4c2c tcpserver: msg`), Exim's mainlog
+//! (`2026-11-22 07:53:40 [pid] msg`) and Rspamd's log (`2026-11-22 07:53:40 #pid(proc) msg`).
+//!
+//! Times are read as UTC (a replay needs them consistent, not zoned); RFC 3164 has no year, so
+//! the current one is assumed, or the previous one for a date more than a day ahead.
 
 /// The parts of a line the parsers need.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Header<'a> {
-    /// The tag without `[pid]`: `postfix/smtpd`, `dovecot`, `imap-login`.
+    /// The tag without `[pid]`: `postfix/smtpd`, `dovecot`, `imap-login`; `exim` and `rspamd`
+    /// for their own log files.
     pub program: &'a str,
     pub message: &'a str,
+    /// When the line was written, in nanoseconds since the Unix epoch, when the header says.
+    pub time_ns: Option<u64>,
 }
 
 const MONTHS: [&str; 12] = [
@@ -27,6 +35,12 @@ fn token(s: &str) -> Option<(&str, &str)> {
 
 pub fn split(line: &str) -> Option<Header<'_>> {
     let line = line.trim_end_matches(['\r', '\n']);
+    if let Some(stamp) = line.strip_prefix('@') {
+        return multilog(stamp);
+    }
+    if let Some(header) = mainlog(line) {
+        return Some(header);
+    }
     let mut rest = line;
     // <PRI> (RFC 3164 section 4.1.1, RFC 5424 section 6.2.1)
     if let Some(after) = rest.strip_prefix('<') {
@@ -40,13 +54,14 @@ pub fn split(line: &str) -> Option<Header<'_>> {
         }
     }
     let (first, after) = token(rest)?;
-    rest = if MONTHS.contains(&first) {
+    let time_ns;
+    (rest, time_ns) = if let Some(month) = MONTHS.iter().position(|m| *m == first) {
         // "Nov 22 07:53:40" (the day may be space-padded: "Nov  2").
-        let (_day, after) = token(after)?;
-        let (_time, after) = token(after)?;
-        after
+        let (day, after) = token(after)?;
+        let (time, after) = token(after)?;
+        (after, rfc3164_time(month as u32 + 1, day, time))
     } else if first.len() >= 19 && first.as_bytes()[4] == b'-' && first.as_bytes()[10] == b'T' {
-        after
+        (after, iso_time(first))
     } else {
         return None;
     };
@@ -66,12 +81,165 @@ pub fn split(line: &str) -> Option<Header<'_>> {
     if program.is_empty() {
         return None;
     }
-    Some(Header { program, message })
+    Some(Header {
+        program,
+        message,
+        time_ns,
+    })
+}
+
+/// `4000000069216ed40a3f4c2c tcpserver: msg` (the `@` already gone).
+fn multilog(s: &str) -> Option<Header<'_>> {
+    let (stamp, rest) = token(s)?;
+    let time_ns = tai64n(stamp)?;
+    // qmail-smtpd's own lines have no tag ("CHKUSER rejected rcpt: ..."): their first word
+    // names them, and the message is the whole text.
+    let (tag, message) = match token(rest) {
+        Some((tag, message)) if tag.ends_with(':') => (tag.trim_end_matches(':'), message),
+        Some((word, _)) => (word, rest),
+        None => return None,
+    };
+    Some(Header {
+        program: tag,
+        message,
+        time_ns: Some(time_ns),
+    })
+}
+
+/// TAI64N label (24 hex digits: 2^62 + TAI seconds, then nanoseconds) to Unix nanoseconds.
+/// TAI is ahead of UTC by 10 s plus the leap seconds since 1972 (37 since 2017).
+pub fn tai64n(hex: &str) -> Option<u64> {
+    if hex.len() != 24 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let secs = u64::from_str_radix(&hex[..16], 16).ok()?;
+    let nanos = u64::from_str_radix(&hex[16..], 16).ok()?;
+    let tai = secs.checked_sub(1 << 62)?;
+    const TAI_MINUS_UTC: u64 = 37;
+    Some(tai.saturating_sub(TAI_MINUS_UTC) * 1_000_000_000 + nanos.min(999_999_999))
+}
+
+/// Exim's mainlog (`2026-11-22 07:53:40 [pid] msg`, pid optional) and Rspamd's log
+/// (`2026-11-22 07:53:40 #1234(normal) <uid>; task; msg`): a date, a time, no host, no tag.
+fn mainlog(line: &str) -> Option<Header<'_>> {
+    let b = line.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' {
+        return None;
+    }
+    let time_ns = date_time(&line[..10], &line[11..19]);
+    let rest = line[19..].trim_start_matches(' ');
+    let rest = match rest.strip_prefix(|c: char| c == '.' || c == '+' || c == '-') {
+        // Fractions or a zone (Exim's log_selector +millisec, +timezone): skip to the next space.
+        Some(_) => token(rest)?.1,
+        None => rest,
+    };
+    if rest.starts_with('#') {
+        let (_proc, message) = token(rest)?;
+        return Some(Header {
+            program: "rspamd",
+            message,
+            time_ns,
+        });
+    }
+    let message = match rest.strip_prefix('[') {
+        Some(after) => match after.split_once("] ") {
+            Some((pid, message)) if pid.bytes().all(|c| c.is_ascii_digit()) => message,
+            _ => rest,
+        },
+        None => rest,
+    };
+    Some(Header {
+        program: "exim",
+        message,
+        time_ns,
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn unix_ns(y: i64, m: u32, d: u32, time: &str) -> Option<u64> {
+    let mut parts = time.splitn(3, ':');
+    let h: u32 = parts.next()?.parse().ok()?;
+    let mi: u32 = parts.next()?.parse().ok()?;
+    let sec = parts.next()?;
+    let (s, frac) = sec.split_once('.').unwrap_or((sec, ""));
+    let s: u32 = s.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let digits: String = frac.chars().take_while(char::is_ascii_digit).take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u64>().ok()? * 10u64.pow(9 - digits.len() as u32)
+    };
+    let secs = days_from_civil(y, m, d) * 86_400 + i64::from(h * 3600 + mi * 60 + s);
+    u64::try_from(secs).ok().map(|s| s * 1_000_000_000 + nanos)
+}
+
+/// `2026-11-22` and `07:53:40`.
+fn date_time(date: &str, time: &str) -> Option<u64> {
+    let mut parts = date.splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    unix_ns(y, m, d, time)
+}
+
+/// `2026-11-22T07:53:40.123456+01:00` (the offset is applied; `Z` or none is UTC).
+fn iso_time(stamp: &str) -> Option<u64> {
+    let (date, rest) = stamp.split_at(10);
+    let rest = &rest[1..];
+    let zone_at = rest
+        .find(|c: char| c == 'Z' || c == '+' || c == '-')
+        .unwrap_or(rest.len());
+    let utc = date_time(date, &rest[..zone_at])?;
+    let zone = &rest[zone_at..];
+    let offset_s: i64 = match zone.as_bytes().first() {
+        Some(b'+') | Some(b'-') if zone.len() >= 6 => {
+            let h: i64 = zone[1..3].parse().ok()?;
+            let m: i64 = zone[4..6].parse().ok()?;
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => 0,
+    };
+    u64::try_from(utc as i64 - offset_s * 1_000_000_000).ok()
+}
+
+fn iso_time_checked(stamp: &str) -> Option<u64> {
+    (stamp.len() >= 19 && stamp.as_bytes()[4] == b'-' && stamp.as_bytes()[10] == b'T')
+        .then(|| iso_time(stamp))
+        .flatten()
+}
+
+/// RFC 3164 `Nov 22 07:53:40`: this year, unless that is more than a day ahead of now.
+fn rfc3164_time(month: u32, day: &str, time: &str) -> Option<u64> {
+    let day: u32 = day.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let year = 1970 + (now / 1_000_000_000 / 86_400 * 400 / 146_097) as i64;
+    let this_year = unix_ns(year, month, day, time)?;
+    if this_year > now + 86_400 * 1_000_000_000 {
+        unix_ns(year - 1, month, day, time)
+    } else {
+        Some(this_year)
+    }
 }
 
 /// RFC 5424 section 6: TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG.
 fn rfc5424(s: &str) -> Option<Header<'_>> {
-    let (_time, s) = token(s)?;
+    let (time, s) = token(s)?;
     let (_host, s) = token(s)?;
     let (app, s) = token(s)?;
     let (_procid, s) = token(s)?;
@@ -86,6 +254,7 @@ fn rfc5424(s: &str) -> Option<Header<'_>> {
     Some(Header {
         program: app,
         message,
+        time_ns: iso_time_checked(time),
     })
 }
 
@@ -114,8 +283,60 @@ fn skip_structured_data(s: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn h<'a>(program: &'a str, message: &'a str) -> Option<Header<'a>> {
-        Some(Header { program, message })
+    fn h<'a>(program: &'a str, message: &'a str) -> Option<(&'a str, &'a str)> {
+        Some((program, message))
+    }
+
+    fn split(line: &str) -> Option<(&str, &str)> {
+        super::split(line).map(|h| (h.program, h.message))
+    }
+
+    fn time(line: &str) -> Option<u64> {
+        super::split(line).and_then(|h| h.time_ns)
+    }
+
+    /// 2026-11-22T07:53:40Z in Unix seconds.
+    const T: u64 = 1_795_334_020;
+
+    #[test]
+    fn times_of_every_header_agree() {
+        let s = |secs: u64| Some(secs * 1_000_000_000);
+        assert_eq!(time("2026-11-22T07:53:40Z mx1 postfix/smtpd[1]: x"), s(T));
+        assert_eq!(time("2026-11-22T08:53:40+01:00 mx1 postfix/smtpd[1]: x"), s(T));
+        assert_eq!(
+            time("2026-11-22T07:53:40.25+00:00 mx1 postfix/smtpd[1]: x"),
+            Some(T * 1_000_000_000 + 250_000_000)
+        );
+        assert_eq!(time("<22>1 2026-11-22T07:53:40Z mx1 app 1 - - x"), s(T));
+        assert_eq!(time("2026-11-22 07:53:40 1vXyZa-000123-AB <= a@b"), s(T));
+        assert_eq!(time("2026-11-22 07:53:40 #77(normal) <ab12>; task; x"), s(T));
+        // TAI64N: 2^62 + T + 37 leap seconds.
+        let label = format!("@{:016x}{:08x} tcpserver: pid 1 from 203.0.113.9", (1u64 << 62) + T + 37, 0);
+        assert_eq!(time(&label), s(T));
+        // RFC 3164 has no year: it reads as a time within the last year.
+        let t = time("Nov 22 07:53:40 mx1 postfix/smtpd[1]: x").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(t <= now + 86_400_000_000_000 && now - t.min(now) < 366 * 86_400_000_000_000);
+    }
+
+    #[test]
+    fn multilog_exim_and_rspamd_logs_name_their_program() {
+        assert_eq!(
+            split("@4000000069216ed40a3f4c2c tcpserver: pid 1 from 203.0.113.9"),
+            h("tcpserver", "pid 1 from 203.0.113.9")
+        );
+        assert_eq!(
+            split("2026-11-22 07:53:40 [1234] 1vXyZa-000123-AB <= a@b H=x [203.0.113.9]"),
+            h("exim", "1vXyZa-000123-AB <= a@b H=x [203.0.113.9]")
+        );
+        assert_eq!(
+            split("2026-11-22 07:53:40 #77(normal) <ab12>; task; hello"),
+            h("rspamd", "<ab12>; task; hello")
+        );
+        assert_eq!(split("@40000000zz tcpserver: x"), None);
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! Exim 4 mainlog (its own file, or syslog `exim[pid]:`), with Debian's default log_selector.
+//!
+//! Exim writes a host as `NAME (HELO) [ADDR]:PORT`, each part optional but the address. The HELO
+//! is the client's text; Exim refuses HELO arguments with spaces unless
+//! `helo_accept_junk_hosts` says otherwise, so a host is parsed as whitespace-separated tokens,
+//! and a parenthesised HELO that spans tokens makes the line ambiguous (no event). In `<=`
+//! lines the sender address (client text) comes before `H=`: a line with more than one ` H=` is
+//! ambiguous too.
+
+use std::net::IpAddr;
+
+use super::Outcome;
+use crate::events::{Event, EventKind, RejectKind, Service};
+
+pub fn is_exim(program: &str) -> bool {
+    matches!(program, "exim" | "exim4")
+}
+
+pub fn parse(message: &str) -> Outcome {
+    // An optional message id first: "1vXyZa-000123-AB".
+    let text = match message.split_once(' ') {
+        Some((id, rest)) if is_message_id(id) => rest,
+        _ => message,
+    };
+    if let Some(rest) = text.strip_prefix("SMTP connection from ") {
+        if rest.contains(" lost") || rest.contains(" closed by") {
+            return Outcome::Understood(Vec::new());
+        }
+        return host_event(rest, EventKind::Connection);
+    }
+    if let Some(rest) = text.strip_prefix("SMTP call from ") {
+        let kind = if rest.contains("dropped: too many") {
+            EventKind::TooManyErrors
+        } else {
+            return Outcome::Understood(Vec::new());
+        };
+        return host_event(rest, kind);
+    }
+    if let Some(rest) = text.strip_prefix("<= ") {
+        return accepted(rest);
+    }
+    if let Some(at) = text.find(" authenticator failed for ") {
+        let rest = &text[at + " authenticator failed for ".len()..];
+        let user = rest
+            .rsplit_once("(set_id=")
+            .map(|(_, u)| u.trim_end().trim_end_matches(')'));
+        return match host(rest) {
+            Some(Host::At(addr, _)) => Outcome::Understood(vec![
+                Event::new(
+                    EventKind::AuthFailure {
+                        service: Service::Smtp,
+                    },
+                    addr,
+                )
+                .with_user(user),
+            ]),
+            Some(Host::Ambiguous) => Outcome::Understood(Vec::new()),
+            None => Outcome::NotUnderstood,
+        };
+    }
+    if let Some(rest) = text
+        .strip_prefix("rejected EHLO from ")
+        .or_else(|| text.strip_prefix("rejected HELO from "))
+    {
+        return host_event(
+            rest,
+            EventKind::Reject {
+                reject: RejectKind::Helo,
+            },
+        );
+    }
+    if let Some(rest) = text.strip_prefix("H=") {
+        return rejected(rest);
+    }
+    if text.starts_with("=> ")
+        || text.starts_with("-> ")
+        || text.starts_with("** ")
+        || text.starts_with("== ")
+        || text == "Completed"
+        || text.starts_with("Start queue run")
+        || text.starts_with("End queue run")
+    {
+        return Outcome::Understood(Vec::new());
+    }
+    Outcome::NotUnderstood
+}
+
+/// `SENDER H=HOST P=esmtp S=1234 ... [for RCPT RCPT]`
+fn accepted(rest: &str) -> Outcome {
+    if rest.matches(" H=").count() != 1 {
+        // Local submissions have no H=; client text imitating one makes the line ambiguous.
+        return Outcome::Understood(Vec::new());
+    }
+    let Some((sender, after)) = rest.split_once(" H=") else {
+        return Outcome::NotUnderstood;
+    };
+    let addr = match host(after) {
+        Some(Host::At(addr, _)) => addr,
+        Some(Host::Ambiguous) => return Outcome::Understood(Vec::new()),
+        None => return Outcome::NotUnderstood,
+    };
+    let size = after
+        .split(' ')
+        .find_map(|t| t.strip_prefix("S="))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let recipients = after
+        .split_once(" for ")
+        .map_or(1, |(_, r)| r.split(' ').filter(|s| !s.is_empty()).count()) as u32;
+    let mut events = vec![Event::new(
+        EventKind::MessageAccepted { recipients, size },
+        addr,
+    )];
+    if sender == "<>" {
+        events.push(Event::new(EventKind::Bounce, addr));
+    }
+    Outcome::Understood(events)
+}
+
+/// `H=HOST F=<sender> rejected RCPT <rcpt>: reason` (and MAIL, and `temporarily rejected`).
+fn rejected(rest: &str) -> Outcome {
+    let (addr, after) = match host(rest) {
+        Some(Host::At(addr, after)) => (addr, after),
+        Some(Host::Ambiguous) => return Outcome::Understood(Vec::new()),
+        None => return Outcome::NotUnderstood,
+    };
+    let Some(at) = after.find("rejected ") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let what = &after[at + "rejected ".len()..];
+    let reason = what.split_once(": ").map_or("", |(_, r)| r);
+    let reject = if reason.contains("Unknown user")
+        || reason.contains("Unrouteable address")
+        || reason.contains("unknown user")
+    {
+        RejectKind::UnknownRecipient
+    } else if reason.contains("relay not permitted") {
+        RejectKind::RelayDenied
+    } else if reason.contains("RBL") || reason.contains(" is listed") || reason.contains("blocked")
+    {
+        RejectKind::Rbl
+    } else if what.starts_with("MAIL") {
+        RejectKind::Sender
+    } else {
+        RejectKind::Other
+    };
+    Outcome::Understood(vec![Event::new(EventKind::Reject { reject }, addr)])
+}
+
+fn host_event(text: &str, kind: EventKind) -> Outcome {
+    match host(text) {
+        Some(Host::At(addr, _)) => Outcome::Understood(vec![Event::new(kind, addr)]),
+        Some(Host::Ambiguous) => Outcome::Understood(Vec::new()),
+        None => Outcome::NotUnderstood,
+    }
+}
+
+enum Host<'a> {
+    /// The address and the text after the host.
+    At(IpAddr, &'a str),
+    /// A HELO with spaces: cannot tell the client's text from the server's.
+    Ambiguous,
+}
+
+/// `NAME (HELO) [ADDR]:PORT rest`, each of NAME and (HELO) optional.
+fn host(text: &str) -> Option<Host<'_>> {
+    let mut rest = text;
+    for _ in 0..3 {
+        let (tok, after) = rest.split_once(' ').unwrap_or((rest, ""));
+        if let Some(inner) = tok.strip_prefix('[') {
+            let (addr, _) = inner.split_once(']')?;
+            return Some(Host::At(addr.parse().ok()?, after));
+        }
+        if tok.starts_with('(') && !tok.ends_with(')') {
+            return Some(Host::Ambiguous);
+        }
+        if tok.is_empty() {
+            return None;
+        }
+        rest = after;
+    }
+    None
+}
+
+/// `1vXyZa-000123-AB` (Exim 4.97+) or `1abcDE-0001xy-Ab` (older): three dash-separated parts.
+fn is_message_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parsers::syslog;
+
+    fn events(line: &str) -> Vec<Event> {
+        let h = syslog::split(line).expect("a header");
+        match parse(h.message) {
+            Outcome::Understood(e) => e,
+            Outcome::NotUnderstood => panic!("not understood: {line}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn connection_message_and_bounce() {
+        assert_eq!(
+            events("2026-11-22 07:53:40 SMTP connection from [203.0.113.9]:41234 (TCP/IP connection count = 1)"),
+            [Event::new(EventKind::Connection, ip("203.0.113.9"))]
+        );
+        let e = events(
+            "2026-11-22 07:53:41 1vXyZa-000123-AB <= news@example.com H=mx.example.com (mx.example.com) \
+             [203.0.113.9]:41234 P=esmtps X=TLS1.3:TLS_AES_256_GCM_SHA384:256 CV=no S=5120 id=x@example.com \
+             for a@example.net b@example.net",
+        );
+        assert_eq!(
+            e,
+            [Event::new(
+                EventKind::MessageAccepted {
+                    recipients: 2,
+                    size: 5120
+                },
+                ip("203.0.113.9")
+            )]
+        );
+        let e = events("2026-11-22 07:53:42 1vXyZb-000124-AB <= <> H=(helo) [2001:db8::25]:25 P=esmtp S=900");
+        assert_eq!(e[1], Event::new(EventKind::Bounce, ip("2001:db8::25")));
+    }
+
+    #[test]
+    fn rejects_auth_failures_and_errors() {
+        let kind = |line: &str| events(line)[0].kind.clone();
+        assert_eq!(
+            kind("2026-11-22 07:53:43 H=(x) [203.0.113.9]:4 F=<a@b.example> rejected RCPT <zz@example.net>: Unknown user"),
+            EventKind::Reject { reject: RejectKind::UnknownRecipient }
+        );
+        assert_eq!(
+            kind("2026-11-22 07:53:43 H=[203.0.113.9]:4 F=<a@b.example> rejected RCPT <x@else.test>: relay not permitted"),
+            EventKind::Reject { reject: RejectKind::RelayDenied }
+        );
+        assert_eq!(
+            kind("2026-11-22 07:53:43 rejected EHLO from [203.0.113.9]:4: syntactically invalid argument(s): a b"),
+            EventKind::Reject { reject: RejectKind::Helo }
+        );
+        assert_eq!(
+            kind("2026-11-22 07:53:44 SMTP call from (x) [203.0.113.9]:4 dropped: too many syntax or protocol errors (last command was \"RCPT TO\")"),
+            EventKind::TooManyErrors
+        );
+        let e = events(
+            "2026-11-22 07:53:45 dovecot_plain authenticator failed for (x) [198.51.100.7]:50000: \
+             535 Incorrect authentication data (set_id=bob@example.net)",
+        );
+        assert_eq!(e[0].source, ip("198.51.100.7"));
+        assert_eq!(e[0].user.as_deref(), Some("bob@example.net"));
+    }
+
+    #[test]
+    fn attacker_text_never_names_the_client() {
+        // A HELO that is an address literal, a sender that imitates H=, a user name with one.
+        for line in [
+            "2026-11-22 07:53:43 H=([198.51.100.1]) [203.0.113.66]:4 F=<a@b> rejected RCPT <x@y>: Unknown user",
+            "2026-11-22 07:53:45 plain authenticator failed for ([198.51.100.1]) [203.0.113.66]:5: 535 Incorrect authentication data (set_id=x [198.51.100.1])",
+        ] {
+            assert_eq!(events(line)[0].source, ip("203.0.113.66"), "{line}");
+        }
+        for line in [
+            "2026-11-22 07:53:41 1vXyZa-000123-AB <= \"x H=[198.51.100.1]\"@b H=(h) [203.0.113.66]:1 P=esmtp S=1",
+            "2026-11-22 07:53:43 H=(junk [198.51.100.1]) [203.0.113.66]:4 F=<a@b> rejected RCPT <x@y>: Unknown user",
+        ] {
+            assert!(events(line).is_empty(), "ambiguous: {line}");
+        }
+    }
+}

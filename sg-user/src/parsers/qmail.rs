@@ -1,0 +1,158 @@
+//! qmail under daemontools: tcpserver and rblsmtpd through multilog (TAI64N stamps), and the
+//! chkuser patch's recipient checks in qmail-smtpd's log.
+//!
+//! - `tcpserver: pid 1234 from 203.0.113.9`: the address alone, written by tcpserver.
+//! - `rblsmtpd: 203.0.113.9 pid 1234: 451 ...`: the address first, from TCPREMOTEIP.
+//! - `CHKUSER rejected rcpt: from <S::> remote <HELO:HOST:ADDR> rcpt <R> : reason`: the HELO
+//!   and both addresses are the client's text, so the line must hold exactly one ` remote <`,
+//!   and the address is the last `:` field of it; otherwise the line yields nothing.
+
+use std::net::IpAddr;
+
+use super::Outcome;
+use crate::events::{Event, EventKind, RejectKind};
+
+pub fn is_qmail(program: &str) -> bool {
+    matches!(program, "tcpserver" | "rblsmtpd" | "qmail-smtpd" | "CHKUSER")
+}
+
+pub fn parse(program: &str, message: &str) -> Outcome {
+    match program {
+        "tcpserver" => tcpserver(message),
+        "rblsmtpd" => rblsmtpd(message),
+        _ => chkuser(message),
+    }
+}
+
+fn tcpserver(message: &str) -> Outcome {
+    let Some(rest) = message.strip_prefix("pid ") else {
+        // "status: 1/40", "ok ...", "end ... status 0", "deny ...": nothing to count.
+        return Outcome::Understood(Vec::new());
+    };
+    let Some((_pid, addr)) = rest.split_once(" from ") else {
+        return Outcome::NotUnderstood;
+    };
+    match addr.trim().parse::<IpAddr>() {
+        Ok(addr) => Outcome::Understood(vec![Event::new(EventKind::Connection, addr)]),
+        Err(_) => Outcome::NotUnderstood,
+    }
+}
+
+fn rblsmtpd(message: &str) -> Outcome {
+    let Some((addr, _)) = message.split_once(" pid ") else {
+        return Outcome::NotUnderstood;
+    };
+    match addr.parse::<IpAddr>() {
+        Ok(addr) => Outcome::Understood(vec![Event::new(
+            EventKind::Reject {
+                reject: RejectKind::Rbl,
+            },
+            addr,
+        )]),
+        Err(_) => Outcome::NotUnderstood,
+    }
+}
+
+fn chkuser(message: &str) -> Outcome {
+    let Some(rest) = message
+        .strip_prefix("CHKUSER ")
+        .or_else(|| message.strip_prefix("rejected"))
+    else {
+        return Outcome::NotUnderstood;
+    };
+    if !rest.starts_with("rejected") {
+        // "CHKUSER accepted rcpt: ..." and relaying notes.
+        return Outcome::Understood(Vec::new());
+    }
+    if message.matches(" remote <").count() != 1 {
+        return Outcome::Understood(Vec::new());
+    }
+    let Some((_, remote)) = message.split_once(" remote <") else {
+        return Outcome::NotUnderstood;
+    };
+    let Some((remote, after)) = remote.split_once("> rcpt <") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let Some(addr) = remote
+        .rsplit_once(':')
+        .and_then(|(_, a)| a.parse::<IpAddr>().ok())
+    else {
+        return Outcome::NotUnderstood;
+    };
+    let reject = if after.contains("not existing recipient") {
+        RejectKind::UnknownRecipient
+    } else if after.contains("not allowed") || after.contains("relaying") {
+        RejectKind::RelayDenied
+    } else {
+        RejectKind::Other
+    };
+    Outcome::Understood(vec![Event::new(EventKind::Reject { reject }, addr)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parsers::syslog;
+
+    fn events(line: &str) -> Vec<Event> {
+        let h = syslog::split(line).expect("a header");
+        match parse(h.program, h.message) {
+            Outcome::Understood(e) => e,
+            Outcome::NotUnderstood => panic!("not understood: {line}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tcpserver_connection_and_rblsmtpd_reject() {
+        assert_eq!(
+            events("@4000000069216ed40a3f4c2c tcpserver: pid 4711 from 203.0.113.9"),
+            [Event::new(EventKind::Connection, ip("203.0.113.9"))]
+        );
+        assert!(events("@4000000069216ed40a3f4c2c tcpserver: status: 1/40").is_empty());
+        assert_eq!(
+            events(
+                "@4000000069216ed40a3f4c2d rblsmtpd: 2001:db8::9 pid 4712: 451 http://www.spamhaus.org/query/bl?ip=2001:db8::9"
+            )[0]
+            .kind,
+            EventKind::Reject {
+                reject: RejectKind::Rbl
+            }
+        );
+    }
+
+    #[test]
+    fn chkuser_unknown_recipient() {
+        let e = events(
+            "@4000000069216ed40a3f4c2e CHKUSER rejected rcpt: from <spam@example.com::> \
+             remote <mx.example:unknown:203.0.113.9> rcpt <nobody@example.net> : not existing recipient",
+        );
+        assert_eq!(
+            e,
+            [Event::new(
+                EventKind::Reject {
+                    reject: RejectKind::UnknownRecipient
+                },
+                ip("203.0.113.9")
+            )]
+        );
+    }
+
+    #[test]
+    fn attacker_text_never_names_the_client() {
+        // A HELO ending in an address, and a sender imitating the remote field.
+        let e = events(
+            "@4000000069216ed40a3f4c2e CHKUSER rejected rcpt: from <a@b::> \
+             remote <helo:198.51.100.1:unknown:203.0.113.66> rcpt <x@y> : not existing recipient",
+        );
+        assert_eq!(e[0].source, ip("203.0.113.66"));
+        let e = events(
+            "@4000000069216ed40a3f4c2e CHKUSER rejected rcpt: from <x remote <h:h:198.51.100.1> rcpt <@b::> \
+             remote <h:unknown:203.0.113.66> rcpt <x@y> : not existing recipient",
+        );
+        assert!(e.is_empty(), "ambiguous lines yield nothing: {e:?}");
+    }
+}
