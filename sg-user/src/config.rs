@@ -11,7 +11,11 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use sg_common::{Bucket, service};
 
-use crate::units::{Network, Rate, parse_duration};
+use crate::{
+    engine::{EngineConfig, LevelRow, Weights},
+    parsers::Format,
+    units::{Network, Rate, parse_duration},
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/slowgate/slowgate.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/slowgate";
@@ -36,6 +40,119 @@ struct RawConfig {
     capacity: RawCapacity,
     #[serde(default)]
     lists: RawLists,
+    #[serde(default)]
+    sources: Vec<RawSource>,
+    #[serde(default)]
+    points: RawPoints,
+    #[serde(default = "default_levels")]
+    levels: Vec<RawLevel>,
+    #[serde(default)]
+    countries: RawCountries,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    /// A log file to follow.
+    path: Option<PathBuf>,
+    /// journald units to follow (`postfix@-.service`).
+    #[serde(default)]
+    journald_units: Vec<String>,
+    /// journald syslog identifiers to follow (`postfix/smtpd`).
+    #[serde(default)]
+    journald_identifiers: Vec<String>,
+    #[serde(default = "default_format")]
+    format: String,
+}
+
+fn default_format() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoints {
+    #[serde(default = "default_half_life")]
+    half_life: String,
+    #[serde(default = "default_down_fraction")]
+    step_down_below: f64,
+    #[serde(default = "default_min_hold")]
+    min_hold: String,
+    #[serde(default = "default_max_tracked")]
+    max_tracked: usize,
+    #[serde(default = "default_limit_ttl")]
+    limit_ttl: String,
+    #[serde(default)]
+    weights: Weights,
+}
+
+fn default_half_life() -> String {
+    "30m".into()
+}
+fn default_down_fraction() -> f64 {
+    0.8
+}
+fn default_min_hold() -> String {
+    "5m".into()
+}
+fn default_max_tracked() -> usize {
+    1_000_000
+}
+fn default_limit_ttl() -> String {
+    "1h".into()
+}
+
+impl Default for RawPoints {
+    fn default() -> Self {
+        RawPoints {
+            half_life: default_half_life(),
+            step_down_below: default_down_fraction(),
+            min_hold: default_min_hold(),
+            max_tracked: default_max_tracked(),
+            limit_ttl: default_limit_ttl(),
+            weights: Weights::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLevel {
+    points: f64,
+    rate: Option<String>,
+    burst: Option<u32>,
+    #[serde(default)]
+    block: bool,
+}
+
+fn default_levels() -> Vec<RawLevel> {
+    let rate = |points: f64, rate: &str, burst: u32| RawLevel {
+        points,
+        rate: Some(rate.into()),
+        burst: Some(burst),
+        block: false,
+    };
+    vec![
+        rate(10.0, "30/min", 10),
+        rate(25.0, "6/min", 3),
+        rate(50.0, "1/min", 1),
+        RawLevel {
+            points: 100.0,
+            rate: None,
+            burst: None,
+            block: true,
+        },
+    ]
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCountries {
+    database: Option<PathBuf>,
+    #[serde(default)]
+    multipliers: BTreeMap<String, f64>,
+    #[serde(default)]
+    levels: BTreeMap<String, Vec<RawLevel>>,
 }
 
 fn default_attach_mode() -> String {
@@ -71,11 +188,33 @@ impl Default for RawPorts {
 struct RawPrefix {
     ipv4: u8,
     ipv6: u8,
+    #[serde(default = "default_network_v4")]
+    network_ipv4: u8,
+    #[serde(default = "default_network_v6")]
+    network_ipv6: u8,
+    #[serde(default = "default_network_after")]
+    network_after: usize,
+}
+
+fn default_network_v4() -> u8 {
+    16
+}
+fn default_network_v6() -> u8 {
+    48
+}
+fn default_network_after() -> usize {
+    3
 }
 
 impl Default for RawPrefix {
     fn default() -> Self {
-        RawPrefix { ipv4: 24, ipv6: 64 }
+        RawPrefix {
+            ipv4: 24,
+            ipv6: 64,
+            network_ipv4: default_network_v4(),
+            network_ipv6: default_network_v6(),
+            network_after: default_network_after(),
+        }
     }
 }
 
@@ -215,6 +354,27 @@ pub struct Config {
     pub allow: Vec<Network>,
     pub deny: Vec<Network>,
     pub limits: Vec<(Network, Limit)>,
+    pub sources: Vec<Source>,
+    pub engine: EngineConfig,
+    /// The GeoIP2/GeoLite2 country database, if any.
+    pub geoip: Option<PathBuf>,
+    /// Lifetime of a limit the engine writes; refreshed while the level lasts, so a limit
+    /// outlives a dead daemon by this much at most.
+    pub limit_ttl: Duration,
+}
+
+/// Where the daemon reads what the mail software says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    File {
+        path: PathBuf,
+        format: Format,
+    },
+    Journald {
+        units: Vec<String>,
+        identifiers: Vec<String>,
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,14 +396,16 @@ impl Config {
     /// Validates `text` as the contents of `path` (named in every error).
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = e
+            let (at, quoted) = e
                 .span()
                 .map(|span| {
                     let line = text[..span.start].matches('\n').count() + 1;
-                    format!(":{line}")
+                    // The line itself names the key even when serde's message does not.
+                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                    (format!(":{line}"), format!(" (in `{source}`)"))
                 })
                 .unwrap_or_default();
-            anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
+            anyhow::anyhow!("{}{at}: {}{quoted}", path.display(), e.message())
         })?;
         validate(raw, path).with_context(|| format!("{}", path.display()))
     }
@@ -361,6 +523,90 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             }
         }
     }
+    if !(8..=raw.prefix.ipv4).contains(&raw.prefix.network_ipv4) {
+        bail!(
+            "key `prefix.network_ipv4`: {} is not a prefix length between 8 and prefix.ipv4",
+            raw.prefix.network_ipv4
+        );
+    }
+    if !(16..=raw.prefix.ipv6).contains(&raw.prefix.network_ipv6) {
+        bail!(
+            "key `prefix.network_ipv6`: {} is not a prefix length between 16 and prefix.ipv6",
+            raw.prefix.network_ipv6
+        );
+    }
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        let format = <Format as clap::ValueEnum>::from_str(&s.format, true)
+            .map_err(|_| anyhow::anyhow!("key `{key}.format`: unknown format {:?} (known: auto, postfix, sendmail, qmail, exim, dovecot, rspamd)", s.format))?;
+        let journald = !s.journald_units.is_empty() || !s.journald_identifiers.is_empty();
+        sources.push(match (&s.path, journald) {
+            (Some(path), false) => Source::File {
+                path: path.clone(),
+                format,
+            },
+            (None, true) => Source::Journald {
+                units: s.journald_units.clone(),
+                identifiers: s.journald_identifiers.clone(),
+                format,
+            },
+            _ => {
+                bail!("key `{key}`: give either `path`, or `journald_units`/`journald_identifiers`")
+            }
+        });
+    }
+    let p = &raw.points;
+    let half_life = parse_duration(&p.half_life).context("key `points.half_life`")?;
+    if half_life.is_zero() {
+        bail!("key `points.half_life`: must be longer than 0s");
+    }
+    if !(0.0..1.0).contains(&p.step_down_below) {
+        bail!(
+            "key `points.step_down_below`: {} is not a fraction below 1",
+            p.step_down_below
+        );
+    }
+    if p.max_tracked < 16 {
+        bail!("key `points.max_tracked`: {} is below 16", p.max_tracked);
+    }
+    let limit_ttl = parse_duration(&p.limit_ttl).context("key `points.limit_ttl`")?;
+    if limit_ttl < Duration::from_secs(10) {
+        bail!("key `points.limit_ttl`: shorter than 10s");
+    }
+    let mut country_multipliers = std::collections::HashMap::new();
+    for (code, m) in &raw.countries.multipliers {
+        let key = format!("countries.multipliers.{code}");
+        if !(*m >= 0.0 && m.is_finite()) {
+            bail!("key `{key}`: {m} is not a multiplier");
+        }
+        country_multipliers.insert(country_code(&key, code)?, *m);
+    }
+    let mut country_levels = std::collections::HashMap::new();
+    for (code, rows) in &raw.countries.levels {
+        let key = format!("countries.levels.{code}");
+        country_levels.insert(country_code(&key, code)?, level_table(&key, rows)?);
+    }
+    if (!country_levels.is_empty() || !country_multipliers.is_empty())
+        && raw.countries.database.is_none()
+    {
+        bail!("key `countries.database`: per-country settings need a GeoIP2 country database");
+    }
+    let engine = EngineConfig {
+        weights: p.weights.clone(),
+        half_life,
+        levels: level_table("levels", &raw.levels)?,
+        country_levels,
+        country_multipliers,
+        down_fraction: p.step_down_below,
+        min_hold: parse_duration(&p.min_hold).context("key `points.min_hold`")?,
+        prefix_v4: raw.prefix.ipv4,
+        prefix_v6: raw.prefix.ipv6,
+        network_v4: raw.prefix.network_ipv4,
+        network_v6: raw.prefix.network_ipv6,
+        network_after: raw.prefix.network_after,
+        max_tracked: p.max_tracked,
+    };
     let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
         list.iter()
             .map(|n| n.parse::<Network>().with_context(|| format!("key `{key}`")))
@@ -408,7 +654,56 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         allow,
         deny,
         limits,
+        sources,
+        engine,
+        geoip: raw.countries.database,
+        limit_ttl,
     })
+}
+
+fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
+    let mut table = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        let limit = match (row.block, &row.rate, row.burst) {
+            (true, None, None) => Limit::Block,
+            (false, Some(rate), Some(burst)) => {
+                check_burst(&format!("{at}.burst"), burst)?;
+                Limit::Rate {
+                    rate: rate.parse().with_context(|| format!("key `{at}.rate`"))?,
+                    burst,
+                }
+            }
+            _ => bail!("key `{at}`: give either `rate` and `burst`, or `block = true`"),
+        };
+        if !(row.points > 0.0 && row.points.is_finite()) {
+            bail!("key `{at}.points`: {} is not a positive number", row.points);
+        }
+        if let Some(prev) = table.last().map(|r: &LevelRow| r.points)
+            && row.points <= prev
+        {
+            bail!(
+                "key `{at}.points`: levels must climb ({} after {prev})",
+                row.points
+            );
+        }
+        table.push(LevelRow {
+            points: row.points,
+            limit,
+        });
+    }
+    if table.is_empty() {
+        bail!("key `{key}`: at least one level is needed");
+    }
+    Ok(table)
+}
+
+fn country_code(key: &str, code: &str) -> anyhow::Result<[u8; 2]> {
+    let b = code.as_bytes();
+    if b.len() != 2 || !b.iter().all(u8::is_ascii_uppercase) {
+        bail!("key `{key}`: {code:?} is not an ISO 3166 country code like \"DE\"");
+    }
+    Ok([b[0], b[1]])
 }
 
 /// The kernel clamps bursts to 65535 (sg-ebpf bucket.rs); refuse what it would change.
@@ -477,6 +772,27 @@ mod tests {
             (
                 "[ports]\nsmtp = [25]\nsubmission = [25]\npop3 = []\nimap = []",
                 "ports.submission",
+            ),
+            ("[points]\nhalf_life = \"soon\"", "points.half_life"),
+            ("[points.weights]\nrbl = \"x\"", "rbl"),
+            ("[points.weights]\nspam = 1.0", "spam"),
+            (
+                "[[levels]]\npoints = 20\nblock = true\n[[levels]]\npoints = 10\nblock = true",
+                "levels[1].points",
+            ),
+            ("[[levels]]\npoints = 20\nrate = \"1/s\"", "levels[0]"),
+            ("[[sources]]\nformat = \"auto\"", "sources[0]"),
+            (
+                "[[sources]]\npath = \"/var/log/x\"\nformat = \"lotus\"",
+                "sources[0].format",
+            ),
+            (
+                "[countries]\ndatabase = \"/x.mmdb\"\nmultipliers = { Germany = 2.0 }",
+                "countries.multipliers.Germany",
+            ),
+            (
+                "[countries]\nmultipliers = { DE = 2.0 }",
+                "countries.database",
             ),
         ];
         for (body, key) in cases {

@@ -1,5 +1,6 @@
-//! The engine: spam points per source and per prefix, exponential decay, and levels with
-//! hysteresis. Pure logic over a caller-supplied clock, so tests drive time by hand.
+//! The engine: spam points per source, prefix, network, SASL user and country, exponential
+//! decay, and levels with hysteresis. Pure logic over a caller-supplied clock (nanoseconds), so
+//! tests and `slowgate replay` drive time by hand.
 //!
 //! Points decay lazily: each tracked sender stores (points, when); reading them at `now`
 //! multiplies by 2^(-(now - when) / half_life). No per-tick work per sender.
@@ -7,24 +8,65 @@
 //! Levels climb at once when points pass a threshold (strong suppression right after a burst)
 //! and come down one level at a time, each step only after the points fell below a fraction of
 //! the current level's threshold and the level has been held for `min_hold` (a gradual return).
+//!
+//! Who gets limited:
+//! - a source, by its own points;
+//! - its prefix (IPv4 /24, IPv6 /64), by the points of all its addresses ("float" senders that
+//!   rotate addresses inside it are limited as one);
+//! - its network (IPv4 /16, IPv6 /48), when `network_after` of its prefixes are limited at once:
+//!   the network takes the highest level among them;
+//! - the sources a SASL user logs in from, when the user reaches a level (a stolen password
+//!   used from many addresses limits each of them as it shows up).
+//!
+//! Countries weigh events (a multiplier) and may have their own level table.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
-use crate::events::{EventKind, RejectKind};
+use crate::{
+    config::Limit,
+    events::{Event, EventKind, RejectKind},
+};
 
 /// Who points are counted for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Sender {
     Source(IpAddr),
-    /// The source's network (IPv4 /24, IPv6 /64 by default): rotating addresses inside it
-    /// adds up here.
+    /// The source's prefix (IPv4 /24, IPv6 /64 by default).
     Prefix(IpNet),
+    /// A larger network (IPv4 /16, IPv6 /48 by default), limited when several of its prefixes
+    /// are.
+    Network(IpNet),
+    /// A SASL (or IMAP/POP) user name, as the client gave it.
+    User(Box<str>),
+    /// An ISO 3166 country code, from the GeoIP database. Points only, for reports.
+    Country([u8; 2]),
 }
 
-/// Points per event kind.
-#[derive(Clone, Debug, PartialEq)]
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sender::Source(a) => write!(f, "{a}"),
+            Sender::Prefix(n) | Sender::Network(n) => write!(f, "{n}"),
+            Sender::User(u) => write!(f, "user:{u}"),
+            Sender::Country(c) => write!(f, "country:{}", country_name(*c)),
+        }
+    }
+}
+
+pub fn country_name(code: [u8; 2]) -> String {
+    String::from_utf8_lossy(&code).into_owned()
+}
+
+/// Points per event kind (`[points.weights]` in the config).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Weights {
     pub connection: f64,
     pub message: f64,
@@ -59,6 +101,41 @@ impl Default for Weights {
     }
 }
 
+/// Event kinds as counted per sender ("the events that moved it").
+pub const KIND_NAMES: [&str; 12] = [
+    "connection",
+    "message",
+    "unknown_recipient",
+    "relay_denied",
+    "rbl",
+    "other_reject",
+    "auth_failure",
+    "auth_success",
+    "bounce",
+    "lost_after_auth",
+    "too_many_errors",
+    "dmarc_fail",
+];
+
+fn kind_index(kind: &EventKind) -> usize {
+    match kind {
+        EventKind::Connection => 0,
+        EventKind::MessageAccepted { .. } => 1,
+        EventKind::Reject { reject } => match reject {
+            RejectKind::UnknownRecipient => 2,
+            RejectKind::RelayDenied => 3,
+            RejectKind::Rbl => 4,
+            RejectKind::Helo | RejectKind::Sender | RejectKind::Other => 5,
+        },
+        EventKind::AuthFailure { .. } => 6,
+        EventKind::AuthSuccess { .. } => 7,
+        EventKind::Bounce => 8,
+        EventKind::LostAfterAuth => 9,
+        EventKind::TooManyErrors => 10,
+        EventKind::DmarcFail => 11,
+    }
+}
+
 impl Weights {
     pub fn of(&self, kind: &EventKind) -> f64 {
         match kind {
@@ -82,11 +159,11 @@ impl Weights {
     }
 }
 
-/// A row of the level table: from `points` on, this limit applies.
+/// A row of a level table: from `points` on, this limit applies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LevelRow {
     pub points: f64,
-    pub limit: crate::config::Limit,
+    pub limit: Limit,
 }
 
 #[derive(Clone, Debug)]
@@ -95,40 +172,131 @@ pub struct EngineConfig {
     pub half_life: Duration,
     /// Rows by increasing points; level n (1-based) is row n-1; level 0 is "no limit".
     pub levels: Vec<LevelRow>,
+    /// Level tables of countries that have their own.
+    pub country_levels: HashMap<[u8; 2], Vec<LevelRow>>,
+    /// Points of events from a country are multiplied by this (1 when absent).
+    pub country_multipliers: HashMap<[u8; 2], f64>,
     /// A level is left downwards when points fall below `down_fraction` of its threshold.
     pub down_fraction: f64,
     /// Shortest time a level is held before stepping down one.
     pub min_hold: Duration,
     pub prefix_v4: u8,
     pub prefix_v6: u8,
+    pub network_v4: u8,
+    pub network_v6: u8,
+    /// Limited prefixes in one network that limit the network; 0 = never.
+    pub network_after: usize,
     /// Senders tracked at most; when full, the one with the fewest points is forgotten.
     pub max_tracked: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Tracked {
-    points: f64,
-    /// Nanoseconds on the caller's clock when `points` was last brought up to date.
-    at_ns: u64,
-    level: usize,
-    level_since_ns: u64,
+    points: f32,
+    /// Seconds on the caller's clock when `points` was last brought up to date.
+    at_s: u32,
+    level_since_s: u32,
+    level: u8,
+    country: [u8; 2],
+    /// Events since the last level change, per [`KIND_NAMES`] (saturating).
+    recent: [u8; KIND_NAMES.len()],
 }
 
-/// A level change for the enforcer (and the log).
+const NO_COUNTRY: [u8; 2] = [0, 0];
+
+/// A level change for the enforcer and the log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
     pub sender: Sender,
     pub from: usize,
     pub to: usize,
     pub points: f64,
+    /// The limit the new level means for this sender (None at level 0).
+    pub limit: Option<Limit>,
+    pub country: Option<[u8; 2]>,
+    /// The events since the previous change: (kind, count), most frequent first.
+    pub events: Vec<(&'static str, u32)>,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} level {} -> {} ({:.1} points",
+            self.sender, self.from, self.to, self.points
+        )?;
+        if let Some(c) = self.country {
+            write!(f, ", {}", country_name(c))?;
+        }
+        if !self.events.is_empty() {
+            let events: Vec<String> = self
+                .events
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect();
+            write!(f, "; {}", events.join(", "))?;
+        }
+        write!(f, ")")?;
+        match self.limit {
+            Some(Limit::Block) => write!(f, ": blocked"),
+            Some(Limit::Rate { rate, burst }) => write!(f, ": limited to {rate} burst {burst}"),
+            None => write!(f, ": no limit"),
+        }
+    }
+}
+
+/// Country lookups (GeoIP2/GeoLite2 country database).
+pub struct Geo {
+    reader: maxminddb::Reader<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    #[serde(borrow)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<IsoCode<'a>>,
+}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    iso_code: Option<&'a str>,
+}
+
+impl Geo {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Geo> {
+        let reader = maxminddb::Reader::open_readfile(path)
+            .map_err(|e| anyhow::anyhow!("open the GeoIP database {}: {e}", path.display()))?;
+        Ok(Geo { reader })
+    }
+
+    /// The country of `addr`, or None when the database does not know it.
+    pub fn country(&self, addr: IpAddr) -> Option<[u8; 2]> {
+        let record: CountryRecord = self.reader.lookup(addr).ok()??;
+        let code = record
+            .country
+            .and_then(|c| c.iso_code)
+            .or(record.registered_country.and_then(|c| c.iso_code))?;
+        let b = code.as_bytes();
+        (b.len() == 2).then(|| [b[0], b[1]])
+    }
 }
 
 /// Senders examined to choose one to forget when the table is full.
 pub const EVICTION_SAMPLE: usize = 64;
 
+/// Recent source addresses remembered per user.
+const USER_SOURCES: usize = 4;
+
 pub struct Engine {
     config: EngineConfig,
     tracked: HashMap<Sender, Tracked>,
+    /// Limited prefixes of each network.
+    limited_prefixes: HashMap<IpNet, HashSet<IpNet>>,
+    /// The last few addresses each user logged in from (bounded like `tracked`).
+    user_sources: HashMap<Box<str>, [Option<IpAddr>; USER_SOURCES]>,
+    allow: Vec<IpNet>,
+    geo: Option<Geo>,
 }
 
 impl Engine {
@@ -136,7 +304,25 @@ impl Engine {
         Engine {
             config,
             tracked: HashMap::new(),
+            limited_prefixes: HashMap::new(),
+            user_sources: HashMap::new(),
+            allow: Vec::new(),
+            geo: None,
         }
+    }
+
+    pub fn with_geo(mut self, geo: Option<Geo>) -> Engine {
+        self.geo = geo;
+        self
+    }
+
+    /// Senders in these networks earn no points and are never limited (the allow list).
+    pub fn set_allowed(&mut self, allow: Vec<IpNet>) {
+        self.allow = allow;
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn tracked(&self) -> usize {
@@ -146,98 +332,298 @@ impl Engine {
     /// Points of `sender` at `now_ns`, decayed.
     pub fn points(&self, sender: &Sender, now_ns: u64) -> f64 {
         self.tracked.get(sender).map_or(0.0, |t| {
-            decay(t.points, t.at_ns, now_ns, self.config.half_life)
+            decay(t.points, t.at_s, secs(now_ns), self.config.half_life)
         })
     }
 
     pub fn level(&self, sender: &Sender) -> usize {
-        self.tracked.get(sender).map_or(0, |t| t.level)
+        self.tracked.get(sender).map_or(0, |t| usize::from(t.level))
+    }
+
+    /// Every tracked sender with a level above 0: (sender, level, points).
+    pub fn limited(&self, now_ns: u64) -> Vec<(Sender, usize, f64)> {
+        let mut out: Vec<_> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.level > 0)
+            .map(|(s, t)| {
+                let points = decay(t.points, t.at_s, secs(now_ns), self.config.half_life);
+                (s.clone(), usize::from(t.level), points)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The limit level `level` means for `sender` (its country's table, if it has one).
+    pub fn limit_for(&self, sender: &Sender, level: usize) -> Option<Limit> {
+        if level == 0 {
+            return None;
+        }
+        let country = self.tracked.get(sender).map_or(NO_COUNTRY, |t| t.country);
+        let table = self.table(country);
+        table.get(level - 1).map(|row| row.limit)
+    }
+
+    fn table(&self, country: [u8; 2]) -> &[LevelRow] {
+        self.config
+            .country_levels
+            .get(&country)
+            .map_or(&self.config.levels, Vec::as_slice)
     }
 
     /// The prefix a source belongs to.
     pub fn prefix_of(&self, source: IpAddr) -> IpNet {
-        let len = if source.is_ipv4() {
-            self.config.prefix_v4
-        } else {
-            self.config.prefix_v6
-        };
-        IpNet::new(source, len)
-            .expect("validated prefix length")
-            .trunc()
+        truncate(source, self.config.prefix_v4, self.config.prefix_v6)
     }
 
-    /// Adds an event's points to its source and to the source's prefix; returns level changes.
-    pub fn record(&mut self, source: IpAddr, kind: &EventKind, now_ns: u64) -> Vec<Change> {
-        let weight = self.config.weights.of(kind);
+    fn network_of(&self, prefix: &IpNet) -> IpNet {
+        truncate(
+            prefix.network(),
+            self.config.network_v4,
+            self.config.network_v6,
+        )
+    }
+
+    /// Adds an event's points to its source, prefix, user and country; returns level changes.
+    pub fn record(&mut self, event: &Event, now_ns: u64) -> Vec<Change> {
+        let source = event.source;
         let mut changes = Vec::new();
-        if weight <= 0.0 {
+        if self.allow.iter().any(|n| n.contains(&source)) {
             return changes;
         }
-        for sender in [
-            Sender::Source(source),
-            Sender::Prefix(self.prefix_of(source)),
-        ] {
-            if let Some(change) = self.add(sender, weight, now_ns) {
-                changes.push(change);
+        let country = self
+            .geo
+            .as_ref()
+            .and_then(|g| g.country(source))
+            .unwrap_or(NO_COUNTRY);
+        let multiplier = self
+            .config
+            .country_multipliers
+            .get(&country)
+            .copied()
+            .unwrap_or(1.0);
+        let weight = self.config.weights.of(&event.kind) * multiplier;
+        let kind = kind_index(&event.kind);
+        let now = secs(now_ns);
+        let user = event.user.as_deref().map(Box::<str>::from);
+        if let Some(user) = &user
+            && matches!(
+                event.kind,
+                EventKind::AuthSuccess { .. } | EventKind::MessageAccepted { .. }
+            )
+        {
+            self.remember_user_source(user, source);
+        }
+        let prefix = self.prefix_of(source);
+        let mut senders = vec![Sender::Source(source), Sender::Prefix(prefix)];
+        if let Some(user) = &user {
+            senders.push(Sender::User(user.clone()));
+        }
+        if country != NO_COUNTRY {
+            senders.push(Sender::Country(country));
+        }
+        for sender in senders {
+            changes.extend(self.add(sender, weight, kind, country, now));
+        }
+        // A user's level reaches every address it logs in from.
+        if let Some(user) = &user {
+            let level = self.level(&Sender::User(user.clone()));
+            if level > 0 && self.level(&Sender::Source(source)) < level {
+                changes.extend(self.raise(Sender::Source(source), level, now));
             }
         }
         changes
     }
 
-    fn add(&mut self, sender: Sender, weight: f64, now_ns: u64) -> Option<Change> {
+    fn remember_user_source(&mut self, user: &str, source: IpAddr) {
+        if !self.user_sources.contains_key(user)
+            && self.user_sources.len() >= self.config.max_tracked / 8 + 1
+            && let Some(victim) = self.user_sources.keys().next().cloned()
+        {
+            self.user_sources.remove(&victim);
+        }
+        let recent = self.user_sources.entry(user.into()).or_default();
+        if !recent.contains(&Some(source)) {
+            recent.rotate_right(1);
+            recent[0] = Some(source);
+        }
+    }
+
+    fn add(
+        &mut self,
+        sender: Sender,
+        weight: f64,
+        kind: usize,
+        country: [u8; 2],
+        now: u32,
+    ) -> Vec<Change> {
         if !self.tracked.contains_key(&sender) && self.tracked.len() >= self.config.max_tracked {
-            self.forget_least(now_ns);
+            self.forget_least(now);
         }
         let half_life = self.config.half_life;
         let entry = self.tracked.entry(sender.clone()).or_insert(Tracked {
             points: 0.0,
-            at_ns: now_ns,
+            at_s: now,
+            level_since_s: now,
             level: 0,
-            level_since_ns: now_ns,
+            country,
+            recent: [0; KIND_NAMES.len()],
         });
-        entry.points = decay(entry.points, entry.at_ns, now_ns, half_life) + weight;
-        entry.at_ns = now_ns;
-        let target = level_for(&self.config.levels, entry.points);
-        if target > entry.level {
-            let change = Change {
-                sender,
-                from: entry.level,
-                to: target,
-                points: entry.points,
-            };
-            entry.level = target;
-            entry.level_since_ns = now_ns;
-            return Some(change);
+        entry.points = (decay(entry.points, entry.at_s, now, half_life) + weight) as f32;
+        entry.at_s = now;
+        entry.recent[kind] = entry.recent[kind].saturating_add(1);
+        if matches!(sender, Sender::Country(_)) {
+            // Countries are reported, not limited (a whole country is not one sender).
+            return Vec::new();
         }
-        None
+        let points = f64::from(entry.points);
+        let table = self
+            .config
+            .country_levels
+            .get(&entry.country)
+            .unwrap_or(&self.config.levels);
+        let target = level_for(table, points);
+        if target > usize::from(entry.level) {
+            return self.raise(sender, target, now);
+        }
+        Vec::new()
+    }
+
+    /// Moves `sender` up to `level` (a no-op if it is there already), with the consequences:
+    /// a user's sources follow it, and a prefix may take its network along.
+    fn raise(&mut self, sender: Sender, level: usize, now: u32) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let Some(change) = self.set_level(&sender, level, now) else {
+            return changes;
+        };
+        changes.push(change);
+        match &sender {
+            Sender::User(user) => {
+                let sources = self.user_sources.get(user).copied().unwrap_or_default();
+                for source in sources.into_iter().flatten() {
+                    if self.level(&Sender::Source(source)) < level {
+                        changes.extend(self.raise(Sender::Source(source), level, now));
+                    }
+                }
+            }
+            Sender::Prefix(prefix) => changes.extend(self.network_follows(*prefix, now)),
+            _ => {}
+        }
+        changes
+    }
+
+    /// Sets the level of a tracked (or new) sender; returns the change, None when unchanged.
+    fn set_level(&mut self, sender: &Sender, level: usize, now: u32) -> Option<Change> {
+        let half_life = self.config.half_life;
+        let entry = self.tracked.entry(sender.clone()).or_insert(Tracked {
+            points: 0.0,
+            at_s: now,
+            level_since_s: now,
+            level: 0,
+            country: NO_COUNTRY,
+            recent: [0; KIND_NAMES.len()],
+        });
+        let from = usize::from(entry.level);
+        if from == level {
+            return None;
+        }
+        let points = decay(entry.points, entry.at_s, now, half_life);
+        let mut events: Vec<(&'static str, u32)> = KIND_NAMES
+            .iter()
+            .zip(entry.recent)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (*k, u32::from(n)))
+            .collect();
+        events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        entry.level = level as u8;
+        entry.level_since_s = now;
+        entry.recent = [0; KIND_NAMES.len()];
+        let country = (entry.country != NO_COUNTRY).then_some(entry.country);
+        Some(Change {
+            limit: self.limit_for(sender, level),
+            sender: sender.clone(),
+            from,
+            to: level,
+            points,
+            country,
+            events,
+        })
+    }
+
+    /// After a prefix's level changed: limits its network when enough of its prefixes are
+    /// limited (at the highest of their levels), releases it when too few are.
+    fn network_follows(&mut self, prefix: IpNet, now: u32) -> Vec<Change> {
+        if self.config.network_after == 0 {
+            return Vec::new();
+        }
+        let network = self.network_of(&prefix);
+        let limited = self.level(&Sender::Prefix(prefix)) > 0;
+        let members = self.limited_prefixes.entry(network).or_default();
+        if limited {
+            members.insert(prefix);
+        } else {
+            members.remove(&prefix);
+        }
+        let members: Vec<IpNet> = members.iter().copied().collect();
+        if members.is_empty() {
+            self.limited_prefixes.remove(&network);
+        }
+        let target = if members.len() >= self.config.network_after {
+            members
+                .iter()
+                .map(|p| self.level(&Sender::Prefix(*p)))
+                .max()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let sender = Sender::Network(network);
+        let current = self.level(&sender);
+        if target > current || (target == 0 && current > 0) {
+            return self.set_level(&sender, target, now).into_iter().collect();
+        }
+        Vec::new()
     }
 
     /// Steps senders down one level where their points allow; forgets senders back at level 0
     /// with negligible points. Call periodically (its cost is one pass over tracked senders).
     pub fn tick(&mut self, now_ns: u64) -> Vec<Change> {
+        let now = secs(now_ns);
         let config = &self.config;
-        let mut changes = Vec::new();
+        let min_hold = config.min_hold.as_secs() as u32;
+        let mut steps = Vec::new();
         self.tracked.retain(|sender, t| {
-            let points = decay(t.points, t.at_ns, now_ns, config.half_life);
-            if t.level > 0 {
-                let threshold = config.levels[t.level - 1].points;
-                let held =
-                    now_ns.saturating_sub(t.level_since_ns) >= config.min_hold.as_nanos() as u64;
-                if held && points < threshold * config.down_fraction {
-                    changes.push(Change {
-                        sender: sender.clone(),
-                        from: t.level,
-                        to: t.level - 1,
-                        points,
-                    });
-                    t.level -= 1;
-                    t.level_since_ns = now_ns;
-                }
-                true
-            } else {
-                points >= 0.01
+            let points = decay(t.points, t.at_s, now, config.half_life);
+            if t.level == 0 {
+                return points >= 0.01;
             }
+            if matches!(sender, Sender::Network(_)) {
+                // A network follows its prefixes (see network_follows), not its own points.
+                return true;
+            }
+            let table = config
+                .country_levels
+                .get(&t.country)
+                .unwrap_or(&config.levels);
+            let threshold = table
+                .get(usize::from(t.level) - 1)
+                .map_or(0.0, |row| row.points);
+            let held = now.saturating_sub(t.level_since_s) >= min_hold;
+            if held && points < threshold * config.down_fraction {
+                steps.push((sender.clone(), usize::from(t.level) - 1));
+            }
+            true
         });
+        let mut changes = Vec::new();
+        for (sender, level) in steps {
+            if let Some(change) = self.set_level(&sender, level, now) {
+                changes.push(change);
+            }
+            if let Sender::Prefix(prefix) = sender {
+                changes.extend(self.network_follows(prefix, now));
+            }
+        }
         changes.sort_by(|a, b| a.sender.cmp(&b.sender));
         changes
     }
@@ -245,14 +631,14 @@ impl Engine {
     /// Forgets the sender with the lowest (level, points) among a sample of
     /// [`EVICTION_SAMPLE`] tracked senders: bounded work per insert under a flood, and a limited
     /// sender goes only when every sampled one is limited, so the worst offenders are kept.
-    fn forget_least(&mut self, now_ns: u64) {
+    fn forget_least(&mut self, now: u32) {
         let half_life = self.config.half_life;
         let victim = self
             .tracked
             .iter()
             .take(EVICTION_SAMPLE)
             .min_by(|a, b| {
-                let key = |t: &Tracked| (t.level, decay(t.points, t.at_ns, now_ns, half_life));
+                let key = |t: &Tracked| (t.level, decay(t.points, t.at_s, now, half_life));
                 let (la, pa) = key(a.1);
                 let (lb, pb) = key(b.1);
                 la.cmp(&lb).then(pa.total_cmp(&pb))
@@ -264,9 +650,21 @@ impl Engine {
     }
 }
 
-fn decay(points: f64, at_ns: u64, now_ns: u64, half_life: Duration) -> f64 {
-    let elapsed = now_ns.saturating_sub(at_ns) as f64;
-    points * (-elapsed / half_life.as_nanos() as f64).exp2()
+fn truncate(addr: IpAddr, v4: u8, v6: u8) -> IpNet {
+    let len = if addr.is_ipv4() { v4 } else { v6 };
+    IpNet::new(addr, len)
+        .expect("validated prefix length")
+        .trunc()
+}
+
+/// Seconds of a nanosecond clock, as stored per sender (u32 lasts until 2106 on the Unix clock).
+fn secs(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000_000) as u32
+}
+
+fn decay(points: f32, at_s: u32, now_s: u32, half_life: Duration) -> f64 {
+    let elapsed = f64::from(now_s.saturating_sub(at_s));
+    f64::from(points) * (-elapsed / half_life.as_secs_f64()).exp2()
 }
 
 /// The highest level whose threshold `points` reach.
@@ -277,37 +675,49 @@ fn level_for(levels: &[LevelRow], points: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limit;
+    use crate::events::Service;
 
     const SECOND: u64 = 1_000_000_000;
     const MINUTE: u64 = 60 * SECOND;
 
-    fn config() -> EngineConfig {
-        let rate = |r: &str, burst| Limit::Rate {
+    fn rate(r: &str, burst: u32) -> Limit {
+        Limit::Rate {
             rate: r.parse().unwrap(),
             burst,
-        };
+        }
+    }
+
+    fn levels() -> Vec<LevelRow> {
+        vec![
+            LevelRow {
+                points: 10.0,
+                limit: rate("30/min", 10),
+            },
+            LevelRow {
+                points: 30.0,
+                limit: rate("6/min", 3),
+            },
+            LevelRow {
+                points: 60.0,
+                limit: Limit::Block,
+            },
+        ]
+    }
+
+    fn config() -> EngineConfig {
         EngineConfig {
             weights: Weights::default(),
             half_life: Duration::from_secs(600),
-            levels: vec![
-                LevelRow {
-                    points: 10.0,
-                    limit: rate("30/min", 10),
-                },
-                LevelRow {
-                    points: 30.0,
-                    limit: rate("6/min", 3),
-                },
-                LevelRow {
-                    points: 60.0,
-                    limit: Limit::Block,
-                },
-            ],
+            levels: levels(),
+            country_levels: HashMap::new(),
+            country_multipliers: HashMap::new(),
             down_fraction: 0.8,
             min_hold: Duration::from_secs(60),
             prefix_v4: 24,
             prefix_v6: 64,
+            network_v4: 16,
+            network_v6: 48,
+            network_after: 3,
             max_tracked: 1000,
         }
     }
@@ -316,42 +726,52 @@ mod tests {
         s.parse().unwrap()
     }
 
-    const HARVEST: EventKind = EventKind::Reject {
-        reject: RejectKind::UnknownRecipient,
-    };
+    fn harvest(source: &str) -> Event {
+        Event::new(
+            EventKind::Reject {
+                reject: RejectKind::UnknownRecipient,
+            },
+            ip(source),
+        )
+    }
+
+    fn record_n(e: &mut Engine, event: &Event, n: usize, now: u64) -> Vec<Change> {
+        (0..n).flat_map(|_| e.record(event, now)).collect()
+    }
 
     #[test]
     fn points_halve_every_half_life() {
         let mut e = Engine::new(config());
         let s = Sender::Source(ip("203.0.113.9"));
-        e.record(ip("203.0.113.9"), &HARVEST, 0);
-        assert!((e.points(&s, 0) - 2.0).abs() < 1e-9);
-        assert!((e.points(&s, 10 * MINUTE) - 1.0).abs() < 1e-9);
-        assert!((e.points(&s, 20 * MINUTE) - 0.5).abs() < 1e-9);
+        e.record(&harvest("203.0.113.9"), 0);
+        assert!((e.points(&s, 0) - 2.0).abs() < 1e-6);
+        assert!((e.points(&s, 10 * MINUTE) - 1.0).abs() < 1e-6);
+        assert!((e.points(&s, 20 * MINUTE) - 0.5).abs() < 1e-6);
     }
 
     #[test]
-    fn a_burst_climbs_straight_to_the_level_it_earns() {
+    fn a_burst_climbs_straight_to_the_level_it_earns_and_says_why() {
         let mut e = Engine::new(config());
-        let mut changes = Vec::new();
-        for _ in 0..35 {
-            changes.extend(e.record(ip("203.0.113.9"), &HARVEST, 0));
-        }
-        let source: Vec<(usize, usize)> = changes
+        let changes = record_n(&mut e, &harvest("203.0.113.9"), 35, 0);
+        let source: Vec<&Change> = changes
             .iter()
             .filter(|c| c.sender == Sender::Source(ip("203.0.113.9")))
-            .map(|c| (c.from, c.to))
             .collect();
-        assert_eq!(source, [(0, 1), (1, 2), (2, 3)]);
+        let steps: Vec<(usize, usize)> = source.iter().map(|c| (c.from, c.to)).collect();
+        assert_eq!(steps, [(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(source[0].events, [("unknown_recipient", 5)]);
+        assert_eq!(source[2].limit, Some(Limit::Block));
+        assert_eq!(
+            source[0].to_string(),
+            "203.0.113.9 level 0 -> 1 (10.0 points; unknown_recipient x5): limited to 30/min burst 10"
+        );
     }
 
     #[test]
     fn decay_brings_a_sender_down_one_level_at_a_time() {
         let mut e = Engine::new(config());
         let s = Sender::Source(ip("203.0.113.9"));
-        for _ in 0..40 {
-            e.record(ip("203.0.113.9"), &HARVEST, 0); // 80 points: level 3
-        }
+        record_n(&mut e, &harvest("203.0.113.9"), 40, 0); // 80 points: level 3
         assert_eq!(e.level(&s), 3);
         let mut history = Vec::new();
         let mut now = 0;
@@ -365,8 +785,6 @@ mod tests {
         }
         let steps: Vec<(usize, usize)> = history.iter().map(|h| (h.1, h.2)).collect();
         assert_eq!(steps, [(3, 2), (2, 1), (1, 0)]);
-        // Each step waits for the points to fall under 80% of the level's threshold.
-        assert!(history.windows(2).all(|w| w[1].0 > w[0].0));
         // 80 points fall under 48 (80% of 60) after 7.4 min, under 24 after 17.4, under 8 after
         // 33.2: the steps come at the next tick after each.
         let minutes: Vec<u64> = history.iter().map(|h| h.0).collect();
@@ -374,10 +792,25 @@ mod tests {
     }
 
     #[test]
+    fn hysteresis_holds_a_level_for_min_hold_even_when_points_drop() {
+        let mut cfg = config();
+        cfg.min_hold = Duration::from_secs(3600);
+        let mut e = Engine::new(cfg);
+        let s = Sender::Source(ip("203.0.113.9"));
+        record_n(&mut e, &harvest("203.0.113.9"), 5, 0); // 10 points: level 1
+        assert_eq!(e.level(&s), 1);
+        // After 50 min the points are ~0.3, far below 8, but the hour is not over.
+        assert!(e.tick(50 * MINUTE).is_empty());
+        assert_eq!(e.level(&s), 1);
+        let down = e.tick(61 * MINUTE);
+        assert!(down.iter().any(|c| c.sender == s && c.to == 0));
+    }
+
+    #[test]
     fn addresses_rotating_inside_a_64_add_up_on_the_prefix() {
         let mut e = Engine::new(config());
         for i in 0..20 {
-            e.record(ip(&format!("2001:db8:a::{i:x}")), &HARVEST, 0);
+            e.record(&harvest(&format!("2001:db8:a::{i:x}")), 0);
         }
         let prefix = Sender::Prefix("2001:db8:a::/64".parse().unwrap());
         assert_eq!(e.level(&prefix), 2);
@@ -385,16 +818,113 @@ mod tests {
     }
 
     #[test]
+    fn a_network_is_limited_once_three_of_its_prefixes_are_and_released_with_them() {
+        let mut e = Engine::new(config());
+        let network = Sender::Network("2001:db8:a::/48".parse().unwrap());
+        for p in 1..=2 {
+            record_n(&mut e, &harvest(&format!("2001:db8:a:{p}::1")), 5, 0);
+        }
+        assert_eq!(e.level(&network), 0, "two limited /64s are not enough");
+        let changes = record_n(&mut e, &harvest("2001:db8:a:3::1"), 15, 0);
+        assert!(changes.iter().any(|c| c.sender == network && c.to == 2));
+        // A /64 of another /48 does not count.
+        record_n(&mut e, &harvest("2001:db8:b:1::1"), 5, 0);
+        assert_eq!(e.level(&network), 2);
+        let mut now = 0;
+        while e.level(&network) > 0 && now < 600 * MINUTE {
+            now += MINUTE;
+            e.tick(now);
+        }
+        assert_eq!(e.level(&network), 0, "released as its prefixes come down");
+    }
+
+    #[test]
+    fn a_users_level_reaches_every_address_it_logs_in_from() {
+        let mut e = Engine::new(config());
+        let login = |source: &str| {
+            Event::new(
+                EventKind::AuthSuccess {
+                    service: Service::Submission,
+                },
+                ip(source),
+            )
+            .with_user(Some("alice"))
+        };
+        let spam = |source: &str| {
+            Event::new(
+                EventKind::MessageAccepted {
+                    recipients: 50,
+                    size: 1000,
+                },
+                ip(source),
+            )
+            .with_user(Some("alice"))
+        };
+        e.record(&login("198.51.100.10"), 0);
+        // 2.7 points a message from one address: alice reaches level 1 after 4 messages.
+        record_n(&mut e, &spam("198.51.100.10"), 4, 0);
+        assert_eq!(e.level(&Sender::User("alice".into())), 1);
+        assert_eq!(e.level(&Sender::Source(ip("198.51.100.10"))), 1);
+        // A new address logging in as alice is limited at once.
+        let changes = e.record(&login("203.0.113.200"), SECOND);
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.sender == Sender::Source(ip("203.0.113.200")) && c.to == 1)
+        );
+    }
+
+    #[test]
+    fn an_allowed_sender_never_gets_points_or_a_limit() {
+        let mut e = Engine::new(config());
+        e.set_allowed(vec!["203.0.113.0/24".parse().unwrap()]);
+        assert!(record_n(&mut e, &harvest("203.0.113.9"), 100, 0).is_empty());
+        assert_eq!(e.tracked(), 0);
+    }
+
+    #[test]
+    fn countries_weigh_events_and_may_have_their_own_levels() {
+        // GeoLite2 test data: 81.2.69.142 is GB, 111.235.160.1 is CN (lookups only, no traffic).
+        let geo = Geo::open(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/geoip/GeoLite2-Country-Test.mmdb"
+        )))
+        .unwrap();
+        assert_eq!(geo.country(ip("81.2.69.142")), Some(*b"GB"));
+        assert_eq!(geo.country(ip("111.235.160.1")), Some(*b"CN"));
+        assert_eq!(geo.country(ip("203.0.113.9")), None);
+        let mut cfg = config();
+        cfg.country_multipliers.insert(*b"CN", 2.0);
+        cfg.country_levels.insert(
+            *b"GB",
+            vec![LevelRow {
+                points: 100.0,
+                limit: rate("1/s", 5),
+            }],
+        );
+        let mut e = Engine::new(cfg).with_geo(Some(geo));
+        record_n(&mut e, &harvest("111.235.160.1"), 3, 0);
+        assert!((e.points(&Sender::Source(ip("111.235.160.1")), 0) - 12.0).abs() < 1e-6);
+        assert_eq!(e.level(&Sender::Source(ip("111.235.160.1"))), 1);
+        assert!((e.points(&Sender::Country(*b"CN"), 0) - 12.0).abs() < 1e-6);
+        // GB's looser table: 40 points are no level at all there.
+        record_n(&mut e, &harvest("81.2.69.142"), 20, 0);
+        assert_eq!(e.level(&Sender::Source(ip("81.2.69.142"))), 0);
+        record_n(&mut e, &harvest("81.2.69.142"), 30, 0);
+        let gb = Sender::Source(ip("81.2.69.142"));
+        assert_eq!(e.level(&gb), 1);
+        assert_eq!(e.limit_for(&gb, 1), Some(rate("1/s", 5)));
+    }
+
+    #[test]
     fn memory_is_bounded_and_the_worst_offenders_are_kept() {
         let mut cfg = config();
         cfg.max_tracked = 50;
         let mut e = Engine::new(cfg);
-        for _ in 0..40 {
-            e.record(ip("203.0.113.9"), &HARVEST, 0);
-        }
+        record_n(&mut e, &harvest("203.0.113.9"), 40, 0);
         for i in 0..500u32 {
             let addr = IpAddr::from([198, 51, (i / 250) as u8, (i % 250) as u8]);
-            e.record(addr, &EventKind::Connection, SECOND);
+            e.record(&Event::new(EventKind::Connection, addr), SECOND);
         }
         assert!(e.tracked() <= 50);
         assert_eq!(e.level(&Sender::Source(ip("203.0.113.9"))), 3);

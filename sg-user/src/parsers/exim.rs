@@ -106,7 +106,8 @@ fn accepted(rest: &str) -> Outcome {
         .unwrap_or(0);
     let recipients = after
         .split_once(" for ")
-        .map_or(1, |(_, r)| r.split(' ').filter(|s| !s.is_empty()).count()) as u32;
+        .map_or(1, |(_, r)| r.split(' ').filter(|s| !s.is_empty()).count())
+        as u32;
     let mut events = vec![Event::new(
         EventKind::MessageAccepted { recipients, size },
         addr,
@@ -185,7 +186,10 @@ fn host(text: &str) -> Option<Host<'_>> {
 /// `1vXyZa-000123-AB` (Exim 4.97+) or `1abcDE-0001xy-Ab` (older): three dash-separated parts.
 fn is_message_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -208,7 +212,9 @@ mod tests {
     #[test]
     fn connection_message_and_bounce() {
         assert_eq!(
-            events("2026-11-22 07:53:40 SMTP connection from [203.0.113.9]:41234 (TCP/IP connection count = 1)"),
+            events(
+                "2026-11-22 07:53:40 SMTP connection from [203.0.113.9]:41234 (TCP/IP connection count = 1)"
+            ),
             [Event::new(EventKind::Connection, ip("203.0.113.9"))]
         );
         let e = events(
@@ -226,7 +232,9 @@ mod tests {
                 ip("203.0.113.9")
             )]
         );
-        let e = events("2026-11-22 07:53:42 1vXyZb-000124-AB <= <> H=(helo) [2001:db8::25]:25 P=esmtp S=900");
+        let e = events(
+            "2026-11-22 07:53:42 1vXyZb-000124-AB <= <> H=(helo) [2001:db8::25]:25 P=esmtp S=900",
+        );
         assert_eq!(e[1], Event::new(EventKind::Bounce, ip("2001:db8::25")));
     }
 
@@ -234,19 +242,33 @@ mod tests {
     fn rejects_auth_failures_and_errors() {
         let kind = |line: &str| events(line)[0].kind.clone();
         assert_eq!(
-            kind("2026-11-22 07:53:43 H=(x) [203.0.113.9]:4 F=<a@b.example> rejected RCPT <zz@example.net>: Unknown user"),
-            EventKind::Reject { reject: RejectKind::UnknownRecipient }
+            kind(
+                "2026-11-22 07:53:43 H=(x) [203.0.113.9]:4 F=<a@b.example> rejected RCPT <zz@example.net>: Unknown user"
+            ),
+            EventKind::Reject {
+                reject: RejectKind::UnknownRecipient
+            }
         );
         assert_eq!(
-            kind("2026-11-22 07:53:43 H=[203.0.113.9]:4 F=<a@b.example> rejected RCPT <x@else.test>: relay not permitted"),
-            EventKind::Reject { reject: RejectKind::RelayDenied }
+            kind(
+                "2026-11-22 07:53:43 H=[203.0.113.9]:4 F=<a@b.example> rejected RCPT <x@else.test>: relay not permitted"
+            ),
+            EventKind::Reject {
+                reject: RejectKind::RelayDenied
+            }
         );
         assert_eq!(
-            kind("2026-11-22 07:53:43 rejected EHLO from [203.0.113.9]:4: syntactically invalid argument(s): a b"),
-            EventKind::Reject { reject: RejectKind::Helo }
+            kind(
+                "2026-11-22 07:53:43 rejected EHLO from [203.0.113.9]:4: syntactically invalid argument(s): a b"
+            ),
+            EventKind::Reject {
+                reject: RejectKind::Helo
+            }
         );
         assert_eq!(
-            kind("2026-11-22 07:53:44 SMTP call from (x) [203.0.113.9]:4 dropped: too many syntax or protocol errors (last command was \"RCPT TO\")"),
+            kind(
+                "2026-11-22 07:53:44 SMTP call from (x) [203.0.113.9]:4 dropped: too many syntax or protocol errors (last command was \"RCPT TO\")"
+            ),
             EventKind::TooManyErrors
         );
         let e = events(

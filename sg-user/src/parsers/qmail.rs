@@ -13,7 +13,10 @@ use super::Outcome;
 use crate::events::{Event, EventKind, RejectKind};
 
 pub fn is_qmail(program: &str) -> bool {
-    matches!(program, "tcpserver" | "rblsmtpd" | "qmail-smtpd" | "CHKUSER")
+    matches!(
+        program,
+        "tcpserver" | "rblsmtpd" | "qmail-smtpd" | "CHKUSER"
+    )
 }
 
 pub fn parse(program: &str, message: &str) -> Outcome {

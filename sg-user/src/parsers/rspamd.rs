@@ -65,7 +65,10 @@ mod tests {
     fn dmarc_reject_is_a_dmarc_failure_of_the_client() {
         assert_eq!(
             events(LINE),
-            [Event::new(EventKind::DmarcFail, "203.0.113.9".parse().unwrap())]
+            [Event::new(
+                EventKind::DmarcFail,
+                "203.0.113.9".parse().unwrap()
+            )]
         );
         let pass = LINE.replace("DMARC_POLICY_REJECT(2.00)", "DMARC_POLICY_ALLOW(-0.5)");
         assert!(events(&pass).is_empty());

@@ -73,7 +73,10 @@ fn accepted(fields: &str) -> Outcome {
     let number = |name: &str| field(fields, name).and_then(|v| v.parse::<u64>().ok());
     let recipients = number("nrcpts=").unwrap_or(1) as u32;
     let size = number("size=").unwrap_or(0);
-    let mut events = vec![Event::new(EventKind::MessageAccepted { recipients, size }, addr)];
+    let mut events = vec![Event::new(
+        EventKind::MessageAccepted { recipients, size },
+        addr,
+    )];
     if fields.starts_with("<>,") {
         events.push(Event::new(EventKind::Bounce, addr));
     }
@@ -212,7 +215,10 @@ mod tests {
         let e = events(
             "5AM7rePq001238: lost input channel from x.example [198.51.100.7] to MTA after auth",
         );
-        assert_eq!(e, [Event::new(EventKind::LostAfterAuth, ip("198.51.100.7"))]);
+        assert_eq!(
+            e,
+            [Event::new(EventKind::LostAfterAuth, ip("198.51.100.7"))]
+        );
     }
 
     #[test]

@@ -176,7 +176,11 @@ fn unix_ns(y: i64, m: u32, d: u32, time: &str) -> Option<u64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let digits: String = frac.chars().take_while(char::is_ascii_digit).take(9).collect();
+    let digits: String = frac
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(9)
+        .collect();
     let nanos = if digits.is_empty() {
         0
     } else {
@@ -281,8 +285,6 @@ fn skip_structured_data(s: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn h<'a>(program: &'a str, message: &'a str) -> Option<(&'a str, &'a str)> {
         Some((program, message))
     }
@@ -302,16 +304,26 @@ mod tests {
     fn times_of_every_header_agree() {
         let s = |secs: u64| Some(secs * 1_000_000_000);
         assert_eq!(time("2026-11-22T07:53:40Z mx1 postfix/smtpd[1]: x"), s(T));
-        assert_eq!(time("2026-11-22T08:53:40+01:00 mx1 postfix/smtpd[1]: x"), s(T));
+        assert_eq!(
+            time("2026-11-22T08:53:40+01:00 mx1 postfix/smtpd[1]: x"),
+            s(T)
+        );
         assert_eq!(
             time("2026-11-22T07:53:40.25+00:00 mx1 postfix/smtpd[1]: x"),
             Some(T * 1_000_000_000 + 250_000_000)
         );
         assert_eq!(time("<22>1 2026-11-22T07:53:40Z mx1 app 1 - - x"), s(T));
         assert_eq!(time("2026-11-22 07:53:40 1vXyZa-000123-AB <= a@b"), s(T));
-        assert_eq!(time("2026-11-22 07:53:40 #77(normal) <ab12>; task; x"), s(T));
+        assert_eq!(
+            time("2026-11-22 07:53:40 #77(normal) <ab12>; task; x"),
+            s(T)
+        );
         // TAI64N: 2^62 + T + 37 leap seconds.
-        let label = format!("@{:016x}{:08x} tcpserver: pid 1 from 203.0.113.9", (1u64 << 62) + T + 37, 0);
+        let label = format!(
+            "@{:016x}{:08x} tcpserver: pid 1 from 203.0.113.9",
+            (1u64 << 62) + T + 37,
+            0
+        );
         assert_eq!(time(&label), s(T));
         // RFC 3164 has no year: it reads as a time within the last year.
         let t = time("Nov 22 07:53:40 mx1 postfix/smtpd[1]: x").unwrap();
