@@ -438,7 +438,7 @@ impl Engine {
 
     fn remember_user_source(&mut self, user: &str, source: IpAddr) {
         if !self.user_sources.contains_key(user)
-            && self.user_sources.len() >= self.config.max_tracked / 8 + 1
+            && self.user_sources.len() > self.config.max_tracked / 8
             && let Some(victim) = self.user_sources.keys().next().cloned()
         {
             self.user_sources.remove(&victim);

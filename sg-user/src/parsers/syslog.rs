@@ -128,7 +128,7 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
     }
     let time_ns = date_time(&line[..10], &line[11..19]);
     let rest = line[19..].trim_start_matches(' ');
-    let rest = match rest.strip_prefix(|c: char| c == '.' || c == '+' || c == '-') {
+    let rest = match rest.strip_prefix(['.', '+', '-']) {
         // Fractions or a zone (Exim's log_selector +millisec, +timezone): skip to the next space.
         Some(_) => token(rest)?.1,
         None => rest,
@@ -203,9 +203,7 @@ fn date_time(date: &str, time: &str) -> Option<u64> {
 fn iso_time(stamp: &str) -> Option<u64> {
     let (date, rest) = stamp.split_at(10);
     let rest = &rest[1..];
-    let zone_at = rest
-        .find(|c: char| c == 'Z' || c == '+' || c == '-')
-        .unwrap_or(rest.len());
+    let zone_at = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
     let utc = date_time(date, &rest[..zone_at])?;
     let zone = &rest[zone_at..];
     let offset_s: i64 = match zone.as_bytes().first() {
