@@ -82,7 +82,9 @@ fn parse_fixture(format: &str, name: &str) -> (Vec<(u64, String, String)>, Strin
 
 #[test]
 fn every_format_has_a_fixture_read_the_same_by_its_parser_and_by_auto() {
-    let cases: [(&str, &[(u64, &str, &str)], &str); 4] = [
+    /// (line, kind, source) of each expected event.
+    type Events = &'static [(u64, &'static str, &'static str)];
+    let cases: [(&str, Events, &str); 4] = [
         (
             "sendmail",
             &[
