@@ -77,11 +77,15 @@ pub mod action {
     pub const BLOCK: u32 = 2;
 }
 
-/// Value of POLICY. The bucket's state is not here but in the slot of the source (or prefix) it
-/// applies to, next to the cached verdict (see [`Slot`]).
+/// Value of POLICY. The bucket of a source's or prefix's limit lives in its slot, next to the
+/// cached verdict (see [`Slot`]); a network's limit is shared by all its prefixes, so its bucket
+/// is here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
+    /// Bucket state of a network's limit (GCRA theoretical arrival time, tick clock); unused
+    /// for sources and prefixes. Userspace writes 0: the bucket starts full.
+    pub tat_ns: u64,
     /// Nanoseconds per connection at the sustained rate.
     pub interval_ns: u64,
     /// CLOCK_BOOTTIME nanoseconds after which the kernel ignores the entry; 0 = never.
@@ -104,6 +108,8 @@ pub mod verdict {
     pub const LIMIT: u32 = 3;
     /// A POLICY block.
     pub const BLOCK: u32 = 4;
+    /// A POLICY token bucket of the prefix's network, whose bucket is in the POLICY entry.
+    pub const NETWORK_LIMIT: u32 = 5;
 }
 
 /// One slot of SOURCES (or PREFIXES): the kernel's memory of one source (or prefix).
@@ -193,6 +199,12 @@ pub struct Config {
     pub prefix_len_v4: u32,
     /// Prefix length of IPv6 prefixes.
     pub prefix_len_v6: u32,
+    /// Mask that turns a mapped IPv4 source into its network (several prefixes, limited as
+    /// one when userspace says so).
+    pub network_mask_v4: Addr,
+    pub network_mask_v6: Addr,
+    pub network_len_v4: u32,
+    pub network_len_v6: u32,
     /// [`flag`] bits.
     pub flags: u32,
     /// Emit one drop event in every `event_sample` drops (per CPU); 0 = none.
@@ -331,8 +343,8 @@ const _: () = assert!(counter::SERVICE_NEW_CONN == counter::DROP_REASON + reason
 
 // No implicit padding anywhere: a key's padding bytes would be hashed.
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Policy>() == 24);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 16 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Policy>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 16 + 8);
 const _: () = assert!(core::mem::size_of::<Slot>() == 48);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 24);

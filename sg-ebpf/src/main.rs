@@ -165,6 +165,21 @@ mod program {
         let prefix = Remembered::of_prefix(src, config, generation, now)?;
         match prefix.verdict {
             verdict::BLOCK => return Some(reason::POLICY_BLOCK),
+            verdict::NETWORK_LIMIT => {
+                let key = network_of(src, config);
+                let policy = POLICY.get_ptr_mut(&key)?;
+                // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
+                let ok = unsafe {
+                    bucket::take(
+                        &mut (*policy).tat_ns,
+                        now,
+                        config.tick_ns,
+                        prefix.interval_ns,
+                        u64::from(prefix.burst),
+                    )
+                };
+                return (!ok).then_some(reason::POLICY_RATE);
+            }
             verdict::LIMIT => {
                 return (!prefix.take(now, config, prefix.interval_ns, u64::from(prefix.burst)))
                     .then_some(reason::POLICY_RATE);
@@ -256,7 +271,8 @@ mod program {
             Some(fresh)
         }
 
-        /// The slot of `src`'s prefix, with the verdict of the policy for that prefix.
+        /// The slot of `src`'s prefix, with the verdict of the policy for that prefix, else for
+        /// its network.
         #[inline(always)]
         fn of_prefix(src: &Addr, config: &Config, generation: u32, now: u64) -> Option<Self> {
             let key = prefix_of(src, config);
@@ -270,10 +286,18 @@ mod program {
             };
             count(counter::VERDICT_WORKED_OUT);
             let boot = unsafe { bpf_ktime_get_boot_ns() };
-            let policy = live_policy(&key, boot);
+            let (policy, network) = match live_policy(&key, boot) {
+                Some(p) => (Some(p), false),
+                None => (live_policy(&network_of(src, config), boot), true),
+            };
+            let verdict = match policy.map(policy_verdict) {
+                Some(verdict::LIMIT) if network => verdict::NETWORK_LIMIT,
+                Some(v) => v,
+                None => verdict::NEXT,
+            };
             let fresh = Remembered {
                 slot,
-                verdict: policy.map_or(verdict::NEXT, policy_verdict),
+                verdict,
                 burst: policy.map_or(0, |p| p.burst),
                 interval_ns: policy.map_or(0, |p| p.interval_ns),
             };
@@ -381,6 +405,19 @@ mod program {
             (&config.prefix_mask_v4, config.prefix_len_v4)
         } else {
             (&config.prefix_mask_v6, config.prefix_len_v6)
+        };
+        PolicyKey {
+            addr: apply_mask(src, mask),
+            prefix_len,
+        }
+    }
+
+    #[inline(always)]
+    fn network_of(src: &Addr, config: &Config) -> PolicyKey {
+        let (mask, prefix_len) = if is_v4_mapped(src) {
+            (&config.network_mask_v4, config.network_len_v4)
+        } else {
+            (&config.network_mask_v6, config.network_len_v6)
         };
         PolicyKey {
             addr: apply_mask(src, mask),

@@ -421,6 +421,8 @@ impl Config {
         };
         let v4_len = sg_common::V4_MAPPED_BITS + u32::from(self.prefix_v4);
         let v6_len = u32::from(self.prefix_v6);
+        let net_v4_len = sg_common::V4_MAPPED_BITS + u32::from(self.engine.network_v4);
+        let net_v6_len = u32::from(self.engine.network_v6);
         sg_common::Config {
             source_ceiling: bucket(self.source_ceiling),
             prefix_ceiling: bucket(self.prefix_ceiling),
@@ -428,6 +430,10 @@ impl Config {
             prefix_mask_v6: sg_common::prefix_mask(v6_len),
             prefix_len_v4: v4_len,
             prefix_len_v6: v6_len,
+            network_mask_v4: sg_common::prefix_mask(net_v4_len),
+            network_mask_v6: sg_common::prefix_mask(net_v6_len),
+            network_len_v4: net_v4_len,
+            network_len_v6: net_v6_len,
             flags: if self.drop_established_from_blocked {
                 sg_common::flag::DROP_ESTABLISHED_FROM_BLOCKED
             } else {

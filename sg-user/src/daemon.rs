@@ -1,16 +1,28 @@
 //! `slowgate run`: load and attach the program, apply the config, keep the maps tidy, and log
 //! sampled drops. Stopping the daemon leaves the pinned program enforcing.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use sg_common::{Attachment, reason, service};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    brain,
     config::Config,
     kernel::{self, ListKind, Maps},
+    sources,
+    tail::Start,
 };
+
+/// Lines waiting for the engine at most; a reader waits when it is full (the log keeps them).
+const LINE_QUEUE: usize = 65_536;
 
 /// How often the drop-event ring buffer is drained.
 const EVENT_POLL: Duration = Duration::from_millis(200);
@@ -63,6 +75,16 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     }
     maps.record_attachments(&attached)?;
     apply_lists(&mut maps, config)?;
+    // The learning loop: sources -> parsers -> engine -> limits, in threads of their own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
+    let readers = sources::spawn(&config.sources, Start::End, tx, stop.clone());
+    let brain = {
+        let (config, stop) = (config.clone(), stop.clone());
+        let brain_maps = Maps::open_pinned(pin_dir)?;
+        std::thread::spawn(move || brain::run(&config, brain_maps, rx, stop))
+    };
+    eprintln!("slowgate: learning from {} source(s)", config.sources.len());
     eprintln!(
         "slowgate: ready; {} allow, {} deny, {} limit entries from {}; pins under {}",
         config.allow.len(),
@@ -94,6 +116,10 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let _ = brain.join();
+    // Readers are not joined: one may sit in a read from journalctl; they end with the process.
+    drop(readers);
     eprintln!(
         "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
     );

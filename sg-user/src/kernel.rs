@@ -476,23 +476,28 @@ impl Maps {
         Ok(out)
     }
 
-    /// The POLICY key for `net`: an exact address, or a prefix of the configured length.
+    /// The POLICY key for `net`: an exact address, or a prefix or network of the configured
+    /// lengths.
     pub fn policy_key(&self, net: Network) -> anyhow::Result<PolicyKey> {
         let config = self.read_config()?;
-        let prefix_len = if net.is_v4() {
-            config.prefix_len_v4
+        let (prefix_len, network_len) = if net.is_v4() {
+            (config.prefix_len_v4, config.network_len_v4)
         } else {
-            config.prefix_len_v6
+            (config.prefix_len_v6, config.network_len_v6)
         };
-        if !net.is_host() && net.prefix_len != prefix_len {
-            let (family, len) = if net.is_v4() {
-                ("IPv4", prefix_len - sg_common::V4_MAPPED_BITS)
-            } else {
-                ("IPv6", prefix_len)
+        if !net.is_host() && net.prefix_len != prefix_len && net.prefix_len != network_len {
+            let shown = |len: u32| {
+                if net.is_v4() {
+                    len - sg_common::V4_MAPPED_BITS
+                } else {
+                    len
+                }
             };
             bail!(
-                "{net}: a limit applies to one address or to a whole {family} /{len} prefix \
-                 (the configured prefix length); use `deny` for other networks"
+                "{net}: a limit applies to one address, a /{} prefix or a /{} network (the \
+                 configured lengths); use `deny` for other networks",
+                shown(prefix_len),
+                shown(network_len)
             );
         }
         Ok(PolicyKey {
@@ -508,24 +513,55 @@ impl Maps {
         ttl: Option<Duration>,
     ) -> anyhow::Result<()> {
         let key = self.policy_key(net)?;
-        let policy = match limit {
-            Limit::Block => Policy {
-                action: action::BLOCK,
-                expires_ns: expiry(ttl),
-                ..Policy::default()
-            },
-            Limit::Rate { rate, burst } => Policy {
-                interval_ns: rate.interval.as_nanos() as u64,
-                expires_ns: expiry(ttl),
-                burst,
-                action: action::LIMIT,
-            },
-        };
+        let policy = policy_of(limit, ttl);
         self.policy
             .insert(key, policy, 0)
             .map_err(|e| full_or(e, "policy"))
             .with_context(|| format!("set the limit of {net}"))?;
         self.changed()
+    }
+
+    /// Writes a batch of limits (None removes one) and tells the kernel once. Returns the
+    /// entries that could not be written, with the reason.
+    pub fn limits_apply(
+        &mut self,
+        batch: &[(Network, Option<Limit>)],
+        ttl: Option<Duration>,
+    ) -> Vec<(Network, anyhow::Error)> {
+        let mut failed = Vec::new();
+        for &(net, limit) in batch {
+            let result = self.policy_key(net).and_then(|key| match limit {
+                Some(limit) => {
+                    let mut policy = policy_of(limit, ttl);
+                    // A refresh keeps a network bucket's state (its tokens are spent).
+                    if let Ok(old) = self.policy.get(&key, 0)
+                        && (old.action, old.interval_ns, old.burst)
+                            == (policy.action, policy.interval_ns, policy.burst)
+                    {
+                        policy.tat_ns = old.tat_ns;
+                    }
+                    self.policy
+                        .insert(key, policy, 0)
+                        .map_err(|e| full_or(e, "policy"))
+                }
+                None => removed(self.policy.remove(&key)).map(|_| ()),
+            });
+            if let Err(e) = result {
+                failed.push((net, e));
+            }
+        }
+        if batch.len() > failed.len()
+            && let Err(e) = self.changed()
+        {
+            failed.push((batch[0].0, e));
+        }
+        failed
+    }
+
+    /// Whether a limit entry exists for `net` (expired or not).
+    pub fn limit_exists(&self, net: Network) -> anyhow::Result<bool> {
+        let key = self.policy_key(net)?;
+        Ok(self.policy.get(&key, 0).is_ok())
     }
 
     pub fn limit_del(&mut self, net: Network) -> anyhow::Result<bool> {
@@ -617,6 +653,23 @@ impl Maps {
             .zip(counts)
             .map(|(&(name, max), n)| (name, n, max))
             .collect()
+    }
+}
+
+fn policy_of(limit: Limit, ttl: Option<Duration>) -> Policy {
+    match limit {
+        Limit::Block => Policy {
+            action: action::BLOCK,
+            expires_ns: expiry(ttl),
+            ..Policy::default()
+        },
+        Limit::Rate { rate, burst } => Policy {
+            tat_ns: 0,
+            interval_ns: rate.interval.as_nanos() as u64,
+            expires_ns: expiry(ttl),
+            burst,
+            action: action::LIMIT,
+        },
     }
 }
 

@@ -1,6 +1,7 @@
 //! slowgate's userspace: config, the enforcer (XDP maps), the daemon and the CLI.
 //! `main.rs` is a thin shell over this library, so tests and benches call the same code.
 
+pub mod brain;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -8,5 +9,6 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod parsers;
+pub mod sources;
 pub mod tail;
 pub mod units;

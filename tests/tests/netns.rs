@@ -276,3 +276,134 @@ fn cli_refuses_bad_arguments_with_a_clear_error() {
         assert!(out.contains(expected), "{args:?}: {out}");
     }
 }
+
+/// The daemon config plus a log source, one-level lab levels (10 points: blocked) and an
+/// allow-listed client.
+fn learning_config(sources: &str) -> String {
+    format!(
+        "{}\n[lists]\nallow = [\"{CLIENT2_V4}\"]\n{sources}\n\
+         [points]\nhalf_life = \"10m\"\n\
+         [[levels]]\npoints = 10\nblock = true\n",
+        daemon_config()
+    )
+}
+
+/// Polls `slowgate limit list` until it names `who` (at most 5 s).
+fn wait_for_limit(lab: &Lab, who: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if lab.cli(&["limit", "list"]).contains(who) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Postfix's words for a directory-harvest attempt by `client`.
+fn harvest_line(client: &str, n: usize) -> String {
+    format!(
+        "Nov 22 07:53:{:02} mx1 postfix/smtpd[4242]: NOQUEUE: reject: RCPT from unknown[{client}]: \
+         550 5.1.1 <u{n}@example.net>: Recipient address rejected: User unknown in virtual mailbox \
+         table; from=<x@example.com> to=<u{n}@example.net> proto=ESMTP helo=<x>\n",
+        n % 60
+    )
+}
+
+#[test]
+fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("maillog"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("mail.log");
+    std::fs::write(&log, "").unwrap();
+    let config = learning_config(&format!(
+        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
+        log.display()
+    ));
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), ATTEMPTS);
+
+    // Five harvest rejects (2 points each) from CLIENT1, and as many from the allowed CLIENT2.
+    let mut text = String::new();
+    for n in 0..5 {
+        text += &harvest_line(CLIENT1_V4, n);
+        text += &harvest_line(CLIENT2_V4, n);
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+
+    assert!(
+        wait_for_limit(&lab, CLIENT1_V4),
+        "no limit written: {}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        lab.attempts(CLIENT1_V4, SERVER_V4, 25),
+        0,
+        "blocked on SMTP"
+    );
+    assert_eq!(
+        lab.attempts(CLIENT1_V4, SERVER_V4, 143),
+        0,
+        "and on IMAP too"
+    );
+    assert_eq!(
+        lab.attempts(CLIENT2_V4, SERVER2_V4, 25),
+        ATTEMPTS,
+        "the allow-listed sender"
+    );
+    assert!(!lab.cli(&["limit", "list"]).contains(CLIENT2_V4));
+    let log_text = daemon.log_text();
+    assert!(
+        log_text.contains("198.51.100.10 level 0 -> 1 (10.0 points; unknown_recipient x5)"),
+        "{log_text}"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn journald_entries_are_a_source_too() {
+    // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
+    // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
+    // SLOWGATE_JOURNALCTL; no journald is needed.
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("journal"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("journalctl");
+    let mut script = String::from("#!/bin/sh\n");
+    for n in 0..4 {
+        script += &format!(
+            "echo '{{\"__REALTIME_TIMESTAMP\":\"1795334020{n:06}\",\"SYSLOG_IDENTIFIER\":\"dovecot\",\
+             \"MESSAGE\":\"imap-login: Disconnected: (auth failed, 1 attempts in 2 secs): user=<admin>, \
+             method=PLAIN, rip={CLIENT_A6}, lip={SERVER_A6}, session=<abc{n}>\"}}'\n"
+        );
+    }
+    script += "exec sleep 60\n";
+    std::fs::write(&fake, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = learning_config(
+        "[[sources]]\njournald_units = [\"dovecot.service\"]\nformat = \"dovecot\"\n",
+    );
+    // SAFETY (of the environment): tests in this file run one at a time (--test-threads=1).
+    unsafe { std::env::set_var("SLOWGATE_JOURNALCTL", &fake) };
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    unsafe { std::env::remove_var("SLOWGATE_JOURNALCTL") };
+    // Four IMAP auth failures (3 points each): the /128 is blocked, on SMTP as well.
+    assert!(
+        wait_for_limit(&lab, CLIENT_A6),
+        "no limit written: {}",
+        daemon.log_text()
+    );
+    assert_eq!(lab.attempts(CLIENT_A6, SERVER_A6, 25), 0);
+    assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

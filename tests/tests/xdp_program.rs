@@ -196,13 +196,40 @@ fn a_prefix_limit_is_shared_by_all_addresses_of_the_prefix() {
 }
 
 #[test]
+fn a_network_limit_is_one_bucket_for_all_its_prefixes() {
+    let mut p = program();
+    p.maps
+        .limit_set(net("2001:db8:a::/48"), rate("1/min", 3), None)
+        .unwrap();
+    // Three /64s of the /48 share 3 tokens; a /64 of another /48 is not touched.
+    let verdicts: Vec<u32> = (1..=5)
+        .map(|i| p.run(&v6_tcp(&format!("2001:db8:a:{i}::1"), 25, TCP_SYN)))
+        .collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    assert_eq!(p.run(&v6_tcp("2001:db8:b:1::1", 25, TCP_SYN)), XDP_PASS);
+    // A block of an IPv4 /16 network.
+    p.maps
+        .limit_set(net("198.51.0.0/16"), Limit::Block, None)
+        .unwrap();
+    assert_eq!(p.run(&v4_tcp([198, 51, 7, 1], 25, TCP_SYN)), XDP_DROP);
+    // A prefix's own policy beats its network's.
+    p.maps
+        .limit_set(net("198.51.7.0/24"), rate("1/min", 5), None)
+        .unwrap();
+    assert_eq!(p.run(&v4_tcp([198, 51, 7, 1], 25, TCP_SYN)), XDP_PASS);
+}
+
+#[test]
 fn limits_of_other_prefix_lengths_are_refused() {
     let mut p = program();
     let err = p
         .maps
-        .limit_set(net("198.51.0.0/16"), Limit::Block, None)
+        .limit_set(net("198.0.0.0/8"), Limit::Block, None)
         .unwrap_err();
-    assert!(format!("{err:#}").contains("/24"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("/24 prefix or a /16 network"),
+        "{err:#}"
+    );
 }
 
 #[test]

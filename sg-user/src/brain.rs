@@ -1,0 +1,198 @@
+//! The daemon's learning loop: lines from the sources -> parsers -> engine -> XDP limits.
+//!
+//! One thread owns the parsers, the engine and an [`Enforcer`]. It drains the line channel,
+//! records every event at the current time, steps senders down once a second, and writes each
+//! batch of level changes to the kernel with one generation bump. Every change is logged as one
+//! line. Limits it writes carry a TTL (`points.limit_ttl`) and are refreshed while they last,
+//! so a daemon that dies leaves limits that expire on their own.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+
+use crate::{
+    config::{Config, Limit},
+    engine::{Change, Engine, Geo, Sender},
+    kernel::{self, ListKind, Maps},
+    parsers::{Outcome, Parsers},
+    sources::{Line, Text},
+    units::Network,
+};
+
+/// Lines handled per batch before the changes are written out.
+const BATCH: usize = 4096;
+/// How often senders are stepped down.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the allow list is re-read from the kernel (operators add to it with the CLI).
+const ALLOW_REFRESH: u32 = 10;
+
+/// The kernel entries the engine owns, so that it never overwrites or deletes an operator's
+/// manual limit.
+pub struct Enforcer {
+    owned: HashMap<Network, Limit>,
+    ttl: Duration,
+    last_refresh: Instant,
+}
+
+impl Enforcer {
+    pub fn new(ttl: Duration) -> Enforcer {
+        Enforcer {
+            owned: HashMap::new(),
+            ttl,
+            last_refresh: Instant::now(),
+        }
+    }
+
+    /// Writes the limits `changes` call for, one batch, one generation bump.
+    pub fn apply(&mut self, maps: &mut Maps, changes: &[Change]) {
+        let mut batch = Vec::new();
+        for change in changes {
+            let net = match &change.sender {
+                Sender::Source(addr) => Network::from_ipnet(IpNet::from(*addr)),
+                Sender::Prefix(net) | Sender::Network(net) => Network::from_ipnet(*net),
+                // Users are enforced through their sources; countries are only reported.
+                Sender::User(_) | Sender::Country(_) => continue,
+            };
+            match change.limit {
+                Some(limit) => {
+                    if !self.owned.contains_key(&net) && maps.limit_exists(net).unwrap_or(false) {
+                        eprintln!("slowgate: {net}: keeping the operator's limit");
+                        continue;
+                    }
+                    self.owned.insert(net, limit);
+                    batch.push((net, Some(limit)));
+                }
+                None => {
+                    if self.owned.remove(&net).is_some() {
+                        batch.push((net, None));
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        for (net, e) in maps.limits_apply(&batch, Some(self.ttl)) {
+            eprintln!("slowgate: {net}: could not write the limit: {e:#}");
+        }
+    }
+
+    /// Re-writes every owned limit with a fresh TTL, every third of the TTL.
+    pub fn refresh(&mut self, maps: &mut Maps) {
+        if self.last_refresh.elapsed() < self.ttl / 3 || self.owned.is_empty() {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        let batch: Vec<_> = self.owned.iter().map(|(n, l)| (*n, Some(*l))).collect();
+        for (net, e) in maps.limits_apply(&batch, Some(self.ttl)) {
+            eprintln!("slowgate: {net}: could not refresh the limit: {e:#}");
+        }
+    }
+}
+
+/// Counts for the log and, later, metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub lines: u64,
+    pub not_understood: u64,
+    pub events: u64,
+    pub changes: u64,
+}
+
+/// Runs until `stop` is set or every source is gone.
+pub fn run(config: &Config, mut maps: Maps, lines: Receiver<Line>, stop: Arc<AtomicBool>) {
+    let geo = match &config.geoip {
+        Some(path) => match Geo::open(path) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("slowgate: {e:#}; countries are not used");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
+    let mut parsers = Parsers::default();
+    let mut enforcer = Enforcer::new(config.limit_ttl);
+    let mut stats = Stats::default();
+    let mut last_tick = Instant::now();
+    let mut ticks = 0u32;
+    refresh_allowed(&mut engine, &mut maps, config);
+    while !stop.load(Ordering::Relaxed) {
+        let mut changes = Vec::new();
+        match lines.recv_timeout(TICK / 4) {
+            Ok(line) => {
+                let now = kernel::boot_time_ns();
+                changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
+                for line in lines.try_iter().take(BATCH) {
+                    changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            changes.extend(engine.tick(kernel::boot_time_ns()));
+            ticks += 1;
+            if ticks.is_multiple_of(ALLOW_REFRESH) {
+                refresh_allowed(&mut engine, &mut maps, config);
+            }
+            enforcer.refresh(&mut maps);
+        }
+        if !changes.is_empty() {
+            stats.changes += changes.len() as u64;
+            for change in &changes {
+                eprintln!("slowgate: {change}");
+            }
+            enforcer.apply(&mut maps, &changes);
+        }
+    }
+}
+
+fn handle(
+    parsers: &mut Parsers,
+    engine: &mut Engine,
+    stats: &mut Stats,
+    line: Line,
+    now: u64,
+) -> Vec<Change> {
+    stats.lines += 1;
+    let outcome = match &line.text {
+        Text::Raw(text) => parsers.parse(line.format, text),
+        Text::Journal {
+            program, message, ..
+        } => parsers.parse_message(line.format, program, message),
+    };
+    let Outcome::Understood(events) = outcome else {
+        stats.not_understood += 1;
+        return Vec::new();
+    };
+    stats.events += events.len() as u64;
+    events.iter().flat_map(|e| engine.record(e, now)).collect()
+}
+
+/// The engine never puts points on allow-listed senders: the config's allow list and what
+/// operators added with `slowgate allow add`.
+fn refresh_allowed(engine: &mut Engine, maps: &mut Maps, config: &Config) {
+    let mut allow: Vec<IpNet> = config.allow.iter().map(|n| n.to_ipnet()).collect();
+    if let Ok(entries) = maps.list_entries(ListKind::Allow) {
+        allow.extend(
+            entries
+                .iter()
+                .filter(|e| e.remaining != Some(Duration::ZERO))
+                .map(|e| e.network.to_ipnet()),
+        );
+    }
+    allow.sort();
+    allow.dedup();
+    engine.set_allowed(allow);
+}
