@@ -56,6 +56,16 @@ pub enum Command {
         #[arg(default_value = "-")]
         file: PathBuf,
     },
+    /// Run the points engine over existing logs on their own timestamps (no kernel): every
+    /// level change, then who would have been limited, when, how long, and at what cost.
+    Replay {
+        /// Log format; `auto` picks per line.
+        #[arg(long, value_enum, default_value = "auto")]
+        format: crate::parsers::Format,
+        /// Log files, each in time order; their events are merged by time.
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+    },
     /// Attached interfaces, counters, map fill.
     Status {
         #[arg(long)]
@@ -161,6 +171,12 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::Limit(cmd) => limit_command(cli, cmd),
         Command::Status { json } => status(cli, *json),
         Command::Parse { format, file } => parse(*format, file),
+        Command::Replay { format, logs } => {
+            let config = Config::load(&cli.config_path())?;
+            let report = crate::replay::run(&config, *format, logs)?;
+            crate::replay::print(&report, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
     }
 }
 

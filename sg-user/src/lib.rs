@@ -9,6 +9,7 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod parsers;
+pub mod replay;
 pub mod sources;
 pub mod tail;
 pub mod units;

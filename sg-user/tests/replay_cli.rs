@@ -1,0 +1,101 @@
+//! `slowgate replay` on a generated log with a known attack: the attacker is limited, early and
+//! for a while, with connections refused; the legitimate sender never appears.
+
+use std::{fmt::Write as _, process::Command};
+
+fn stamp(second: u64) -> String {
+    format!(
+        "2026-11-22T{:02}:{:02}:{:02}+00:00",
+        7 + second / 3600,
+        second / 60 % 60,
+        second % 60
+    )
+}
+
+#[test]
+fn replay_shows_who_would_have_been_limited_when_and_at_what_cost() {
+    let dir = std::env::temp_dir().join(format!("sg-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut log = String::new();
+    // 07:00:00-07:00:58: a harvester opens 30 sessions, one RCPT each (2.1 points a session).
+    for i in 0..30u64 {
+        let t = stamp(i * 2);
+        writeln!(
+            log,
+            "{t} mx1 postfix/smtpd[100]: connect from unknown[203.0.113.66]"
+        )
+        .unwrap();
+        writeln!(
+            log,
+            "{t} mx1 postfix/smtpd[100]: NOQUEUE: reject: RCPT from unknown[203.0.113.66]: 550 5.1.1 \
+             <u{i}@example.net>: Recipient address rejected: User unknown in local recipient table; \
+             from=<x@example.com> to=<u{i}@example.net> proto=ESMTP helo=<x>"
+        )
+        .unwrap();
+        writeln!(
+            log,
+            "{t} mx1 postfix/smtpd[100]: disconnect from unknown[203.0.113.66]"
+        )
+        .unwrap();
+    }
+    // Over two hours: a legitimate sender's mail, every 10 minutes.
+    for i in 0..12u64 {
+        let t = stamp(i * 600 + 30);
+        writeln!(
+            log,
+            "{t} mx1 postfix/smtpd[200]: connect from mx.example.org[198.51.100.7]"
+        )
+        .unwrap();
+        writeln!(
+            log,
+            "{t} mx1 postfix/smtpd[200]: 4A1B2C3D4E{i:02}: client=mx.example.org[198.51.100.7]"
+        )
+        .unwrap();
+        writeln!(log, "{t} mx1 postfix/qmgr[300]: 4A1B2C3D4E{i:02}: from=<news@example.org>, size=3000, nrcpt=1 (queue active)").unwrap();
+    }
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort_by_key(|l| &l[..25]);
+    let path = dir.join("mail.log");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/slowgate.toml");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_slowgate"))
+        .args(["--config", config, "replay"])
+        .arg(&path)
+        .output()
+        .expect("run slowgate replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The change lines, on the log's clock.
+    assert!(
+        stdout.contains("2026-11-22 07:00:08 203.0.113.66 level 0 -> 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("203.0.113.66 level 3 -> 2"), "{stdout}");
+    // The table row of the attacker: level 3 (50 points), limited from 07:00:08.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("203.0.113.66 "))
+        .unwrap_or_else(|| panic!("no row for the attacker: {stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "3", "{row}");
+    assert_eq!(
+        format!("{} {}", cols[2], cols[3]),
+        "2026-11-22 07:00:08",
+        "{row}"
+    );
+    let connections: u64 = cols[5].parse().unwrap();
+    let refused: u64 = cols[6].parse().unwrap();
+    assert_eq!(connections, 30);
+    assert!((10..30).contains(&refused), "{row}");
+    // Its /24 earned the same points; the legitimate sender was never limited.
+    assert!(stdout.contains("\n203.0.113.0/24 "), "{stdout}");
+    assert!(!stdout.contains("198.51.100.7"), "{stdout}");
+    assert!(stdout.contains("senders would have been limited"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
