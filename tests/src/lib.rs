@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod bench;
+
 use anyhow::{Context, bail};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp};
 use slowgate::{config::Capacity, kernel};

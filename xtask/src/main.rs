@@ -256,22 +256,37 @@ fn test() -> anyhow::Result<()> {
         .env("SLOWGATE_BIN", bin))
 }
 
+/// Debian packages of the benchmarks' baselines.
+const BENCH_PACKAGES: &[&str] = &["fail2ban"];
+
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
-    match what {
-        "xdp" => run(cargo()
-            .args([
-                "run",
-                "--release",
-                "--package",
-                "sg-tests",
-                "--bin",
-                "sg-bench",
-                "--",
-                "xdp",
-            ])
-            .args(args)),
-        other => bail!("unknown benchmark `{other}` (known: xdp)"),
+    const KNOWN: [&str; 4] = ["xdp", "parse", "reaction", "memory"];
+    if !KNOWN.contains(&what) {
+        bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));
     }
+    if what == "parse" {
+        apt_install(
+            &BENCH_PACKAGES
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    // The reaction benchmark runs the daemon binary.
+    build(true)?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "sg-tests",
+            "--bin",
+            "sg-bench",
+            "--",
+        ])
+        .arg(what)
+        .args(args)
+        .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
 }
 
 fn lab() -> anyhow::Result<()> {

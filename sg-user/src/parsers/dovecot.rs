@@ -23,9 +23,16 @@ fn service_of(program: &str) -> Option<Service> {
         .map(|(_, s)| *s)
 }
 
-/// A Dovecot login line, either form.
+/// A Dovecot login or auth line, either form.
 pub fn is_dovecot(program: &str, message: &str) -> bool {
-    service_of(program).is_some() || (program == "dovecot" && split_service(message).is_some())
+    service_of(program).is_some()
+        || is_auth(program)
+        || (program == "dovecot" && (split_service(message).is_some() || is_auth(message)))
+}
+
+/// The auth process (`auth: ...`, `auth-worker(123): ...`), or a message of it through syslog.
+fn is_auth(text: &str) -> bool {
+    text == "auth" || text.starts_with("auth: ") || text.starts_with("auth-worker")
 }
 
 /// "imap-login: rest" inside a syslog `dovecot:` message.
@@ -35,6 +42,13 @@ fn split_service(message: &str) -> Option<(Service, &str)> {
 }
 
 pub fn parse(program: &str, message: &str) -> Outcome {
+    if is_auth(program) || (program == "dovecot" && is_auth(message)) {
+        // `passwd-file(user,rip,<session>): unknown user` and the like (auth_verbose). Every
+        // failure the auth process reports is also reported, with its service, by the login
+        // process (or by the MTA, for SMTP AUTH through Dovecot SASL): counting both would
+        // double the points, so these lines carry no event.
+        return Outcome::Understood(Vec::new());
+    }
     let (service, text) = match service_of(program) {
         Some(s) => (s, message),
         None => match split_service(message) {
@@ -132,6 +146,17 @@ mod tests {
             }
         );
         assert_eq!(e[0].user.as_deref(), Some("carol"));
+    }
+
+    #[test]
+    fn auth_process_lines_are_understood_without_counting_twice() {
+        for line in [
+            "Nov 22 07:53:40 mx dovecot[12]: auth: passwd-file(admin,203.0.113.9,<AbCd>): unknown user",
+            "Nov 22 07:53:40 auth-worker(77): Info: pam(admin,203.0.113.9,<AbCd>): pam_authenticate() failed: Authentication failure (password mismatch?)",
+            "Nov 22 07:53:40 auth: Info: sql(bob,2001:db8::9,<x>): Password mismatch",
+        ] {
+            assert!(parse_line(line).is_empty(), "{line}");
+        }
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub struct Parsers {
 
 impl Parsers {
     pub fn parse(&mut self, format: Format, line: &str) -> Outcome {
-        self.parse_timed(format, line).outcome
+        match syslog::split(line) {
+            Some(header) => self.parse_message(format, header.program, header.message),
+            None => Outcome::NotUnderstood,
+        }
     }
 
     /// Parses a line with its header's time. With a format other than `Auto`, lines of other
@@ -88,7 +91,7 @@ impl Parsers {
             };
         };
         Parsed {
-            time_ns: header.time_ns,
+            time_ns: header.time_ns(),
             outcome: self.parse_message(format, header.program, header.message),
         }
     }

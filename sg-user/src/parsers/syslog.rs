@@ -15,8 +15,36 @@ pub struct Header<'a> {
     /// for their own log files.
     pub program: &'a str,
     pub message: &'a str,
+    /// When the line was written, as the header wrote it; [`Header::time_ns`] reads it (only
+    /// replays need it, so the daemon never pays for it).
+    pub stamp: Stamp<'a>,
+}
+
+/// A header's timestamp, not yet converted.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Stamp<'a> {
+    None,
+    /// `Nov 22 07:53:40`: month (1-12), day, time.
+    Rfc3164(u32, &'a str, &'a str),
+    /// `2026-11-22T07:53:40.123+01:00`
+    Iso(&'a str),
+    /// `2026-11-22`, `07:53:40`
+    DateTime(&'a str, &'a str),
+    /// Unix nanoseconds already (TAI64N is cheap to read, and was checked while splitting).
+    Unix(u64),
+}
+
+impl Header<'_> {
     /// When the line was written, in nanoseconds since the Unix epoch, when the header says.
-    pub time_ns: Option<u64>,
+    pub fn time_ns(&self) -> Option<u64> {
+        match self.stamp {
+            Stamp::None => None,
+            Stamp::Rfc3164(month, day, time) => rfc3164_time(month, day, time),
+            Stamp::Iso(stamp) => iso_time_checked(stamp),
+            Stamp::DateTime(date, time) => date_time(date, time),
+            Stamp::Unix(ns) => Some(ns),
+        }
+    }
 }
 
 const MONTHS: [&str; 12] = [
@@ -54,14 +82,14 @@ pub fn split(line: &str) -> Option<Header<'_>> {
         }
     }
     let (first, after) = token(rest)?;
-    let time_ns;
-    (rest, time_ns) = if let Some(month) = MONTHS.iter().position(|m| *m == first) {
+    let stamp;
+    (rest, stamp) = if let Some(month) = MONTHS.iter().position(|m| *m == first) {
         // "Nov 22 07:53:40" (the day may be space-padded: "Nov  2").
         let (day, after) = token(after)?;
         let (time, after) = token(after)?;
-        (after, rfc3164_time(month as u32 + 1, day, time))
+        (after, Stamp::Rfc3164(month as u32 + 1, day, time))
     } else if first.len() >= 19 && first.as_bytes()[4] == b'-' && first.as_bytes()[10] == b'T' {
-        (after, iso_time(first))
+        (after, Stamp::Iso(first))
     } else {
         return None;
     };
@@ -84,7 +112,7 @@ pub fn split(line: &str) -> Option<Header<'_>> {
     Some(Header {
         program,
         message,
-        time_ns,
+        stamp,
     })
 }
 
@@ -102,7 +130,7 @@ fn multilog(s: &str) -> Option<Header<'_>> {
     Some(Header {
         program: tag,
         message,
-        time_ns: Some(time_ns),
+        stamp: Stamp::Unix(time_ns),
     })
 }
 
@@ -126,7 +154,7 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' {
         return None;
     }
-    let time_ns = date_time(&line[..10], &line[11..19]);
+    let stamp = Stamp::DateTime(&line[..10], &line[11..19]);
     let rest = line[19..].trim_start_matches(' ');
     let rest = match rest.strip_prefix(['.', '+', '-']) {
         // Fractions or a zone (Exim's log_selector +millisec, +timezone): skip to the next space.
@@ -138,7 +166,7 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
         return Some(Header {
             program: "rspamd",
             message,
-            time_ns,
+            stamp,
         });
     }
     let message = match rest.strip_prefix('[') {
@@ -151,7 +179,7 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
     Some(Header {
         program: "exim",
         message,
-        time_ns,
+        stamp,
     })
 }
 
@@ -256,7 +284,7 @@ fn rfc5424(s: &str) -> Option<Header<'_>> {
     Some(Header {
         program: app,
         message,
-        time_ns: iso_time_checked(time),
+        stamp: Stamp::Iso(time),
     })
 }
 
@@ -292,7 +320,7 @@ mod tests {
     }
 
     fn time(line: &str) -> Option<u64> {
-        super::split(line).and_then(|h| h.time_ns)
+        super::split(line).and_then(|h| h.time_ns())
     }
 
     /// 2026-11-22T07:53:40Z in Unix seconds.

@@ -18,7 +18,16 @@ const LIST_ENTRIES: u32 = 100_000;
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
-    anyhow::ensure!(what == "xdp", "unknown benchmark {what} (known: xdp)");
+    match what.as_str() {
+        "xdp" => xdp(),
+        "parse" => sg_tests::bench::parse(),
+        "reaction" => sg_tests::bench::reaction(),
+        "memory" => sg_tests::bench::memory(),
+        other => anyhow::bail!("unknown benchmark {other} (known: xdp, parse, reaction, memory)"),
+    }
+}
+
+fn xdp() -> anyhow::Result<()> {
     require_root();
 
     // Generous ceilings so that an unknown source passes through both buckets every time.

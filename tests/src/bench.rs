@@ -1,0 +1,357 @@
+//! The benchmarks of the learning side (`cargo xtask bench parse | reaction | memory`). Each
+//! reports medians of several runs and, where there is one, a ratio to a baseline measured in
+//! the same run.
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    net::IpAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use slowgate::{
+    engine::Engine,
+    events::{Event, EventKind, RejectKind},
+    parsers::{Format, Outcome, Parsers},
+};
+
+use crate::*;
+
+const PARSE_LINES: usize = 1_000_000;
+const PARSE_RUNS: usize = 5;
+const FAIL2BAN_RUNS: usize = 3;
+
+/// A small deterministic generator (no dependency, same log every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// A source address from the documentation ranges: 1 in 4 IPv6.
+fn source(r: &mut Lcg) -> String {
+    let n = r.next();
+    match n % 8 {
+        0 | 1 => format!("2001:db8:{:x}::{:x}", n % 500, (n >> 8) % 4000 + 1),
+        2..=4 => format!("203.0.113.{}", (n >> 8) % 254 + 1),
+        _ => format!("198.51.100.{}", (n >> 8) % 254 + 1),
+    }
+}
+
+/// One line of a mixed mail log: Postfix, Dovecot and sendmail shapes, weighted roughly as a
+/// busy MX under attack logs them.
+fn mixed_line(r: &mut Lcg, i: usize) -> String {
+    let ip = source(r);
+    let t = format!(
+        "Nov 22 {:02}:{:02}:{:02}",
+        7 + i / 360_000 % 12,
+        i / 6000 % 60,
+        i / 100 % 60
+    );
+    let qid = format!("{:010X}", r.next());
+    let user = ["admin", "info", "test", "alice", "bob"][(r.next() % 5) as usize];
+    match r.next() % 20 {
+        0..=3 => format!("{t} mx1 postfix/smtpd[1234]: connect from unknown[{ip}]"),
+        4..=7 => format!(
+            "{t} mx1 postfix/smtpd[1234]: disconnect from unknown[{ip}] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4"
+        ),
+        8..=9 => format!(
+            "{t} mx1 postfix/smtpd[1234]: NOQUEUE: reject: RCPT from unknown[{ip}]: 550 5.1.1 <{user}@example.net>: \
+             Recipient address rejected: User unknown in local recipient table; from=<x@example.com> \
+             to=<{user}@example.net> proto=ESMTP helo=<example.com>"
+        ),
+        10 => format!(
+            "{t} mx1 postfix/smtpd[1234]: warning: unknown[{ip}]: SASL LOGIN authentication failed: \
+             UGFzc3dvcmQ6"
+        ),
+        11 => format!("{t} mx1 postfix/smtpd[1234]: {qid}: client=mail.example.org[{ip}]"),
+        12 => format!(
+            "{t} mx1 postfix/qmgr[99]: {qid}: from=<news@example.org>, size=4321, nrcpt=2 (queue active)"
+        ),
+        13 => format!(
+            "{t} mx1 dovecot: imap-login: Disconnected: (auth failed, 1 attempts in 2 secs): \
+             user=<{user}>, method=PLAIN, rip={ip}, lip=198.51.100.1, session=<abc>"
+        ),
+        14 => format!(
+            "{t} mx1 dovecot: imap-login: Login: user=<{user}>, method=PLAIN, rip={ip}, \
+             lip=198.51.100.1, mpid=77, TLS, session=<def>"
+        ),
+        15 => format!(
+            "{t} mx1 sm-mta[4100]: {qid}: from=<news@example.com>, size=4321, class=0, nrcpts=3, \
+             msgid=<n1@example.com>, proto=ESMTP, daemon=MTA-v4, relay=mx.example.com [{ip}]"
+        ),
+        16 => format!(
+            "{t} mx1 sm-mta[4101]: {qid}: ruleset=check_rcpt, arg1=<{user}@example.net>, relay=unknown [{ip}], \
+             reject=550 5.1.1 <{user}@example.net>... User unknown"
+        ),
+        17 => format!("{t} mx1 postfix/cleanup[55]: {qid}: message-id=<{qid}@example.org>"),
+        18 => format!(
+            "{t} mx1 postfix/smtp[77]: {qid}: to=<a@example.net>, relay=mx.example.net[198.51.100.2]:25, \
+             delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)"
+        ),
+        _ => format!("{t} mx1 kernel: [12345.678] eth0: link up"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `cargo xtask bench parse`: lines per second per core against fail2ban-regex.
+pub fn parse() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(unique("bench-parse"));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("mixed.log");
+    let mut r = Lcg(42);
+    let mut text = String::with_capacity(PARSE_LINES * 150);
+    for i in 0..PARSE_LINES {
+        text += &mixed_line(&mut r, i);
+        text.push('\n');
+    }
+    std::fs::write(&log, &text)?;
+    eprintln!("generated {PARSE_LINES} lines ({} MB)", text.len() >> 20);
+
+    let mut rates = Vec::new();
+    let mut ours = (0u64, HashSet::new(), HashSet::new());
+    for run in 0..PARSE_RUNS {
+        let mut parsers = Parsers::default();
+        let (mut events, mut sources, mut failing) = (0u64, HashSet::new(), HashSet::new());
+        let start = Instant::now();
+        for line in text.lines() {
+            if let Outcome::Understood(found) = parsers.parse(Format::Auto, line) {
+                events += found.len() as u64;
+                for e in found {
+                    if is_failure(&e.kind) {
+                        failing.insert(e.source);
+                    }
+                    sources.insert(e.source);
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        rates.push(PARSE_LINES as f64 / elapsed);
+        eprintln!(
+            "slowgate run {}/{PARSE_RUNS}: {:.0} lines/s",
+            run + 1,
+            rates[run]
+        );
+        ours = (events, sources, failing);
+    }
+    let ours_rate = median(rates);
+
+    // fail2ban-regex with the filters that read these logs, each over the whole file.
+    let filters = [
+        "postfix[mode=aggressive]",
+        "dovecot",
+        "sendmail-reject",
+        "sendmail-auth",
+    ];
+    let mut f2b_times = Vec::new();
+    let mut f2b_ips = HashSet::new();
+    let mut f2b_matched = Vec::new();
+    for run in 0..FAIL2BAN_RUNS {
+        let mut total = 0.0;
+        for filter in filters {
+            let start = Instant::now();
+            let out = Command::new("fail2ban-regex")
+                .args(["--print-no-missed", "--print-no-ignored", "--out", "ip"])
+                .arg(&log)
+                .arg(filter)
+                .output()
+                .context("run fail2ban-regex (apt install fail2ban)")?;
+            total += start.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "fail2ban-regex {filter}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            if run == 0 {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let ips: Vec<IpAddr> = stdout
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                f2b_matched.push((filter, ips.len()));
+                f2b_ips.extend(ips);
+            }
+        }
+        eprintln!(
+            "fail2ban-regex run {}/{FAIL2BAN_RUNS}: {total:.1} s for {} filters",
+            run + 1,
+            filters.len()
+        );
+        f2b_times.push(total);
+    }
+    let f2b_rate = PARSE_LINES as f64 / median(f2b_times);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "Parsing a generated {PARSE_LINES}-line mixed log (Postfix, Dovecot, sendmail), one core,"
+    );
+    println!("median of {PARSE_RUNS} runs (slowgate) and {FAIL2BAN_RUNS} runs (fail2ban-regex):");
+    println!();
+    println!("| parser | lines/s | ratio |");
+    println!("|---|---:|---:|");
+    println!(
+        "| fail2ban-regex, {} filters over the file | {f2b_rate:.0} | 1.0 |",
+        filters.len()
+    );
+    println!(
+        "| slowgate parse, all formats in one pass | {ours_rate:.0} | {:.0} |",
+        ours_rate / f2b_rate
+    );
+    println!();
+    let matched: Vec<String> = f2b_matched
+        .iter()
+        .map(|(f, n)| format!("{f}: {n}"))
+        .collect();
+    println!(
+        "Attributed sources: slowgate {} events from {} sources, {} of them with failures \
+         (rejects, auth failures); fail2ban {} distinct failing sources ({} matched lines: {}).",
+        ours.0,
+        ours.1.len(),
+        ours.2.len(),
+        f2b_ips.len(),
+        f2b_matched.iter().map(|(_, n)| n).sum::<usize>(),
+        matched.join(", ")
+    );
+    let only_ours: Vec<&IpAddr> = ours.2.difference(&f2b_ips).collect();
+    let only_f2b: Vec<&IpAddr> = f2b_ips.difference(&ours.2).collect();
+    println!(
+        "Failing sources only slowgate saw: {}; only fail2ban saw: {}.",
+        only_ours.len(),
+        only_f2b.len()
+    );
+    Ok(())
+}
+
+/// The events fail2ban's filters look for: rejects and authentication failures.
+fn is_failure(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Reject { .. } | EventKind::AuthFailure { .. }
+    )
+}
+
+/// `cargo xtask bench reaction`: from a line appended to a log to the limit in the kernel.
+pub fn reaction() -> anyhow::Result<()> {
+    require_root();
+    const EVENTS: usize = 1000;
+    let ns = Netns::new("react")?;
+    let peer = Netns::new("rpeer")?;
+    veth(&ns, "sg0", &peer, "pe0")?;
+    let pins = PinDir::new();
+    let dir = std::env::temp_dir().join(unique("bench-react"));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("mail.log");
+    std::fs::write(&log, "")?;
+    let config = format!(
+        "interfaces = [\"sg0\"]\nattach_mode = \"skb\"\n\
+         [[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
+         [[levels]]\npoints = 1\nblock = true\n",
+        log.display()
+    );
+    let daemon = Daemon::start(&ns, &config, &pins.path)?;
+    let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log)?;
+    let mut samples = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let client = format!("2001:db8:{:x}:{:x}::1", 0x100 + i / 100, i % 100);
+        let line = format!(
+            "Nov 22 07:53:40 mx1 postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[{client}]: \
+             550 5.1.1 <u@example.net>: Recipient address rejected: User unknown in local recipient \
+             table; from=<x@example.com> to=<u@example.net> proto=ESMTP helo=<x>\n"
+        );
+        let net: slowgate::units::Network = client.parse()?;
+        let start = Instant::now();
+        file.write_all(line.as_bytes())?;
+        file.flush()?;
+        loop {
+            if maps.limit_exists(net)? {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("no limit for {client} after 5 s: {}", daemon.log_text());
+            }
+            std::hint::spin_loop();
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    println!(
+        "Reaction time, from a line appended to a log to the limit in the kernel's POLICY map,"
+    );
+    println!("over {EVENTS} events (each a new source reaching a block):");
+    println!();
+    println!("| p50 | p90 | p99 | max |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        samples[samples.len() - 1]
+    );
+    Ok(())
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm.split_whitespace().nth(1).context("statm")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    Ok(pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64)
+}
+
+/// `cargo xtask bench memory`: RSS per tracked sender at 100k and 1M senders.
+pub fn memory() -> anyhow::Result<()> {
+    const RUNS: usize = 3;
+    println!("Engine memory per tracked sender (RSS delta / tracked senders), median of {RUNS}:");
+    println!();
+    println!("| tracked senders | bytes per sender |");
+    println!("|---:|---:|");
+    for target in [100_000usize, 1_000_000] {
+        let mut per = Vec::new();
+        for _ in 0..RUNS {
+            per.push(memory_run(target)?);
+        }
+        println!("| {target} | {:.0} |", median(per));
+    }
+    Ok(())
+}
+
+/// One engine filled with `target` senders: half sources, half their /64 prefixes.
+fn memory_run(target: usize) -> anyhow::Result<f64> {
+    let config = test_config("");
+    let mut engine_config = config.engine.clone();
+    engine_config.max_tracked = target;
+    let before = rss()?;
+    let mut engine = Engine::new(engine_config);
+    let kind = EventKind::Reject {
+        reject: RejectKind::Other,
+    };
+    let mut i = 0u64;
+    while engine.tracked() < target {
+        // One source per /64, so every event adds a source and a prefix.
+        let addr = IpAddr::from([0x2001, 0x0db8, (i >> 16) as u16, i as u16, 0, 0, 0, 1]);
+        engine.record(&Event::new(kind.clone(), addr), 1_000_000_000);
+        i += 1;
+    }
+    let after = rss()?;
+    let per = (after.saturating_sub(before)) as f64 / engine.tracked() as f64;
+    drop(engine);
+    Ok(per)
+}
