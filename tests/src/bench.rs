@@ -57,6 +57,8 @@ fn mixed_line(r: &mut Lcg, i: usize) -> String {
         i / 100 % 60
     );
     let qid = format!("{:010X}", r.next());
+    // sendmail queue ids are 14 characters.
+    let sm_qid = format!("5AM7{:010}", r.next() % 10_000_000_000);
     let user = ["admin", "info", "test", "alice", "bob"][(r.next() % 5) as usize];
     match r.next() % 20 {
         0..=3 => format!("{t} mx1 postfix/smtpd[1234]: connect from unknown[{ip}]"),
@@ -77,7 +79,7 @@ fn mixed_line(r: &mut Lcg, i: usize) -> String {
             "{t} mx1 postfix/qmgr[99]: {qid}: from=<news@example.org>, size=4321, nrcpt=2 (queue active)"
         ),
         13 => format!(
-            "{t} mx1 dovecot: imap-login: Disconnected: (auth failed, 1 attempts in 2 secs): \
+            "{t} mx1 dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): \
              user=<{user}>, method=PLAIN, rip={ip}, lip=198.51.100.1, session=<abc>"
         ),
         14 => format!(
@@ -85,11 +87,11 @@ fn mixed_line(r: &mut Lcg, i: usize) -> String {
              lip=198.51.100.1, mpid=77, TLS, session=<def>"
         ),
         15 => format!(
-            "{t} mx1 sm-mta[4100]: {qid}: from=<news@example.com>, size=4321, class=0, nrcpts=3, \
+            "{t} mx1 sm-mta[4100]: {sm_qid}: from=<news@example.com>, size=4321, class=0, nrcpts=3, \
              msgid=<n1@example.com>, proto=ESMTP, daemon=MTA-v4, relay=mx.example.com [{ip}]"
         ),
         16 => format!(
-            "{t} mx1 sm-mta[4101]: {qid}: ruleset=check_rcpt, arg1=<{user}@example.net>, relay=unknown [{ip}], \
+            "{t} mx1 sm-mta[4101]: {sm_qid}: ruleset=check_rcpt, arg1=<{user}@example.net>, relay=unknown [{ip}], \
              reject=550 5.1.1 <{user}@example.net>... User unknown"
         ),
         17 => format!("{t} mx1 postfix/cleanup[55]: {qid}: message-id=<{qid}@example.org>"),
@@ -110,6 +112,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn parse() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(unique("bench-parse"));
     std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
     let log = dir.join("mixed.log");
     let mut r = Lcg(42);
     let mut text = String::with_capacity(PARSE_LINES * 150);
@@ -133,7 +136,11 @@ pub fn parse() -> anyhow::Result<()> {
         let elapsed = start.elapsed().as_secs_f64();
         std::hint::black_box(events);
         rates.push(PARSE_LINES as f64 / elapsed);
-        eprintln!("slowgate run {}/{PARSE_RUNS}: {:.0} lines/s", run + 1, rates[run]);
+        eprintln!(
+            "slowgate run {}/{PARSE_RUNS}: {:.0} lines/s",
+            run + 1,
+            rates[run]
+        );
     }
     // Who the events name, counted outside the timed runs.
     let mut ours = (0u64, HashSet::new(), HashSet::new());
@@ -201,7 +208,6 @@ pub fn parse() -> anyhow::Result<()> {
         f2b_times.push(total);
     }
     let f2b_rate = PARSE_LINES as f64 / median(f2b_times);
-    let _ = std::fs::remove_dir_all(&dir);
 
     println!(
         "Parsing a generated {PARSE_LINES}-line mixed log (Postfix, Dovecot, sendmail), one core,"
@@ -243,6 +249,15 @@ pub fn parse() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes a directory on drop (every return path, and panics).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The events fail2ban's filters look for: rejects and authentication failures.
 fn is_failure(kind: &EventKind) -> bool {
     matches!(
@@ -269,6 +284,7 @@ pub fn reaction() -> anyhow::Result<()> {
          [[levels]]\npoints = 1\nblock = true\n",
         log.display()
     );
+    let _cleanup = RemoveDir(dir.clone());
     let daemon = Daemon::start(&ns, &config, &pins.path)?;
     let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
     let mut file = std::fs::OpenOptions::new().append(true).open(&log)?;
@@ -296,7 +312,6 @@ pub fn reaction() -> anyhow::Result<()> {
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     println!(

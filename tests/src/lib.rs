@@ -15,6 +15,7 @@ use std::{
 };
 
 pub mod bench;
+pub mod lab;
 
 use anyhow::{Context, bail};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp};
@@ -361,6 +362,17 @@ impl Drop for Listeners {
 
 /// One TCP connection attempt from `src` (an address inside `ns`) to `dst`.
 pub fn connect(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
+    tcp_connect(ns, src, dst, timeout).is_ok()
+}
+
+/// A TCP connection from `src` (an address inside `ns`) to `dst`, or the error; reads and
+/// writes on it time out after `timeout` too.
+pub fn tcp_connect(
+    ns: &Netns,
+    src: IpAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
     use socket2::{Domain, Socket, Type};
     let domain = if dst.is_ipv4() {
         Domain::IPV4
@@ -369,12 +381,13 @@ pub fn connect(ns: &Netns, src: IpAddr, dst: SocketAddr, timeout: Duration) -> b
     };
     let socket = ns
         .enter(|| Socket::new(domain, Type::STREAM, None))
-        .expect("enter netns")
-        .expect("socket");
-    socket
-        .bind(&SocketAddr::new(src, 0).into())
-        .expect("bind source address");
-    socket.connect_timeout(&dst.into(), timeout).is_ok()
+        .map_err(std::io::Error::other)??;
+    socket.bind(&SocketAddr::new(src, 0).into())?;
+    socket.connect_timeout(&dst.into(), timeout)?;
+    let stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
 }
 
 /// `attempts` connection attempts spread evenly over `over`; returns how many succeeded.

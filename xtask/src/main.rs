@@ -17,6 +17,8 @@ const BPF_RUSTC: &str = "/usr/bin/rustc";
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "libzstd-dev", "zlib1g-dev"];
 /// Debian packages the tests and the lab use.
 const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "procps"];
+/// The mail servers of the lab (and of its short form in the tests).
+const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "Build, set up, test and measure slowgate")]
@@ -37,7 +39,8 @@ enum Task {
     },
     /// Setup, build, then every test: formatting, lints, unit tests, root integration tests.
     Test,
-    /// Benchmarks: `xdp` (per-packet cost against an empty XDP program).
+    /// Benchmarks: `xdp` (per-packet cost against an empty XDP program), `parse` (against
+    /// fail2ban-regex), `reaction` (log line to kernel limit), `memory` (per tracked sender).
     Bench {
         #[arg(default_value = "xdp")]
         what: String,
@@ -46,7 +49,11 @@ enum Task {
         args: Vec<String>,
     },
     /// The lab: real Postfix and Dovecot under attack, slowgate protecting them.
-    Lab,
+    Lab {
+        /// The short form the test suite runs.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -56,7 +63,14 @@ fn main() {
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Test => test(),
         Task::Bench { what, args } => setup().and_then(|()| bench(&what, &args)),
-        Task::Lab => lab(),
+        Task::Lab { quick } => setup().and_then(|()| {
+            let args: Vec<String> = if quick {
+                vec!["--quick".into()]
+            } else {
+                Vec::new()
+            };
+            lab(&args)
+        }),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -121,11 +135,39 @@ fn apt_install(packages: &[String]) -> anyhow::Result<()> {
         bail!("missing Debian packages: {names}; run `cargo xtask setup` as root to install them");
     }
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
+    // Mail servers are installed for the lab only: Postfix gets no system configuration, and
+    // no package starts a service on this host (policy-rc.d says no while apt runs).
+    let preseed = "postfix postfix/main_mailer_type select No configuration\n";
+    let mut debconf = Command::new("debconf-set-selections")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("run debconf-set-selections")?;
+    use std::io::Write;
+    debconf
+        .stdin
+        .take()
+        .context("debconf stdin")?
+        .write_all(preseed.as_bytes())?;
+    debconf.wait()?;
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask while apt runs\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("install {names}"))
+    .with_context(|| format!("install {names}"));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 /// The LLVM major of Debian's rustc (`LLVM version: 22.1.8`).
@@ -165,6 +207,7 @@ fn bpf_linker_llvm_major(linker: &Path) -> Option<u32> {
 fn setup() -> anyhow::Result<()> {
     let mut packages: Vec<String> = BUILD_PACKAGES.iter().map(|s| s.to_string()).collect();
     packages.extend(TEST_PACKAGES.iter().map(|s| s.to_string()));
+    packages.extend(LAB_PACKAGES.iter().map(|s| s.to_string()));
     apt_install(&packages)?;
     let major = rustc_llvm_major()?;
     apt_install(&[format!("llvm-{major}-dev"), format!("libpolly-{major}-dev")])?;
@@ -289,11 +332,24 @@ fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
         .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
 }
 
-fn lab() -> anyhow::Result<()> {
-    bail!(
-        "the lab (real Postfix and Dovecot under attack) is not built yet: it needs the points \
-         engine (issue 3) and the daemon services (issue 4); see issue 5"
-    )
+/// Real Postfix and Dovecot under attack, slowgate protecting them (tests/src/lab.rs).
+fn lab(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the lab creates network namespaces and loads XDP programs: run it as root");
+    }
+    build(true)?;
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "sg-tests",
+            "--bin",
+            "sg-lab",
+            "--",
+        ])
+        .args(args)
+        .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,1159 @@
+//! The lab: real Postfix and Dovecot in a network namespace, attacked from others, slowgate
+//! protecting them. `cargo xtask lab` runs it with a live view; `cargo xtask test` runs a
+//! shorter form (tests/tests/lab.rs) and fails if a verdict row fails.
+//!
+//! Namespaces (documentation addresses only) and the mta's interfaces, where XDP sits:
+//!
+//! | namespace | addresses | mta side |
+//! |---|---|---|
+//! | legit | 198.51.100.10, 2001:db8:1::10 | `vl` 198.51.100.1, 2001:db8:1::1 |
+//! | bulk | 2001:db8:b::25 | `vb` 2001:db8:b::1 |
+//! | attacker | 203.0.113.66 (flood), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
+//!
+//! Every guard (namespaces, servers, daemon, pins, files) cleans up on drop, also on failure and
+//! on Ctrl-C (which ends every loop early).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::*;
+
+/// Set by SIGINT/SIGTERM: every loop ends, guards clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C stops the lab cleanly instead of killing it mid-way.
+pub fn install_interrupt_handler() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The shorter form for the test suite.
+    pub quick: bool,
+    /// Print the live view every second.
+    pub live: bool,
+}
+
+/// One row of the verdict table: what was checked, what was measured, and whether it passed.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub check: &'static str,
+    pub measured: String,
+    pub pass: bool,
+}
+
+const MTA_V4: &str = "198.51.100.1";
+const LEGIT_V4: &str = "198.51.100.10";
+const BULK_V6: &str = "2001:db8:b::25";
+const MTA_BULK_V6: &str = "2001:db8:b::1";
+const FLOOD_V4: &str = "203.0.113.66";
+const MTA_ATTACK_V4: &str = "203.0.113.1";
+const FLOAT_NET: &str = "2001:db8:f::/64";
+const MTA_FLOAT_V6: &str = "2001:db8:f::1";
+const IMAP_GUESSER: &str = "2001:db8:6::77";
+const MTA_IMAP_V6: &str = "2001:db8:6::1";
+const SMTP_GUESSER: &str = "2001:db8:7::78";
+const MTA_SMTP_V6: &str = "2001:db8:7::1";
+/// Addresses the float flood rotates through (2001:db8:f::100 and up).
+const FLOAT_ADDRESSES: u16 = 40;
+/// Connection attempts of the float probe: more than the mildest level's burst (5).
+const PROBES: u32 = 12;
+/// Parallel connections of each password guesser.
+const GUESSERS: usize = 10;
+/// The lab's block level (see `lab_config`).
+const BLOCK_LEVEL: usize = 3;
+/// An address of the float /64 that never sends anything before the check.
+const FLOAT_FRESH: &str = "2001:db8:f::999";
+
+/// A connection attempt that gets no answer within this is counted as refused (a dropped SYN
+/// is retransmitted after 1 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A probe's connection attempts wait less: on a veth an answer takes well under a millisecond.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("a literal address")
+}
+
+fn at(server: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(server), port)
+}
+
+/// The three client namespaces and the server's, joined by one veth pair each.
+struct Topology {
+    mta: Netns,
+    legit: Netns,
+    bulk: Netns,
+    attacker: Netns,
+}
+
+impl Topology {
+    fn build() -> anyhow::Result<Topology> {
+        let t = Topology {
+            mta: Netns::new("mta")?,
+            legit: Netns::new("legit")?,
+            bulk: Netns::new("bulk")?,
+            attacker: Netns::new("attk")?,
+        };
+        veth(&t.mta, "vl", &t.legit, "el")?;
+        veth(&t.mta, "vb", &t.bulk, "eb")?;
+        veth(&t.mta, "va", &t.attacker, "ea")?;
+        for a in ["198.51.100.1/24", "2001:db8:1::1/64"] {
+            t.mta.addr("vl", a)?;
+        }
+        t.mta.addr("vb", "2001:db8:b::1/64")?;
+        for a in [
+            "203.0.113.1/24",
+            "2001:db8:f::1/64",
+            "2001:db8:6::1/64",
+            "2001:db8:7::1/64",
+        ] {
+            t.mta.addr("va", a)?;
+        }
+        for a in ["198.51.100.10/24", "2001:db8:1::10/64"] {
+            t.legit.addr("el", a)?;
+        }
+        t.bulk.addr("eb", "2001:db8:b::25/64")?;
+        for a in ["203.0.113.66/24", "2001:db8:6::77/64", "2001:db8:7::78/64"] {
+            t.attacker.addr("ea", a)?;
+        }
+        for i in 0..FLOAT_ADDRESSES {
+            t.attacker
+                .addr("ea", &format!("2001:db8:f::{:x}/64", 0x100 + i))?;
+        }
+        t.attacker.addr("ea", &format!("{FLOAT_FRESH}/64"))?;
+        Ok(t)
+    }
+}
+
+/// Postfix and Dovecot, configured under `dir`, running in the mta namespace.
+struct Servers {
+    dir: PathBuf,
+}
+
+const MAILBOXES: [(&str, &str); 2] = [("alice", "alicepw"), ("bob", "bobpw")];
+
+impl Servers {
+    fn start(ns: &Netns, dir: &Path) -> anyhow::Result<Servers> {
+        let servers = Servers {
+            dir: dir.to_path_buf(),
+        };
+        let d = dir.display();
+        for sub in ["pf", "spool", "mail", "dc/run", "dc/state"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        // The lab's files are read by unprivileged server processes.
+        chmod(dir, 0o755)?;
+        chown_nobody(&dir.join("mail"))?;
+        std::fs::write(dir.join("mail.log"), "")?;
+        std::fs::write(dir.join("dovecot.log"), "")?;
+        std::fs::write(
+            dir.join("pf/main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {d}/spool\n\
+                 data_directory = {d}/spool/data\nmail_owner = postfix\nsetgid_group = postdrop\n\
+                 myhostname = mx.example.net\nmydomain = example.net\nmydestination =\n\
+                 inet_interfaces = all\ninet_protocols = all\nmynetworks = 127.0.0.0/8\n\
+                 maillog_file = {d}/mail.log\nmaillog_file_prefixes = {d}\n\
+                 alias_maps =\nalias_database =\n\
+                 smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n\
+                 smtpd_error_sleep_time = 0\nsmtpd_soft_error_limit = 100\n\
+                 smtpd_hard_error_limit = 100\n\
+                 virtual_mailbox_domains = example.net\nvirtual_mailbox_base = {d}/mail\n\
+                 virtual_mailbox_maps = texthash:{d}/pf/vmailbox\n\
+                 virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
+                 smtpd_sasl_type = dovecot\nsmtpd_sasl_path = {d}/dc/auth-client\n\
+                 smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination\n"
+            ),
+        )?;
+        std::fs::write(dir.join("pf/master.cf"), POSTFIX_MASTER_CF)?;
+        let vmailbox: String = MAILBOXES
+            .iter()
+            .map(|(u, _)| format!("{u}@example.net example.net/{u}/\n"))
+            .collect();
+        std::fs::write(dir.join("pf/vmailbox"), vmailbox)?;
+        std::fs::write(
+            dir.join("dc/dovecot.conf"),
+            format!(
+                "base_dir = {d}/dc/run\nstate_dir = {d}/dc/state\nlog_path = {d}/dovecot.log\n\
+                 info_log_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = *, ::\n\
+                 ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
+                 auth_failure_delay = 0\ndefault_login_user = dovenull\n\
+                 default_internal_user = dovecot\nmail_location = maildir:{d}/mail/%d/%n\n\
+                 first_valid_uid = 65534\n\
+                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/dc/users\n}}\n\
+                 userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/mail/%d/%n\n}}\n\
+                 service auth {{\n  unix_listener {d}/dc/auth-client {{\n    mode = 0666\n  }}\n}}\n"
+            ),
+        )?;
+        let users: String = MAILBOXES
+            .iter()
+            .map(|(u, p)| format!("{u}@example.net:{{PLAIN}}{p}\n"))
+            .collect();
+        std::fs::write(dir.join("dc/users"), users)?;
+        in_ns(ns, &["postfix", "-c", &format!("{d}/pf"), "start"])
+            .context("start Postfix (apt install postfix)")?;
+        in_ns(ns, &["dovecot", "-c", &format!("{d}/dc/dovecot.conf")])
+            .context("start Dovecot (apt install dovecot-imapd dovecot-pop3d)")?;
+        Ok(servers)
+    }
+
+    fn mail_log(&self) -> PathBuf {
+        self.dir.join("mail.log")
+    }
+
+    fn dovecot_log(&self) -> PathBuf {
+        self.dir.join("dovecot.log")
+    }
+
+    /// Messages delivered to `user` whose X-Lab-Id starts with `tag`.
+    fn delivered(&self, user: &str, tag: &str) -> usize {
+        let new = self.dir.join(format!("mail/example.net/{user}/new"));
+        let needle = format!("X-Lab-Id: {tag}");
+        std::fs::read_dir(new)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path())
+                            .map(|t| t.contains(&needle))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let d = self.dir.display().to_string();
+        let _ = Command::new("postfix")
+            .args(["-c", &format!("{d}/pf"), "stop"])
+            .output();
+        let _ = Command::new("doveadm")
+            .args(["-c", &format!("{d}/dc/dovecot.conf"), "stop"])
+            .output();
+        // Whatever did not stop by itself.
+        let _ = Command::new("pkill").args(["-f", &d]).output();
+    }
+}
+
+const POSTFIX_MASTER_CF: &str = "\
+smtp      inet  n       -       n       -       -       smtpd
+submission inet n       -       n       -       -       smtpd
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+/// Runs a command in `ns` and waits for it. Its output goes to a file, not a pipe: a server
+/// that daemonizes keeps inherited pipes open, and reading them to the end would never return.
+fn in_ns(ns: &Netns, args: &[&str]) -> anyhow::Result<()> {
+    let out_path = std::env::temp_dir().join(unique("lab-cmd"));
+    let out = std::fs::File::create(&out_path)?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
+        .with_context(|| format!("run {}", args.join(" ")));
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    if !status?.success() {
+        bail!("{}: {text}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn chown_nobody(path: &Path) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+/// What one client session came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// No connection: the SYN was dropped (or refused).
+    Refused,
+    /// The message was queued.
+    Accepted,
+    /// Every recipient was rejected, or the server said no otherwise.
+    Rejected,
+    /// The password was wrong (or the login otherwise failed).
+    AuthFailed,
+    /// The login worked.
+    LoggedIn,
+    /// The connection broke mid-session.
+    Broken,
+}
+
+struct Session {
+    reader: BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Session {
+    fn open(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Option<Session> {
+        let stream = tcp_connect(ns, src, dst, CONNECT_TIMEOUT).ok()?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+        let writer = stream.try_clone().ok()?;
+        Some(Session {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// An SMTP reply: the code of its last line.
+    fn reply(&mut self) -> Option<u16> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.len() >= 4 && line.as_bytes()[3] != b'-' {
+                return line[..3].parse().ok();
+            }
+        }
+    }
+
+    fn command(&mut self, text: &str) -> Option<u16> {
+        self.writer.write_all(text.as_bytes()).ok()?;
+        self.writer.write_all(b"\r\n").ok()?;
+        self.reply()
+    }
+
+    /// The tagged IMAP response line to `tag`.
+    fn imap(&mut self, tag: &str, text: &str) -> Option<String> {
+        write!(self.writer, "{tag} {text}\r\n").ok()?;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.starts_with(&format!("{tag} ")) {
+                return Some(line);
+            }
+        }
+    }
+}
+
+struct Mail<'a> {
+    port: u16,
+    rcpts: &'a [String],
+    auth: Option<(&'a str, &'a str)>,
+    id: String,
+}
+
+fn smtp(ns: &Netns, src: IpAddr, server: &str, mail: &Mail) -> Outcome {
+    let Some(mut s) = Session::open(ns, src, at(server, mail.port)) else {
+        return Outcome::Refused;
+    };
+    let mut run = || -> Option<Outcome> {
+        if s.reply()? != 220 || s.command("EHLO client.example.org")? != 250 {
+            return Some(Outcome::Rejected);
+        }
+        if let Some((user, pass)) = mail.auth {
+            let token = base64(format!("\0{user}\0{pass}").as_bytes());
+            if s.command(&format!("AUTH PLAIN {token}"))? != 235 {
+                let _ = s.command("QUIT");
+                return Some(Outcome::AuthFailed);
+            }
+        }
+        if s.command("MAIL FROM:<sender@example.org>")? != 250 {
+            return Some(Outcome::Rejected);
+        }
+        let mut accepted = 0;
+        for rcpt in mail.rcpts {
+            if s.command(&format!("RCPT TO:<{rcpt}>"))? == 250 {
+                accepted += 1;
+            }
+        }
+        if accepted == 0 {
+            let _ = s.command("QUIT");
+            return Some(Outcome::Rejected);
+        }
+        if s.command("DATA")? != 354 {
+            return Some(Outcome::Rejected);
+        }
+        let body = format!(
+            "Subject: lab\r\nX-Lab-Id: {}\r\n\r\nslowgate lab message\r\n.",
+            mail.id
+        );
+        let queued = s.command(&body)? == 250;
+        let _ = s.command("QUIT");
+        Some(if queued {
+            Outcome::Accepted
+        } else {
+            Outcome::Rejected
+        })
+    };
+    run().unwrap_or(Outcome::Broken)
+}
+
+fn imap_login(ns: &Netns, src: IpAddr, server: &str, user: &str, pass: &str) -> Outcome {
+    let Some(mut s) = Session::open(ns, src, at(server, 143)) else {
+        return Outcome::Refused;
+    };
+    let mut greeting = String::new();
+    if s.reader.read_line(&mut greeting).unwrap_or(0) == 0 {
+        return Outcome::Broken;
+    }
+    let outcome = match s.imap("a1", &format!("LOGIN {user} {pass}")) {
+        Some(l) if l.starts_with("a1 OK") => Outcome::LoggedIn,
+        Some(_) => Outcome::AuthFailed,
+        None => return Outcome::Broken,
+    };
+    let _ = s.imap("a2", "LOGOUT");
+    outcome
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario.
+
+/// Counts of one role, updated by its threads, read by the live view and the verdicts.
+#[derive(Default)]
+struct Tally {
+    attempts: AtomicU64,
+    refused: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    auth_failed: AtomicU64,
+    /// When the first connection was refused (ms since the role started), 0 = never.
+    first_refused_ms: AtomicU64,
+    /// Accepted after the first refusal.
+    accepted_after: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, outcome: Outcome, started: Instant) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let refused_before = self.first_refused_ms.load(Ordering::Relaxed) != 0;
+        match outcome {
+            Outcome::Refused => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let ms = started.elapsed().as_millis().max(1) as u64;
+                let _ = self.first_refused_ms.compare_exchange(
+                    0,
+                    ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Outcome::Accepted | Outcome::LoggedIn => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                if refused_before {
+                    self.accepted_after.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Outcome::AuthFailed => {
+                self.auth_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Rejected | Outcome::Broken => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn get(&self, f: impl Fn(&Tally) -> &AtomicU64) -> u64 {
+        f(self).load(Ordering::Relaxed)
+    }
+}
+
+/// How long each phase lasts.
+struct Timing {
+    attack: Duration,
+    legit_every: Duration,
+    bulk_at: Duration,
+    bulk_messages: usize,
+    recovery: Duration,
+    half_life: &'static str,
+}
+
+impl Timing {
+    fn of(quick: bool) -> Timing {
+        if quick {
+            Timing {
+                attack: Duration::from_secs(15),
+                legit_every: Duration::from_millis(1500),
+                bulk_at: Duration::from_secs(2),
+                bulk_messages: 30,
+                recovery: Duration::from_secs(60),
+                half_life: "4s",
+            }
+        } else {
+            Timing {
+                attack: Duration::from_secs(40),
+                legit_every: Duration::from_secs(2),
+                bulk_at: Duration::from_secs(10),
+                bulk_messages: 60,
+                recovery: Duration::from_secs(120),
+                half_life: "10s",
+            }
+        }
+    }
+}
+
+fn lab_config(servers: &Servers, timing: &Timing) -> String {
+    format!(
+        "interfaces = [\"vl\", \"vb\", \"va\"]\nattach_mode = \"native\"\n\
+         [[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
+         [[sources]]\npath = \"{}\"\nformat = \"dovecot\"\n\
+         [points]\nhalf_life = \"{}\"\nmin_hold = \"2s\"\nlimit_ttl = \"10m\"\n\
+         [points.weights]\nauth_failure = 6.0\n\
+         [[levels]]\npoints = 6\nrate = \"30/min\"\nburst = 5\n\
+         [[levels]]\npoints = 15\nrate = \"6/min\"\nburst = 2\n\
+         [[levels]]\npoints = 30\nblock = true\n",
+        servers.mail_log().display(),
+        servers.dovecot_log().display(),
+        timing.half_life,
+    )
+}
+
+/// Level changes from the daemon's log: (seconds since start, sender, from, to, points).
+fn changes(log: &str) -> Vec<(String, usize, usize, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("slowgate: ")?;
+            let (who, rest) = rest.split_once(" level ")?;
+            let (from, rest) = rest.split_once(" -> ")?;
+            let (to, rest) = rest.split_once(" (")?;
+            let points = rest.split(' ').next()?.parse().ok()?;
+            Some((
+                who.to_string(),
+                from.parse().ok()?,
+                to.parse().ok()?,
+                points,
+            ))
+        })
+        .collect()
+}
+
+/// Runs the whole lab; returns the verdict rows. Requires root.
+pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
+    require_root();
+    let timing = Timing::of(options.quick);
+    let dir = std::env::temp_dir().join(unique("lab"));
+    std::fs::create_dir_all(&dir)?;
+    let _files = RemoveOnDrop(dir.clone());
+    let topology = Topology::build()?;
+    let servers = Servers::start(&topology.mta, &dir)?;
+    let pins = PinDir::new();
+    let daemon = Daemon::start(&topology.mta, &lab_config(&servers, &timing), &pins.path)?;
+    let say = |text: &str| {
+        if options.live {
+            println!("{text}");
+        }
+    };
+    say(
+        "lab: Postfix (25, 587) and Dovecot (110, 143) in namespace mta; slowgate protecting vl, vb, va",
+    );
+
+    let roles: BTreeMap<&str, Arc<Tally>> = [
+        "flood",
+        "float",
+        "imap-guess",
+        "smtp-guess",
+        "legit",
+        "bulk",
+    ]
+    .into_iter()
+    .map(|r| (r, Arc::new(Tally::default())))
+    .collect();
+    let start = Instant::now();
+    let attack_end = start + timing.attack;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The daemon's view (sender -> level, points), refreshed by the live loop from its log.
+    let levels: Arc<Mutex<BTreeMap<String, (usize, f64)>>> = Arc::default();
+    let level_of = {
+        let levels = levels.clone();
+        move |who: &str| levels.lock().expect("levels").get(who).map_or(0, |l| l.0)
+    };
+    // Probes made while a sender is limited: (what, dropped, attempts).
+    let probes: Arc<Mutex<Vec<(String, u32, u32)>>> = Arc::default();
+    let bulk_delivered = Arc::new(AtomicU64::new(0));
+    let bulk_refusals = Arc::new(AtomicU64::new(0));
+
+    thread::scope(|s| -> anyhow::Result<()> {
+        // 1. A spam flood from one address: 4 sessions at a time, 5 recipients each, 4 unknown.
+        for worker in 0..4 {
+            let (tally, ns) = (roles["flood"].clone(), &topology.attacker);
+            s.spawn(move || {
+                let rcpts: Vec<String> = (0..4)
+                    .map(|i| format!("nobody{worker}{i}@example.net"))
+                    .chain(["bob@example.net".to_string()])
+                    .collect();
+                let mut n = 0;
+                while Instant::now() < attack_end && !interrupted() {
+                    let mail = Mail {
+                        port: 25,
+                        rcpts: &rcpts,
+                        auth: None,
+                        id: format!("flood-{worker}-{n}"),
+                    };
+                    tally.add(smtp(ns, ip(FLOOD_V4), MTA_ATTACK_V4, &mail), start);
+                    n += 1;
+                }
+            });
+        }
+        // 2. A "float" flood rotating through addresses of one /64, one unknown recipient each.
+        // Once the /64 is limited, a never-used address of it tries too.
+        {
+            let (tally, ns) = (roles["float"].clone(), &topology.attacker);
+            let (level_of, probes) = (level_of.clone(), probes.clone());
+            s.spawn(move || {
+                let mut n: u16 = 0;
+                let mut probed = false;
+                while Instant::now() < attack_end && !interrupted() {
+                    if !probed && level_of(FLOAT_NET) > 0 {
+                        probed = true;
+                        let dropped = (0..PROBES)
+                            .filter(|_| {
+                                !connect(ns, ip(FLOAT_FRESH), at(MTA_FLOAT_V6, 25), PROBE_TIMEOUT)
+                            })
+                            .count() as u32;
+                        probes.lock().expect("probes").push((
+                            "float-fresh".into(),
+                            dropped,
+                            PROBES,
+                        ));
+                    }
+                    let src: IpAddr = format!("2001:db8:f::{:x}", 0x100 + n % FLOAT_ADDRESSES)
+                        .parse()
+                        .expect("address");
+                    let rcpts = [format!("guess{n}@example.net")];
+                    let mail = Mail {
+                        port: 25,
+                        rcpts: &rcpts,
+                        auth: None,
+                        id: format!("float-{n}"),
+                    };
+                    tally.add(smtp(ns, src, MTA_FLOAT_V6, &mail), start);
+                    n = n.wrapping_add(1);
+                    thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        // 3. Password guessing, GUESSERS connections at a time (Dovecot delays each failure
+        // from an address more than the last, so attackers go parallel): one address on IMAP,
+        // another on SMTP AUTH (submission). Once blocked, each tries both protocols.
+        for (role, who, server) in [
+            ("imap-guess", IMAP_GUESSER, MTA_IMAP_V6),
+            ("smtp-guess", SMTP_GUESSER, MTA_SMTP_V6),
+        ] {
+            for worker in 0..GUESSERS {
+                let (tally, ns) = (roles[role].clone(), &topology.attacker);
+                let (level_of, probes) = (level_of.clone(), probes.clone());
+                s.spawn(move || {
+                    let rcpts = ["alice@example.net".to_string()];
+                    let mut n = 0;
+                    while Instant::now() < attack_end && !interrupted() {
+                        if level_of(who) >= BLOCK_LEVEL {
+                            if worker == 0 {
+                                for (name, port) in [("imap", 143), ("smtp", 25)] {
+                                    let dropped =
+                                        !connect(ns, ip(who), at(server, port), PROBE_TIMEOUT);
+                                    probes.lock().expect("probes").push((
+                                        format!("{role}-{name}"),
+                                        u32::from(dropped),
+                                        1,
+                                    ));
+                                }
+                            }
+                            return;
+                        }
+                        let pass = format!("guess{worker}-{n}");
+                        let outcome = if role == "imap-guess" {
+                            imap_login(ns, ip(who), server, "alice@example.net", &pass)
+                        } else {
+                            let mail = Mail {
+                                port: 587,
+                                rcpts: &rcpts,
+                                auth: Some(("bob@example.net", &pass)),
+                                id: format!("guess-{n}"),
+                            };
+                            smtp(ns, ip(who), server, &mail)
+                        };
+                        tally.add(outcome, start);
+                        n += 1;
+                    }
+                });
+            }
+        }
+        // 4. Normal mail from legit, all along the attack.
+        {
+            let (tally, ns) = (roles["legit"].clone(), &topology.legit);
+            let every = timing.legit_every;
+            s.spawn(move || {
+                let rcpts = ["alice@example.net".to_string()];
+                let mut n = 0;
+                while Instant::now() < attack_end && !interrupted() {
+                    let mail = Mail {
+                        port: 25,
+                        rcpts: &rcpts,
+                        auth: None,
+                        id: format!("legit-{n}"),
+                    };
+                    tally.add(smtp(ns, ip(LEGIT_V4), MTA_V4, &mail), start);
+                    n += 1;
+                    thread::sleep(every);
+                }
+            });
+        }
+        // 5. The bulk sender: a burst, then retries of what was refused, with backoff, as an
+        // MTA retries deferred mail.
+        {
+            let (tally, ns) = (roles["bulk"].clone(), &topology.bulk);
+            let (delivered, refusals) = (bulk_delivered.clone(), bulk_refusals.clone());
+            let (at_time, count, deadline) = (
+                timing.bulk_at,
+                timing.bulk_messages,
+                start + timing.attack + timing.recovery,
+            );
+            s.spawn(move || {
+                thread::sleep(at_time);
+                let queue: Mutex<Vec<(usize, Instant, u32)>> =
+                    Mutex::new((0..count).map(|i| (i, Instant::now(), 0)).collect());
+                thread::scope(|inner| {
+                    for _ in 0..8 {
+                        inner.spawn(|| {
+                            let rcpts = ["bob@example.net".to_string()];
+                            while Instant::now() < deadline && !interrupted() {
+                                let job = {
+                                    let mut q = queue.lock().expect("queue");
+                                    if q.is_empty() {
+                                        return;
+                                    }
+                                    let now = Instant::now();
+                                    q.iter()
+                                        .position(|(_, due, _)| *due <= now)
+                                        .map(|i| q.swap_remove(i))
+                                };
+                                let Some((id, _, tries)) = job else {
+                                    thread::sleep(Duration::from_millis(100));
+                                    continue;
+                                };
+                                let mail = Mail {
+                                    port: 25,
+                                    rcpts: &rcpts,
+                                    auth: None,
+                                    id: format!("bulk-{id}"),
+                                };
+                                let outcome = smtp(ns, ip(BULK_V6), MTA_BULK_V6, &mail);
+                                tally.add(outcome, start);
+                                if outcome == Outcome::Accepted {
+                                    delivered.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    refusals.fetch_add(1, Ordering::Relaxed);
+                                    let backoff = Duration::from_secs(2u64 << tries.min(3));
+                                    queue.lock().expect("queue").push((
+                                        id,
+                                        Instant::now() + backoff,
+                                        tries + 1,
+                                    ));
+                                }
+                            }
+                        });
+                    }
+                });
+            });
+        }
+        // The live view, until the attack and the recovery are over.
+        let recovery_end = attack_end + timing.recovery;
+        let mut last_print = Instant::now();
+        let mut previous: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        while Instant::now() < recovery_end && !interrupted() {
+            thread::sleep(Duration::from_millis(200));
+            let log = daemon.log_text();
+            *levels.lock().expect("levels") = latest_levels(&log);
+            let after_attack = Instant::now() > attack_end;
+            let everyone_back = after_attack
+                && bulk_delivered.load(Ordering::Relaxed) as usize == timing.bulk_messages
+                && changes(&log)
+                    .iter()
+                    .fold(BTreeMap::new(), |mut m, (w, _, to, _)| {
+                        m.insert(w.clone(), *to);
+                        m
+                    })
+                    .values()
+                    .all(|&level| level == 0);
+            if options.live && last_print.elapsed() >= Duration::from_secs(1) {
+                last_print = Instant::now();
+                let mut line = format!("[{:>3}s]", start.elapsed().as_secs());
+                let levels = latest_levels(&log);
+                for (role, who) in [
+                    ("flood", FLOOD_V4),
+                    ("float", FLOAT_NET),
+                    ("imap-guess", IMAP_GUESSER),
+                    ("smtp-guess", SMTP_GUESSER),
+                    ("legit", LEGIT_V4),
+                    ("bulk", BULK_V6),
+                ] {
+                    let t = &roles[role];
+                    let now = (t.get(|t| &t.accepted), t.get(|t| &t.refused));
+                    let before = previous.insert(role, now).unwrap_or((0, 0));
+                    let (level, points) = levels.get(who).copied().unwrap_or((0, 0.0));
+                    let _ = write!(
+                        line,
+                        " | {role} L{level} {points:.0}p {}ok/{}drop",
+                        now.0 - before.0,
+                        now.1 - before.1
+                    );
+                }
+                say(&line);
+            }
+            if everyone_back {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        Ok(())
+    })?;
+    if interrupted() {
+        bail!("interrupted: cleaned up");
+    }
+    // Let the queue deliver what it accepted.
+    let expected_legit = roles["legit"].get(|t| &t.accepted) as usize;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && (servers.delivered("alice", "legit-") < expected_legit
+            || servers.delivered("bob", "bulk-") < timing.bulk_messages)
+    {
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon.log_text();
+    let probes = probes.lock().expect("probes").clone();
+    let rows = verdicts(&roles, &servers, &log, &timing, &pins, &probes);
+    drop(daemon);
+    drop(servers);
+    Ok(rows)
+}
+
+/// The latest level and points of each sender, from the daemon's log.
+fn latest_levels(log: &str) -> BTreeMap<String, (usize, f64)> {
+    changes(log)
+        .into_iter()
+        .map(|(who, _, to, points)| (who, (to, points)))
+        .collect()
+}
+
+fn verdicts(
+    roles: &BTreeMap<&str, Arc<Tally>>,
+    servers: &Servers,
+    log: &str,
+    timing: &Timing,
+    pins: &PinDir,
+    probes: &[(String, u32, u32)],
+) -> Vec<Row> {
+    let probe = |name: &str| {
+        probes
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map(|(_, dropped, of)| (*dropped, *of))
+    };
+    let mut rows = Vec::new();
+    let changes = changes(log);
+    let first_limit = |who: &str| {
+        changes
+            .iter()
+            .any(|(w, from, to, _)| w == who && *from == 0 && *to > 0)
+    };
+
+    // 1. The flood sender: limited within seconds, then almost nothing accepted.
+    let flood = &roles["flood"];
+    let first_refused = flood.get(|t| &t.first_refused_ms);
+    let after = flood.get(|t| &t.accepted_after);
+    let attack_min = timing.attack.as_secs_f64() / 60.0;
+    rows.push(Row {
+        check: "flood sender limited within 5 s; afterwards at most 30 messages/min",
+        measured: format!(
+            "first connection dropped after {:.1} s; {} messages accepted before, {} after \
+             ({:.1}/min); slowgate level {}",
+            first_refused as f64 / 1000.0,
+            flood.get(|t| &t.accepted) - after,
+            after,
+            after as f64 / attack_min,
+            max_level(&changes, FLOOD_V4)
+        ),
+        // After, at most the mildest level's rate (30/min).
+        pass: first_refused > 0 && first_refused <= 5000 && (after as f64) / attack_min <= 30.0,
+    });
+
+    // 2. The float flood: the /64 is limited as one sender, a fresh address of it too.
+    let float_limited = first_limit(FLOAT_NET);
+    let single = (0..FLOAT_ADDRESSES)
+        .filter(|i| max_level(&changes, &format!("2001:db8:f::{:x}", 0x100 + i)) > 0)
+        .count();
+    let fresh = probe("float-fresh");
+    rows.push(Row {
+        check: "the whole /64 limited as one sender",
+        measured: format!(
+            "{FLOAT_NET} reached level {}; {single} of its {FLOAT_ADDRESSES} addresses limited on \
+             their own; a never-used address of it, while the /64 was limited: {}",
+            max_level(&changes, FLOAT_NET),
+            fresh.map_or("not probed".into(), |(d, of)| format!(
+                "{d} of {of} attempts dropped"
+            ))
+        ),
+        pass: float_limited && single == 0 && fresh.is_some_and(|(d, _)| d > 0),
+    });
+
+    // 3. The guessers: blocked on their protocol and, because of it, on the other.
+    for (role, who, check) in [
+        (
+            "imap-guess",
+            IMAP_GUESSER,
+            "IMAP password guesser blocked on IMAP and on SMTP",
+        ),
+        (
+            "smtp-guess",
+            SMTP_GUESSER,
+            "SMTP AUTH guesser blocked on SMTP and on IMAP",
+        ),
+    ] {
+        let t = &roles[role];
+        let imap = probe(&format!("{role}-imap"));
+        let smtp = probe(&format!("{role}-smtp"));
+        let shown = |p: Option<(u32, u32)>| match p {
+            Some((1, 1)) => "dropped",
+            Some(_) => "open",
+            None => "not probed",
+        };
+        rows.push(Row {
+            check,
+            measured: format!(
+                "{} failed logins from {GUESSERS} connections at a time; level {}; then IMAP {}, SMTP {}",
+                t.get(|t| &t.auth_failed),
+                max_level(&changes, who),
+                shown(imap),
+                shown(smtp),
+            ),
+            pass: imap == Some((1, 1)) && smtp == Some((1, 1)),
+        });
+    }
+
+    // 4. legit: every message delivered, no connection refused.
+    let legit = &roles["legit"];
+    let sent = legit.get(|t| &t.attempts);
+    let delivered = servers.delivered("alice", "legit-");
+    rows.push(Row {
+        check: "legit: every message delivered, no connection refused",
+        measured: format!(
+            "{sent} sent, {} accepted, {delivered} in the mailbox, {} refused",
+            legit.get(|t| &t.accepted),
+            legit.get(|t| &t.refused)
+        ),
+        pass: sent > 0 && delivered as u64 == sent && legit.get(|t| &t.refused) == 0,
+    });
+
+    // 5. The bulk sender: slowed, not lost.
+    let bulk = &roles["bulk"];
+    let bulk_delivered = servers.delivered("bob", "bulk-");
+    rows.push(Row {
+        check: "bulk sender slowed, not lost: every message delivered after retries",
+        measured: format!(
+            "{} messages; {} attempts refused and retried; {bulk_delivered} in the mailbox; level {}",
+            timing.bulk_messages,
+            bulk.get(|t| &t.refused) + bulk.get(|t| &t.rejected),
+            max_level(&changes, BULK_V6)
+        ),
+        pass: bulk_delivered == timing.bulk_messages && bulk.get(|t| &t.refused) > 0,
+    });
+
+    // 6. After the attack, every limited sender comes back one level at a time, to 0.
+    let mut senders: Vec<&str> = changes.iter().map(|(w, ..)| w.as_str()).collect();
+    senders.sort();
+    senders.dedup();
+    let mut stepwise = 0;
+    let mut back = 0;
+    let mut paths = Vec::new();
+    for who in &senders {
+        let downs: Vec<(usize, usize)> = changes
+            .iter()
+            .filter(|(w, from, to, _)| w == who && to < from)
+            .map(|(_, from, to, _)| (*from, *to))
+            .collect();
+        if downs.iter().all(|(from, to)| from - to == 1) {
+            stepwise += 1;
+        }
+        let last = changes
+            .iter()
+            .rev()
+            .find(|(w, ..)| w == who)
+            .map_or(0, |c| c.2);
+        if last == 0 {
+            back += 1;
+        }
+        if [FLOOD_V4, FLOAT_NET].contains(who) {
+            let path: Vec<String> = std::iter::once("0".to_string())
+                .chain(
+                    changes
+                        .iter()
+                        .filter(|(w, ..)| w == who)
+                        .map(|c| c.2.to_string()),
+                )
+                .collect();
+            paths.push(format!("{who} {}", path.join("->")));
+        }
+    }
+    let still = slowgate_limits(pins);
+    rows.push(Row {
+        check: "after the attack, each limited sender returns to normal level by level",
+        measured: format!(
+            "{back} of {} senders back to level 0, {stepwise} of them one level at a time ({}); \
+             limits left in the kernel: {still}",
+            senders.len(),
+            paths.join(", ")
+        ),
+        pass: !senders.is_empty()
+            && back == senders.len()
+            && stepwise == senders.len()
+            && still == 0,
+    });
+    rows
+}
+
+fn max_level(changes: &[(String, usize, usize, f64)], who: &str) -> usize {
+    changes
+        .iter()
+        .filter(|(w, ..)| w == who)
+        .map(|c| c.2)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Limits left in the kernel (the engine removes each when its sender is back to level 0).
+fn slowgate_limits(pins: &PinDir) -> usize {
+    slowgate::kernel::Maps::open_pinned(&pins.path)
+        .and_then(|m| m.limit_entries())
+        .map_or(usize::MAX, |e| e.len())
+}
+
+/// Prints the verdict table.
+pub fn print(rows: &[Row]) {
+    println!();
+    println!("| verdict | check | measured |");
+    println!("|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} |",
+            if r.pass { "PASS" } else { "FAIL" },
+            r.check,
+            r.measured
+        );
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_of_sasl_plain() {
+        assert_eq!(base64(b"\0bob\0pw"), "AGJvYgBwdw==");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert_eq!(base64(b"ab"), "YWI=");
+    }
+
+    #[test]
+    fn level_changes_are_read_from_the_daemon_log() {
+        let log = "slowgate: 203.0.113.66 level 0 -> 3 (34.2 points; unknown_recipient x16): blocked\n\
+                   slowgate: ready\nslowgate: 2001:db8:f::/64 level 2 -> 1 (9.0 points): limited to 30/min burst 5\n";
+        assert_eq!(
+            changes(log),
+            [
+                ("203.0.113.66".to_string(), 0, 3, 34.2),
+                ("2001:db8:f::/64".to_string(), 2, 1, 9.0)
+            ]
+        );
+    }
+}
