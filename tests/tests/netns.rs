@@ -267,7 +267,10 @@ fn cli_refuses_bad_arguments_with_a_clear_error() {
             ],
             "burst",
         ),
-        (&["limit", "set", "198.0.0.0/8", "--block"], "/24 prefix or a /16 network"),
+        (
+            &["limit", "set", "198.0.0.0/8", "--block"],
+            "/24 prefix or a /16 network",
+        ),
         (&["deny", "del", "198.51.100.99"], "not on the deny list"),
     ];
     for (args, expected) in cases {
