@@ -66,6 +66,11 @@ pub enum Command {
         #[arg(required = true)]
         logs: Vec<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for every command into DIR (`cargo xtask man` calls this).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Attached interfaces, counters, map fill.
     Status {
         #[arg(long)]
@@ -171,6 +176,19 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::Limit(cmd) => limit_command(cli, cmd),
         Command::Status { json } => status(cli, *json),
         Command::Parse { format, file } => parse(*format, file),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "slowgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("write man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Replay { format, logs } => {
             let config = Config::load(&cli.config_path())?;
             let report = crate::replay::run(&config, *format, logs)?;

@@ -48,6 +48,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Man pages and shell completions from the CLI definition, into target/man and
+    /// target/completions.
+    Man,
     /// The lab: real Postfix and Dovecot under attack, slowgate protecting them.
     Lab {
         /// The short form the test suite runs.
@@ -63,6 +66,7 @@ fn main() {
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Test => test(),
         Task::Bench { what, args } => setup().and_then(|()| bench(&what, &args)),
+        Task::Man => setup().and_then(|()| man()),
         Task::Lab { quick } => setup().and_then(|()| {
             let args: Vec<String> = if quick {
                 vec!["--quick".into()]
@@ -330,6 +334,32 @@ fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
         .arg(what)
         .args(args)
         .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
+}
+
+fn man() -> anyhow::Result<()> {
+    build(false)?;
+    let bin = workspace().join("target/debug/slowgate");
+    let man_dir = workspace().join("target/man");
+    run(Command::new(&bin).arg("man").arg(&man_dir))?;
+    let completions = workspace().join("target/completions");
+    std::fs::create_dir_all(&completions)?;
+    for (shell, file) in [
+        ("bash", "slowgate.bash"),
+        ("zsh", "_slowgate"),
+        ("fish", "slowgate.fish"),
+    ] {
+        let out = Command::new(&bin).args(["completions", shell]).output()?;
+        if !out.status.success() {
+            bail!("slowgate completions {shell} failed");
+        }
+        std::fs::write(completions.join(file), out.stdout)?;
+    }
+    eprintln!(
+        "xtask: man pages in {}, completions in {}",
+        man_dir.display(),
+        completions.display()
+    );
+    Ok(())
 }
 
 /// Real Postfix and Dovecot under attack, slowgate protecting them (tests/src/lab.rs).
