@@ -7,9 +7,9 @@
 //! so a daemon that dies leaves limits that expire on their own.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc::{Receiver, RecvTimeoutError},
     },
@@ -51,8 +51,9 @@ impl Enforcer {
         }
     }
 
-    /// Writes the limits `changes` call for, one batch, one generation bump.
-    pub fn apply(&mut self, maps: &mut Maps, changes: &[Change]) {
+    /// Writes the limits `changes` call for, one batch, one generation bump. Returns the
+    /// number of entries that could not be written.
+    pub fn apply(&mut self, maps: &mut Maps, changes: &[Change]) -> u64 {
         let mut batch = Vec::new();
         for change in changes {
             let net = match &change.sender {
@@ -78,11 +79,13 @@ impl Enforcer {
             }
         }
         if batch.is_empty() {
-            return;
+            return 0;
         }
-        for (net, e) in maps.limits_apply(&batch, Some(self.ttl)) {
+        let failed = maps.limits_apply(&batch, Some(self.ttl));
+        for (net, e) in &failed {
             eprintln!("slowgate: {net}: could not write the limit: {e:#}");
         }
+        failed.len() as u64
     }
 
     /// Re-writes every owned limit with a fresh TTL, every third of the TTL.
@@ -98,17 +101,39 @@ impl Enforcer {
     }
 }
 
-/// Counts for the log and, later, metrics.
-#[derive(Debug, Default, Clone, Copy)]
+/// What the learning loop has done, for metrics. Shared with the daemon's metrics endpoint.
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub lines: u64,
     pub not_understood: u64,
     pub events: u64,
+    /// Events per kind (`engine::KIND_NAMES`) and per format.
+    pub events_by_kind: [u64; crate::engine::KIND_NAMES.len()],
+    pub lines_by_format: BTreeMap<&'static str, u64>,
     pub changes: u64,
+    /// Tracked senders per level (index = level), and in all.
+    pub senders_by_level: Vec<u64>,
+    pub tracked: u64,
+    /// Points of limited senders, for a distribution: (sender kind, points).
+    pub limited_points: Vec<(&'static str, f64)>,
+    /// From a batch of lines arriving to its limits written: the last and the largest, in
+    /// seconds, and the batches counted.
+    pub enforce_last_s: f64,
+    pub enforce_max_s: f64,
+    pub enforce_batches: u64,
+    pub write_errors: u64,
 }
 
+pub type SharedStats = Arc<Mutex<Stats>>;
+
 /// Runs until `stop` is set or every source is gone.
-pub fn run(config: &Config, mut maps: Maps, lines: Receiver<Line>, stop: Arc<AtomicBool>) {
+pub fn run(
+    config: &Config,
+    mut maps: Maps,
+    lines: Receiver<Line>,
+    stop: Arc<AtomicBool>,
+    shared: SharedStats,
+) {
     let geo = match &config.geoip {
         Some(path) => match Geo::open(path) {
             Ok(g) => Some(g),
@@ -128,8 +153,10 @@ pub fn run(config: &Config, mut maps: Maps, lines: Receiver<Line>, stop: Arc<Ato
     refresh_allowed(&mut engine, &mut maps, config);
     while !stop.load(Ordering::Relaxed) {
         let mut changes = Vec::new();
+        let mut arrived = None;
         match lines.recv_timeout(TICK / 4) {
             Ok(line) => {
+                arrived = Some(Instant::now());
                 let now = kernel::boot_time_ns();
                 changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
                 for line in lines.try_iter().take(BATCH) {
@@ -141,7 +168,21 @@ pub fn run(config: &Config, mut maps: Maps, lines: Receiver<Line>, stop: Arc<Ato
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            changes.extend(engine.tick(kernel::boot_time_ns()));
+            let now = kernel::boot_time_ns();
+            changes.extend(engine.tick(now));
+            let levels = config.engine.levels.len() + 1;
+            stats.senders_by_level = vec![0; levels.max(8)];
+            stats.limited_points.clear();
+            for (sender, level, points) in engine.limited(now) {
+                if let Some(n) = stats.senders_by_level.get_mut(level) {
+                    *n += 1;
+                }
+                stats.limited_points.push((sender_kind(&sender), points));
+            }
+            stats.tracked = engine.tracked() as u64;
+            stats.senders_by_level[0] =
+                stats.tracked - stats.senders_by_level.iter().skip(1).sum::<u64>();
+            *shared.lock().expect("stats") = stats.clone();
             ticks += 1;
             if ticks.is_multiple_of(ALLOW_REFRESH) {
                 refresh_allowed(&mut engine, &mut maps, config);
@@ -153,7 +194,13 @@ pub fn run(config: &Config, mut maps: Maps, lines: Receiver<Line>, stop: Arc<Ato
             for change in &changes {
                 eprintln!("slowgate: {change}");
             }
-            enforcer.apply(&mut maps, &changes);
+            stats.write_errors += enforcer.apply(&mut maps, &changes);
+            if let Some(arrived) = arrived {
+                let took = arrived.elapsed().as_secs_f64();
+                stats.enforce_last_s = took;
+                stats.enforce_max_s = stats.enforce_max_s.max(took);
+                stats.enforce_batches += 1;
+            }
         }
     }
 }
@@ -166,6 +213,10 @@ fn handle(
     now: u64,
 ) -> Vec<Change> {
     stats.lines += 1;
+    *stats
+        .lines_by_format
+        .entry(format_name(line.format))
+        .or_default() += 1;
     let outcome = match &line.text {
         Text::Raw(text) => parsers.parse(line.format, text),
         Text::Journal {
@@ -177,7 +228,33 @@ fn handle(
         return Vec::new();
     };
     stats.events += events.len() as u64;
+    for e in &events {
+        stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
+    }
     events.iter().flat_map(|e| engine.record(e, now)).collect()
+}
+
+fn format_name(format: crate::parsers::Format) -> &'static str {
+    use crate::parsers::Format;
+    match format {
+        Format::Auto => "auto",
+        Format::Postfix => "postfix",
+        Format::Sendmail => "sendmail",
+        Format::Qmail => "qmail",
+        Format::Exim => "exim",
+        Format::Dovecot => "dovecot",
+        Format::Rspamd => "rspamd",
+    }
+}
+
+fn sender_kind(sender: &Sender) -> &'static str {
+    match sender {
+        Sender::Source(_) => "source",
+        Sender::Prefix(_) => "prefix",
+        Sender::Network(_) => "network",
+        Sender::User(_) => "user",
+        Sender::Country(_) => "country",
+    }
 }
 
 /// The engine never puts points on allow-listed senders: the config's allow list and what

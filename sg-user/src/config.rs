@@ -48,6 +48,28 @@ struct RawConfig {
     levels: Vec<RawLevel>,
     #[serde(default)]
     countries: RawCountries,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `ADDR:PORT` of the Prometheus endpoint; empty switches it off.
+    #[serde(default = "default_metrics")]
+    listen: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9465".into()
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +383,8 @@ pub struct Config {
     /// Lifetime of a limit the engine writes; refreshed while the level lasts, so a limit
     /// outlives a dead daemon by this much at most.
     pub limit_ttl: Duration,
+    /// Where the Prometheus endpoint listens; None = off.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Where the daemon reads what the mail software says.
@@ -613,6 +637,13 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         network_after: raw.prefix.network_after,
         max_tracked: p.max_tracked,
     };
+    let metrics =
+        match raw.metrics.listen.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                anyhow::anyhow!("key `metrics.listen`: {text:?} is not ADDRESS:PORT")
+            })?),
+        };
     let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
         list.iter()
             .map(|n| n.parse::<Network>().with_context(|| format!("key `{key}`")))
@@ -664,6 +695,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         engine,
         geoip: raw.countries.database,
         limit_ttl,
+        metrics,
     })
 }
 

@@ -79,11 +79,20 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
     let readers = sources::spawn(&config.sources, Start::End, tx, stop.clone());
+    let stats = brain::SharedStats::default();
     let brain = {
-        let (config, stop) = (config.clone(), stop.clone());
+        let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
         let brain_maps = Maps::open_pinned(pin_dir)?;
-        std::thread::spawn(move || brain::run(&config, brain_maps, rx, stop))
+        std::thread::spawn(move || brain::run(&config, brain_maps, rx, stop, stats))
     };
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for metrics on {addr} (key `metrics.listen`)"))?;
+        let metrics_maps = std::sync::Arc::new(Maps::open_pinned(pin_dir)?);
+        tokio::spawn(serve_metrics(listener, metrics_maps, stats.clone()));
+        eprintln!("slowgate: metrics on http://{addr}/metrics");
+    }
     eprintln!("slowgate: learning from {} source(s)", config.sources.len());
     eprintln!(
         "slowgate: ready; {} allow, {} deny, {} limit entries from {}; pins under {}",
@@ -124,6 +133,39 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Answers `GET /metrics` (anything else: 404). One short request per connection.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    maps: Arc<Maps>,
+    stats: brain::SharedStats,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (maps, stats) = (maps.clone(), stats.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { return };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let response = if request.starts_with("GET /metrics ") {
+                let snapshot = stats.lock().map(|s| s.clone()).unwrap_or_default();
+                let body = crate::metrics::render(&maps, &snapshot);
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
 }
 
 /// Puts the config's lists into the kernel. Entries added with the CLI stay.

@@ -117,7 +117,8 @@ pub const KIND_NAMES: [&str; 12] = [
     "dmarc_fail",
 ];
 
-fn kind_index(kind: &EventKind) -> usize {
+/// The index of an event's kind in [`KIND_NAMES`].
+pub fn kind_index(kind: &EventKind) -> usize {
     match kind {
         EventKind::Connection => 0,
         EventKind::MessageAccepted { .. } => 1,
@@ -887,7 +888,7 @@ mod tests {
         // GeoLite2 test data: 81.2.69.142 is GB, 111.235.160.1 is CN (lookups only, no traffic).
         let geo = Geo::open(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/geoip/GeoLite2-Country-Test.mmdb"
+            "/../tests/fixtures/geoip/GeoLite2-Country-Test.mmdb"
         )))
         .unwrap();
         assert_eq!(geo.country(ip("81.2.69.142")), Some(*b"GB"));

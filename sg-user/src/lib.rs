@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
 pub mod parsers;
 pub mod replay;
 pub mod sources;

@@ -390,6 +390,22 @@ pub fn tcp_connect(
     Ok(stream)
 }
 
+/// `GET path` over HTTP/1.0 from inside `ns`; the body, or None.
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let local: IpAddr = if addr.is_ipv4() {
+        "127.0.0.1".parse().ok()?
+    } else {
+        "::1".parse().ok()?
+    };
+    let mut stream = tcp_connect(ns, local, addr, Duration::from_secs(2)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
 /// `attempts` connection attempts spread evenly over `over`; returns how many succeeded.
 /// Bounded in count and time: each attempt waits at most its slot.
 pub fn attempts(ns: &Netns, src: IpAddr, dst: SocketAddr, attempts: u32, over: Duration) -> u32 {

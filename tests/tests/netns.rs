@@ -367,6 +367,25 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
         log_text.contains("198.51.100.10 level 0 -> 1 (10.0 points; unknown_recipient x5)"),
         "{log_text}"
     );
+
+    // The metrics endpoint tells the same story (its figures are refreshed every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics")
+        .unwrap_or_else(|| panic!("GET /metrics failed; daemon: {}", daemon.log_text()));
+    for line in [
+        "slowgate_lines_total{format=\"postfix\"} 10",
+        "slowgate_events_total{kind=\"unknown_recipient\"} 10",
+        "slowgate_lines_not_understood_total 0",
+        "slowgate_level_changes_total 2",
+        "slowgate_senders{level=\"1\"} 2",
+        "slowgate_drops_total{reason=\"policy_block\"} 40",
+        "slowgate_service_drops_total{service=\"imap\"} 20",
+        "slowgate_limited_points_count 2",
+        "slowgate_limit_write_errors_total 0",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+    assert!(http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/other").is_none());
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

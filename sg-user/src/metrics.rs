@@ -1,0 +1,190 @@
+//! The Prometheus text endpoint (`GET /metrics`, text format 0.0.4): what the kernel counted
+//! (packets, drops by reason and service, map fill) and what the learning loop did (lines,
+//! events per kind and format, senders per level, points of limited senders, time from a log
+//! line to its limit, write errors).
+
+use std::fmt::Write;
+
+use sg_common::{counter, reason, service};
+
+use crate::{brain::Stats, engine::KIND_NAMES, kernel::Maps};
+
+/// Upper bounds of the points histogram of limited senders.
+const POINT_BUCKETS: [f64; 8] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+pub fn render(maps: &Maps, stats: &Stats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    if let Ok(c) = maps.counters() {
+        let at = |i: u32| c.get(i as usize).copied().unwrap_or(0) as f64;
+        metric(
+            "slowgate_packets_total",
+            "counter",
+            "Packets the XDP program saw, by verdict.",
+            &[
+                ("{verdict=\"passed\"}".into(), at(counter::PASSED)),
+                ("{verdict=\"dropped\"}".into(), at(counter::DROPPED)),
+            ],
+        );
+        metric(
+            "slowgate_parse_errors_total",
+            "counter",
+            "Packets the program could not parse (passed).",
+            &[(String::new(), at(counter::PARSE_ERROR))],
+        );
+        let by_reason: Vec<(String, f64)> = reason::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    format!("{{reason=\"{n}\"}}"),
+                    at(counter::DROP_REASON + i as u32),
+                )
+            })
+            .collect();
+        metric(
+            "slowgate_drops_total",
+            "counter",
+            "New connections dropped, by reason.",
+            &by_reason,
+        );
+        let by_service = |base: u32| -> Vec<(String, f64)> {
+            service::NAMES
+                .iter()
+                .enumerate()
+                .skip(1)
+                .map(|(i, n)| (format!("{{service=\"{n}\"}}"), at(base + i as u32)))
+                .collect()
+        };
+        metric(
+            "slowgate_new_connections_total",
+            "counter",
+            "New connections to protected ports, by service.",
+            &by_service(counter::SERVICE_NEW_CONN),
+        );
+        metric(
+            "slowgate_service_drops_total",
+            "counter",
+            "New connections dropped, by service.",
+            &by_service(counter::SERVICE_DROPPED),
+        );
+    }
+    let fill: Vec<(String, f64)> = maps
+        .fill()
+        .iter()
+        .map(|(n, used, _)| (format!("{{map=\"{n}\"}}"), *used as f64))
+        .collect();
+    let capacity: Vec<(String, f64)> = maps
+        .fill()
+        .iter()
+        .map(|(n, _, max)| (format!("{{map=\"{n}\"}}"), f64::from(*max)))
+        .collect();
+    metric(
+        "slowgate_map_entries",
+        "gauge",
+        "Entries in each bounded map.",
+        &fill,
+    );
+    metric(
+        "slowgate_map_capacity",
+        "gauge",
+        "Capacity of each bounded map.",
+        &capacity,
+    );
+
+    metric(
+        "slowgate_lines_total",
+        "counter",
+        "Log lines read, by the format their source is configured with.",
+        &stats
+            .lines_by_format
+            .iter()
+            .map(|(f, n)| (format!("{{format=\"{f}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    metric(
+        "slowgate_lines_not_understood_total",
+        "counter",
+        "Log lines no parser understood.",
+        &[(String::new(), stats.not_understood as f64)],
+    );
+    metric(
+        "slowgate_events_total",
+        "counter",
+        "Events read from the logs, by kind.",
+        &KIND_NAMES
+            .iter()
+            .zip(stats.events_by_kind)
+            .map(|(k, n)| (format!("{{kind=\"{k}\"}}"), n as f64))
+            .collect::<Vec<_>>(),
+    );
+    metric(
+        "slowgate_level_changes_total",
+        "counter",
+        "Level changes of senders.",
+        &[(String::new(), stats.changes as f64)],
+    );
+    metric(
+        "slowgate_senders",
+        "gauge",
+        "Tracked senders by level (0 = not limited).",
+        &stats
+            .senders_by_level
+            .iter()
+            .enumerate()
+            .map(|(l, n)| (format!("{{level=\"{l}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    let mut histogram = Vec::new();
+    for le in POINT_BUCKETS {
+        let n = stats
+            .limited_points
+            .iter()
+            .filter(|(_, p)| *p <= le)
+            .count();
+        histogram.push((format!("_bucket{{le=\"{le}\"}}"), n as f64));
+    }
+    histogram.push((
+        "_bucket{le=\"+Inf\"}".into(),
+        stats.limited_points.len() as f64,
+    ));
+    histogram.push((
+        "_sum".into(),
+        stats.limited_points.iter().map(|(_, p)| p).sum(),
+    ));
+    histogram.push(("_count".into(), stats.limited_points.len() as f64));
+    let _ = writeln!(
+        out,
+        "# HELP slowgate_limited_points Points of limited senders.\n# TYPE slowgate_limited_points histogram"
+    );
+    for (suffix, v) in histogram {
+        let _ = writeln!(out, "slowgate_limited_points{suffix} {v}");
+    }
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "slowgate_enforce_seconds",
+        "gauge",
+        "From a batch of log lines arriving to its limits written in the kernel.",
+        &[
+            ("{stat=\"last\"}".into(), stats.enforce_last_s),
+            ("{stat=\"max\"}".into(), stats.enforce_max_s),
+        ],
+    );
+    metric(
+        "slowgate_limit_write_errors_total",
+        "counter",
+        "Limits the daemon could not write to the kernel.",
+        &[(String::new(), stats.write_errors as f64)],
+    );
+    out
+}
