@@ -32,8 +32,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load and attach the XDP program and run the daemon (stays in the foreground).
-    Run,
+    /// Load and attach the XDP program and run the daemon. It always stays in the foreground
+    /// and logs to stderr (systemd's journal, or any supervisor's log); under systemd it
+    /// reports readiness and watchdog pings (Type=notify).
+    Run {
+        /// Accepted for supervisors that pass it; the daemon never forks.
+        #[arg(long)]
+        foreground: bool,
+    },
     /// Check a config file without touching the kernel.
     CheckConfig,
     /// Detach the program and remove every pin: enforcement stops.
@@ -148,7 +154,7 @@ impl Cli {
 /// Runs a command; the result is what the process prints.
 pub fn execute(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Run => {
+        Command::Run { foreground: _ } => {
             let mut config = Config::load(&cli.config_path())?;
             if let Some(dir) = &cli.pin_dir {
                 config.pin_dir = dir.clone();

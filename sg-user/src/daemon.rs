@@ -103,6 +103,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         pin_dir.display()
     );
 
+    notify("READY=1");
+    let mut watchdog = tokio::time::interval(watchdog_interval());
+
     let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
     let mut sweep = tokio::time::interval(config.sweep_interval);
@@ -116,6 +119,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
                 Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
             },
+            _ = watchdog.tick() => notify("WATCHDOG=1"),
             _ = poll.tick() => {
                 while let Some(item) = events.next() {
                     if let Some(e) = kernel::parse_drop_event(&item) {
@@ -133,6 +137,38 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Tells systemd (Type=notify) about the daemon's state, when it runs under systemd: one
+/// datagram to $NOTIFY_SOCKET (sd_notify(3)). Elsewhere it does nothing.
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        eprintln!("slowgate: cannot notify systemd ({state}): {e}");
+    }
+}
+
+/// Half of systemd's WatchdogSec ($WATCHDOG_USEC), or a minute when there is none.
+fn watchdog_interval() -> Duration {
+    std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(60), |us| Duration::from_micros(us / 2))
+        .max(Duration::from_millis(100))
 }
 
 /// Answers `GET /metrics` (anything else: 404). One short request per connection.

@@ -429,3 +429,57 @@ fn journald_entries_are_a_source_too() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
+    // The unit as installed, pointed at the binary under test.
+    let dir = std::env::temp_dir().join(unique("unit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/slowgate.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/sbin/slowgate", &bin().display().to_string());
+    let path = dir.join("slowgate.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (apt install systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    // Type=notify: READY=1 once ready, then WATCHDOG=1 every WATCHDOG_USEC / 2.
+    let lab = Lab::new();
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // SAFETY (of the environment): tests in this file run one at a time (--test-threads=1).
+    unsafe {
+        std::env::set_var("NOTIFY_SOCKET", &socket_path);
+        std::env::set_var("WATCHDOG_USEC", "400000");
+    }
+    let daemon = lab.start();
+    unsafe {
+        std::env::remove_var("NOTIFY_SOCKET");
+        std::env::remove_var("WATCHDOG_USEC");
+    }
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(got[0], "READY=1");
+    assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
