@@ -38,7 +38,7 @@ const ALLOW_REFRESH: u32 = 10;
 /// manual limit.
 pub struct Enforcer {
     owned: HashMap<Network, Limit>,
-    ttl: Duration,
+    pub ttl: Duration,
     last_refresh: Instant,
 }
 
@@ -126,14 +126,39 @@ pub struct Stats {
 
 pub type SharedStats = Arc<Mutex<Stats>>;
 
+/// What the control socket asks of the learning loop.
+pub enum Request {
+    Top {
+        n: usize,
+    },
+    Show {
+        who: Sender,
+    },
+    Release {
+        who: Sender,
+    },
+    /// A new config, already validated and applied to the kernel by the daemon.
+    Reload(Box<Config>),
+}
+
+pub type Reply = Result<serde_json::Value, String>;
+pub type Requests = Receiver<(Request, tokio::sync::oneshot::Sender<Reply>)>;
+
+/// Level changes remembered for `slowgate show` (the oldest go first).
+const HISTORY: usize = 10_000;
+
 /// Runs until `stop` is set or every source is gone.
 pub fn run(
     config: &Config,
     mut maps: Maps,
     lines: Receiver<Line>,
+    requests: Requests,
     stop: Arc<AtomicBool>,
     shared: SharedStats,
 ) {
+    let mut config = config.clone();
+    let config = &mut config;
+    let mut history: std::collections::VecDeque<(u64, Change)> = Default::default();
     let geo = match &config.geoip {
         Some(path) => match Geo::open(path) {
             Ok(g) => Some(g),
@@ -154,6 +179,29 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         let mut changes = Vec::new();
         let mut arrived = None;
+        while let Ok((request, reply)) = requests.try_recv() {
+            let now = kernel::boot_time_ns();
+            let answer = match request {
+                Request::Top { n } => {
+                    serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
+                }
+                Request::Show { who } => Ok(show(&engine, &maps, &history, &who, now)),
+                Request::Release { who } => {
+                    let released = engine.release(&who, now);
+                    let was = released.as_ref().map_or(0, |c| c.from);
+                    changes.extend(released);
+                    Ok(serde_json::json!({ "released": who.to_string(), "level_was": was }))
+                }
+                Request::Reload(new) => {
+                    engine.set_config(new.engine.clone());
+                    enforcer.ttl = new.limit_ttl;
+                    *config = *new;
+                    refresh_allowed(&mut engine, &mut maps, config);
+                    Ok(serde_json::json!({ "reloaded": true }))
+                }
+            };
+            let _ = reply.send(answer);
+        }
         match lines.recv_timeout(TICK / 4) {
             Ok(line) => {
                 arrived = Some(Instant::now());
@@ -191,8 +239,15 @@ pub fn run(
         }
         if !changes.is_empty() {
             stats.changes += changes.len() as u64;
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             for change in &changes {
                 eprintln!("slowgate: {change}");
+                if history.len() == HISTORY {
+                    history.pop_front();
+                }
+                history.push_back((unix, change.clone()));
             }
             stats.write_errors += enforcer.apply(&mut maps, &changes);
             if let Some(arrived) = arrived {
@@ -232,6 +287,59 @@ fn handle(
         stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
     }
     events.iter().flat_map(|e| engine.record(e, now)).collect()
+}
+
+/// `slowgate show`: the engine's view of a sender, its level changes, and the kernel entries
+/// that apply to it.
+fn show(
+    engine: &Engine,
+    maps: &Maps,
+    history: &std::collections::VecDeque<(u64, Change)>,
+    who: &Sender,
+    now: u64,
+) -> serde_json::Value {
+    let changes: Vec<serde_json::Value> = history
+        .iter()
+        .filter(|(_, c)| &c.sender == who)
+        .map(|(at, c)| {
+            serde_json::json!({
+                "unix_time": at, "from": c.from, "to": c.to, "points": c.points,
+                "events": c.events,
+            })
+        })
+        .collect();
+    let net = match who {
+        Sender::Source(a) => Some(IpNet::from(*a)),
+        Sender::Prefix(n) | Sender::Network(n) => Some(*n),
+        _ => None,
+    };
+    let mut lists = Vec::new();
+    if let Some(net) = net {
+        for kind in [ListKind::Allow, ListKind::Deny] {
+            if let Ok(entries) = maps.list_entries_shared(kind) {
+                for e in entries {
+                    let n = e.network.to_ipnet();
+                    if n.contains(&net.network()) {
+                        lists.push(format!("{} {n}", kind.name()));
+                    }
+                }
+            }
+        }
+        if let Ok(entries) = maps.limit_entries() {
+            for e in entries {
+                let n = e.network.to_ipnet();
+                if n.contains(&net.network()) && n.prefix_len() <= net.prefix_len() {
+                    lists.push(format!("limit {n}: {}", e.value));
+                }
+            }
+        }
+    }
+    serde_json::json!({
+        "sender": who.to_string(),
+        "tracked": engine.info(who, now),
+        "changes": changes,
+        "kernel_entries": lists,
+    })
 }
 
 fn format_name(format: crate::parsers::Format) -> &'static str {

@@ -26,6 +26,10 @@ pub struct Cli {
     /// Config file, read for pin_dir when --pin-dir is not given.
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
+    /// The daemon's control socket (default: the config's control.socket, else
+    /// /run/slowgate/control.sock).
+    #[arg(long, global = true, env = "SLOWGATE_CONTROL")]
+    pub control: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,6 +76,24 @@ pub enum Command {
         #[arg(required = true)]
         logs: Vec<PathBuf>,
     },
+    /// Senders by points: level, points, country, recent events (from the running daemon).
+    Top {
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One sender: points, level, history of level changes, kernel entries that match.
+    /// WHO is an address, a prefix or network (CIDR), or user:NAME.
+    Show {
+        who: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a sender's points and level (its engine-set limit goes too).
+    Release { who: String },
+    /// Re-read the config file (as SIGHUP does); a bad file is refused and the old one stays.
+    Reload,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages for every command into DIR (`cargo xtask man` calls this).
@@ -144,6 +166,19 @@ impl Cli {
         Ok(config::DEFAULT_PIN_DIR.into())
     }
 
+    /// The control socket: --control, else the config's, else the default.
+    pub fn control_socket(&self) -> PathBuf {
+        if let Some(path) = &self.control {
+            return path.clone();
+        }
+        if let Some(path) = &self.config
+            && let Ok(config) = Config::load(path)
+        {
+            return config.control_socket;
+        }
+        config::DEFAULT_CONTROL_SOCKET.into()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config
             .clone()
@@ -182,6 +217,97 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::Limit(cmd) => limit_command(cli, cmd),
         Command::Status { json } => status(cli, *json),
         Command::Parse { format, file } => parse(*format, file),
+        Command::Top { n, json } => {
+            let result =
+                crate::control::call(&cli.control_socket(), json!({"command": "top", "n": n}))?;
+            if *json {
+                println!("{result}");
+            } else {
+                println!(
+                    "{:<28} {:>5} {:>9} {:>7}  recent events",
+                    "sender", "level", "points", "country"
+                );
+                for row in result.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:>5} {:>9.1} {:>7}  {}",
+                        row["sender"].as_str().unwrap_or(""),
+                        row["level"],
+                        row["points"].as_f64().unwrap_or(0.0),
+                        row["country"].as_str().unwrap_or("-"),
+                        events_text(&row["recent_events"])
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Show { who, json } => {
+            let result = crate::control::call(
+                &cli.control_socket(),
+                json!({"command": "show", "who": who}),
+            )?;
+            if *json {
+                println!("{result}");
+                return Ok(());
+            }
+            println!("sender:  {}", result["sender"].as_str().unwrap_or(""));
+            match result["tracked"].as_object() {
+                Some(t) => {
+                    println!(
+                        "level:   {} ({})",
+                        t["level"],
+                        t["limit"].as_str().unwrap_or("no limit")
+                    );
+                    println!("points:  {:.1}", t["points"].as_f64().unwrap_or(0.0));
+                    if let Some(c) = t["country"].as_str() {
+                        println!("country: {c}");
+                    }
+                    println!("recent:  {}", events_text(&t["recent_events"]));
+                }
+                None => println!("not tracked (no points)"),
+            }
+            println!("level changes:");
+            for c in result["changes"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} level {} -> {} ({:.1} points; {})",
+                    crate::replay::format_time(
+                        c["unix_time"].as_u64().unwrap_or(0) * 1_000_000_000
+                    ),
+                    c["from"],
+                    c["to"],
+                    c["points"].as_f64().unwrap_or(0.0),
+                    events_text(&c["events"])
+                );
+            }
+            println!("kernel entries that match:");
+            for e in result["kernel_entries"].as_array().into_iter().flatten() {
+                println!("  {}", e.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Release { who } => {
+            let result = crate::control::call(
+                &cli.control_socket(),
+                json!({"command": "release", "who": who}),
+            )?;
+            println!(
+                "released {} (was at level {})",
+                result["released"].as_str().unwrap_or(who),
+                result["level_was"]
+            );
+            Ok(())
+        }
+        Command::Reload => {
+            let result = crate::control::call(&cli.control_socket(), json!({"command": "reload"}))?;
+            println!(
+                "reloaded {}",
+                result["reloaded"].as_str().unwrap_or("the config")
+            );
+            if let Some(r) = result["needs_restart"].as_array().filter(|r| !r.is_empty()) {
+                let names: Vec<&str> = r.iter().filter_map(|v| v.as_str()).collect();
+                println!("changes that need a restart: {}", names.join(", "));
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut command, "slowgate", &mut std::io::stdout());
@@ -201,6 +327,21 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
             crate::replay::print(&report, &mut std::io::stdout().lock())?;
             Ok(())
         }
+    }
+}
+
+/// `[["unknown_recipient", 5], ...]` as `unknown_recipient x5, ...`.
+fn events_text(events: &serde_json::Value) -> String {
+    let parts: Vec<String> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(format!("{} x{}", e[0].as_str()?, e[1])))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -50,6 +50,33 @@ struct RawConfig {
     countries: RawCountries,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default = "default_control_socket")]
+    socket: PathBuf,
+    /// A group whose members may use the socket besides root; empty = root only.
+    #[serde(default)]
+    group: String,
+}
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/slowgate/control.sock";
+
+fn default_control_socket() -> PathBuf {
+    DEFAULT_CONTROL_SOCKET.into()
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            socket: default_control_socket(),
+            group: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +383,15 @@ pub enum Limit {
     Block,
 }
 
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Block => write!(f, "blocked"),
+            Limit::Rate { rate, burst } => write!(f, "{rate} burst {burst}"),
+        }
+    }
+}
+
 /// Validated runtime settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -385,6 +421,9 @@ pub struct Config {
     pub limit_ttl: Duration,
     /// Where the Prometheus endpoint listens; None = off.
     pub metrics: Option<std::net::SocketAddr>,
+    pub control_socket: PathBuf,
+    /// The group allowed on the control socket besides root (a name), if any.
+    pub control_group: Option<String>,
 }
 
 /// Where the daemon reads what the mail software says.
@@ -696,6 +735,8 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         geoip: raw.countries.database,
         limit_ttl,
         metrics,
+        control_socket: raw.control.socket,
+        control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
     })
 }
 

@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     brain,
     config::Config,
+    control,
     kernel::{self, ListKind, Maps},
     sources,
     tail::Start,
@@ -80,11 +81,30 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
     let readers = sources::spawn(&config.sources, Start::End, tx, stop.clone());
     let stats = brain::SharedStats::default();
+    let (brain_tx, brain_rx) = std::sync::mpsc::sync_channel(64);
     let brain = {
         let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
         let brain_maps = Maps::open_pinned(pin_dir)?;
-        std::thread::spawn(move || brain::run(&config, brain_maps, rx, stop, stats))
+        std::thread::spawn(move || brain::run(&config, brain_maps, rx, brain_rx, stop, stats))
     };
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let group = config
+        .control_group
+        .as_deref()
+        .map(control::group_id)
+        .transpose()?;
+    let listener = control::bind(&config.control_socket, group)?;
+    let handles = Arc::new(control::Handles {
+        brain: brain_tx.clone(),
+        reload: reload_tx,
+        engine: config.engine.clone(),
+        group,
+    });
+    tokio::spawn(control::serve(listener, handles));
+    eprintln!(
+        "slowgate: control socket {}",
+        config.control_socket.display()
+    );
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -106,6 +126,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     notify("READY=1");
     let mut watchdog = tokio::time::interval(watchdog_interval());
 
+    let mut current = config.clone();
+    let mut hangup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
     let mut sweep = tokio::time::interval(config.sweep_interval);
@@ -120,6 +142,12 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
             },
             _ = watchdog.tick() => notify("WATCHDOG=1"),
+            _ = hangup.recv() => {
+                let _ = reload(&mut current, &mut maps, tick_ns, &brain_tx).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                let _ = reply.send(reload(&mut current, &mut maps, tick_ns, &brain_tx).await);
+            }
             _ = poll.tick() => {
                 while let Some(item) = events.next() {
                     if let Some(e) = kernel::parse_drop_event(&item) {
@@ -137,6 +165,64 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
     );
     Ok(())
+}
+
+/// Re-reads the config file. A bad one is refused with the reason and the running config stays;
+/// a good one is applied to the kernel (ceilings, ports, lists) and to the engine (weights,
+/// levels, half-life: every sender keeps its points). Interfaces, pins, capacities and
+/// sources need a restart, and the log says so.
+async fn reload(
+    current: &mut Config,
+    maps: &mut Maps,
+    tick_ns: u64,
+    brain: &std::sync::mpsc::SyncSender<(
+        brain::Request,
+        tokio::sync::oneshot::Sender<brain::Reply>,
+    )>,
+) -> brain::Reply {
+    notify("RELOADING=1");
+    let result = async {
+        let new = Config::load(&current.path).map_err(|e| format!("{e:#}"))?;
+        let mut restart = Vec::new();
+        if new.interfaces != current.interfaces || new.attach_mode != current.attach_mode {
+            restart.push("interfaces");
+        }
+        if new.capacity != current.capacity || new.pin_dir != current.pin_dir {
+            restart.push("capacity and pins");
+        }
+        if new.sources != current.sources {
+            restart.push("sources");
+        }
+        if new.metrics != current.metrics || new.control_socket != current.control_socket {
+            restart.push("metrics and control addresses");
+        }
+        let pin_dir = current.pin_dir.clone();
+        maps.write_config(&new.kernel_config(), tick_ns)
+            .map_err(|e| format!("{e:#}"))?;
+        maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
+        apply_lists(maps, &new).map_err(|e| format!("{e:#}"))?;
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        brain
+            .try_send((brain::Request::Reload(Box::new(Config { pin_dir, ..new.clone() })), reply))
+            .map_err(|_| "the learning loop is busy; try again".to_string())?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        *current = Config {
+            pin_dir: current.pin_dir.clone(),
+            ..new
+        };
+        Ok(serde_json::json!({ "reloaded": current.path.display().to_string(), "needs_restart": restart }))
+    }
+    .await;
+    match &result {
+        Ok(v) => eprintln!(
+            "slowgate: reloaded {} ({})",
+            current.path.display(),
+            v["needs_restart"]
+        ),
+        Err(e) => eprintln!("slowgate: reload refused, the running config stays: {e}"),
+    }
+    notify("READY=1");
+    result
 }
 
 /// Tells systemd (Type=notify) about the daemon's state, when it runs under systemd: one

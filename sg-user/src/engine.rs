@@ -205,6 +205,18 @@ struct Tracked {
 
 const NO_COUNTRY: [u8; 2] = [0, 0];
 
+/// One sender as `slowgate top` and `show` print it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SenderInfo {
+    pub sender: String,
+    pub level: usize,
+    pub points: f64,
+    pub country: Option<String>,
+    pub limit: Option<String>,
+    /// Events since the last level change, most frequent first.
+    pub recent_events: Vec<(&'static str, u32)>,
+}
+
 /// A level change for the enforcer and the log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
@@ -324,6 +336,61 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// New weights, levels and lengths (a reload); every sender keeps its points and level,
+    /// and comes down through the new table as it decays.
+    pub fn set_config(&mut self, config: EngineConfig) {
+        self.config = config;
+    }
+
+    /// What is known of one sender, or None when it is not tracked.
+    pub fn info(&self, sender: &Sender, now_ns: u64) -> Option<SenderInfo> {
+        let t = self.tracked.get(sender)?;
+        let mut events: Vec<(&'static str, u32)> = KIND_NAMES
+            .iter()
+            .zip(t.recent)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (*k, u32::from(n)))
+            .collect();
+        events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        Some(SenderInfo {
+            sender: sender.to_string(),
+            level: usize::from(t.level),
+            points: decay(t.points, t.at_s, secs(now_ns), self.config.half_life),
+            country: (t.country != NO_COUNTRY).then(|| country_name(t.country)),
+            limit: self
+                .limit_for(sender, usize::from(t.level))
+                .map(|l| l.to_string()),
+            recent_events: events,
+        })
+    }
+
+    /// The `n` tracked senders with the most points (countries aside).
+    pub fn top(&self, n: usize, now_ns: u64) -> Vec<SenderInfo> {
+        let mut all: Vec<SenderInfo> = self
+            .tracked
+            .keys()
+            .filter(|s| !matches!(s, Sender::Country(_)))
+            .filter_map(|s| self.info(s, now_ns))
+            .collect();
+        all.sort_by(|a, b| {
+            b.level
+                .cmp(&a.level)
+                .then(b.points.total_cmp(&a.points))
+                .then(a.sender.cmp(&b.sender))
+        });
+        all.truncate(n);
+        all
+    }
+
+    /// Forgets a sender's points and level (an operator's pardon). Returns the change back to
+    /// level 0 when it was limited, so the enforcer removes its limit.
+    pub fn release(&mut self, sender: &Sender, now_ns: u64) -> Option<Change> {
+        let now = secs(now_ns);
+        let change = self.set_level(sender, 0, now);
+        self.tracked.remove(sender);
+        change
     }
 
     pub fn tracked(&self) -> usize {

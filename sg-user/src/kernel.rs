@@ -459,9 +459,18 @@ impl Maps {
     }
 
     pub fn list_entries(&mut self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
+        self.list_entries_shared(kind)
+    }
+
+    /// The same, through a shared reference (reading needs no exclusive access).
+    pub fn list_entries_shared(&self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
+        let list = match kind {
+            ListKind::Allow => &self.allow,
+            ListKind::Deny => &self.deny,
+        };
         let now = boot_time_ns();
         let mut out = Vec::new();
-        for item in self.list(kind).iter() {
+        for item in list.iter() {
             let (key, value) = item?;
             out.push(Entry {
                 network: Network {

@@ -4,6 +4,7 @@
 pub mod brain;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod events;

@@ -489,6 +489,8 @@ impl Drop for PinDir {
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
+    /// Its control socket (in its own temporary directory, never the system's).
+    pub control: PathBuf,
 }
 
 impl Daemon {
@@ -497,6 +499,15 @@ impl Daemon {
         let dir = std::env::temp_dir().join(unique("daemon"));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("slowgate.toml");
+        let control = dir.join("control.sock");
+        let config_text = if config_text.contains("[control]") {
+            config_text.to_string()
+        } else {
+            format!(
+                "{config_text}\n[control]\nsocket = \"{}\"\n",
+                control.display()
+            )
+        };
         std::fs::write(&config, config_text)?;
         let log = dir.join("daemon.log");
         let child = Command::new("nsenter")
@@ -511,7 +522,11 @@ impl Daemon {
             .stderr(File::create(&log)?)
             .spawn()
             .context("spawn slowgate run")?;
-        let mut daemon = Daemon { child, log };
+        let mut daemon = Daemon {
+            child,
+            log,
+            control,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = daemon.log_text();

@@ -483,3 +483,130 @@ fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The CLI against the daemon's control socket, as `nobody` when `as_nobody`.
+fn control(daemon: &Daemon, args: &[&str], as_nobody: bool) -> (bool, String) {
+    let mut cmd = if as_nobody {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin());
+        c
+    } else {
+        std::process::Command::new(bin())
+    };
+    let out = cmd
+        .arg("--control")
+        .arg(&daemon.control)
+        .args(args)
+        .output()
+        .expect("run slowgate");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn control_socket_top_show_release_reload_and_who_may_use_it() {
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("ctl"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("mail.log");
+    std::fs::write(&log, "").unwrap();
+    let source = format!(
+        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
+        log.display()
+    );
+    let daemon = Daemon::start(&lab.server, &learning_config(&source), &lab.pins.path).unwrap();
+    let text: String = (0..5).map(|n| harvest_line(CLIENT1_V4, n)).collect();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(wait_for_limit(&lab, CLIENT1_V4), "{}", daemon.log_text());
+
+    // top: the sender and its /24, at level 1.
+    let (ok, out) = control(&daemon, &["top", "--json"], false);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sender"] == CLIENT1_V4)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(row["level"], 1);
+    assert_eq!(row["recent_events"], serde_json::json!([]));
+    let (ok, out) = control(&daemon, &["top", "-n", "5"], false);
+    assert!(
+        ok && out.contains("198.51.100.0/24") && out.contains("recent events"),
+        "{out}"
+    );
+
+    // show: level, points, its history, and the kernel entry that matches.
+    let (ok, out) = control(&daemon, &["show", CLIENT1_V4], false);
+    assert!(ok, "{out}");
+    for expected in [
+        "level:   1 (blocked)",
+        "level 0 -> 1 (10.0 points; unknown_recipient x5)",
+        "limit 198.51.100.10/32: blocked",
+    ] {
+        assert!(out.contains(expected), "no `{expected}` in:\n{out}");
+    }
+
+    // release the address and its /24: the limits go, the client connects again.
+    for who in [CLIENT1_V4, "198.51.100.0/24"] {
+        let (ok, out) = control(&daemon, &["release", who], false);
+        assert!(ok && out.contains("was at level 1"), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!lab.cli(&["limit", "list"]).contains("198.51.100"));
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), ATTEMPTS);
+
+    // reload: a bad file is refused with its reason and the running config stays.
+    let config_path = daemon.log.parent().unwrap().join("slowgate.toml");
+    let good = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        format!("{good}\n[points.weights]\nrbl = \"lots\"\n"),
+    )
+    .unwrap();
+    let (ok, out) = control(&daemon, &["reload"], false);
+    assert!(!ok && out.contains("rbl"), "{out}");
+    assert!(
+        daemon
+            .log_text()
+            .contains("reload refused, the running config stays")
+    );
+    // A good one is taken; SIGHUP does the same.
+    std::fs::write(&config_path, good.replace("points = 10", "points = 12")).unwrap();
+    let (ok, out) = control(&daemon, &["reload"], false);
+    assert!(ok && out.contains("reloaded"), "{out}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(daemon.log_text().matches("slowgate: reloaded").count(), 2);
+
+    // Others are refused: by the socket's mode, and by the daemon when the mode lets them in.
+    let (ok, out) = control(&daemon, &["top"], true);
+    assert!(
+        !ok && out.to_lowercase().contains("permission denied"),
+        "{out}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&daemon.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out) = control(&daemon, &["top"], true);
+    assert!(
+        !ok && out.contains("permission denied: root and the control group only"),
+        "{out}"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
