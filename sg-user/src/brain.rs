@@ -176,6 +176,34 @@ pub fn run(
     let mut last_tick = Instant::now();
     let mut ticks = 0u32;
     refresh_allowed(&mut engine, &mut maps, config);
+    // Points and levels from before the restart (or the reboot), decayed for the time between.
+    let store = match crate::store::Store::open(&config.state_dir) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            eprintln!("slowgate: {e:#}; points will not survive a restart");
+            None
+        }
+    };
+    if let Some(store) = &store {
+        match store.load_senders() {
+            Ok(rows) if !rows.is_empty() => {
+                let back = engine.import(&rows, kernel::boot_time_ns());
+                eprintln!(
+                    "slowgate: restored {} senders, {} of them limited",
+                    rows.len(),
+                    back.len()
+                );
+                enforcer.apply(&mut maps, &back);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("slowgate: {e:#}; starting without saved points"),
+        }
+    }
+    let mut dirty = false;
+    // The first batch is saved at once; then at most every SAVE_EVERY.
+    let mut last_save = Instant::now()
+        .checked_sub(SAVE_EVERY)
+        .unwrap_or_else(Instant::now);
     while !stop.load(Ordering::Relaxed) {
         let mut changes = Vec::new();
         let mut arrived = None;
@@ -206,6 +234,7 @@ pub fn run(
             Ok(line) => {
                 arrived = Some(Instant::now());
                 let now = kernel::boot_time_ns();
+                dirty = true;
                 changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
                 for line in lines.try_iter().take(BATCH) {
                     changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
@@ -237,7 +266,16 @@ pub fn run(
             }
             enforcer.refresh(&mut maps);
         }
+        if let Some(store) = &store
+            && (dirty || !changes.is_empty())
+            && last_save.elapsed() >= SAVE_EVERY
+        {
+            save(store, &engine);
+            dirty = false;
+            last_save = Instant::now();
+        }
         if !changes.is_empty() {
+            dirty = true;
             stats.changes += changes.len() as u64;
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -257,6 +295,21 @@ pub fn run(
                 stats.enforce_batches += 1;
             }
         }
+    }
+    if let Some(store) = &store {
+        save(store, &engine);
+    }
+}
+
+/// Senders saved at most (the most important first).
+const SAVE_MAX: usize = 200_000;
+/// How often the senders are saved while anything changes: a crash loses about this much.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+fn save(store: &crate::store::Store, engine: &Engine) {
+    let rows = engine.export(kernel::boot_time_ns(), SAVE_MAX);
+    if let Err(e) = store.save_senders(&rows) {
+        eprintln!("slowgate: saving points failed: {e:#}");
     }
 }
 

@@ -30,6 +30,10 @@ pub struct Cli {
     /// /run/slowgate/control.sock).
     #[arg(long, global = true, env = "SLOWGATE_CONTROL")]
     pub control: Option<PathBuf>,
+    /// Where entries added here are kept across reboots (default: the config's state_dir,
+    /// else /var/lib/slowgate).
+    #[arg(long, global = true, env = "SLOWGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -114,6 +118,9 @@ pub enum ListCommand {
         /// Expire after this long (90s, 1h, 7d); default never.
         #[arg(long)]
         ttl: Option<String>,
+        /// Why (kept with the entry, shown by `list`).
+        #[arg(long)]
+        comment: Option<String>,
     },
     /// Remove an address or network, exactly as added.
     Del { network: String },
@@ -152,6 +159,9 @@ pub struct LimitSet {
     /// Expire after this long (90s, 1h, 7d); default never.
     #[arg(long)]
     pub ttl: Option<String>,
+    /// Why (kept with the entry, shown by `list`).
+    #[arg(long)]
+    pub comment: Option<String>,
 }
 
 impl Cli {
@@ -164,6 +174,16 @@ impl Cli {
             return Ok(Config::load(path)?.pin_dir);
         }
         Ok(config::DEFAULT_PIN_DIR.into())
+    }
+
+    /// The state directory: --state-dir, else the config's, else the default.
+    pub fn store(&self) -> anyhow::Result<crate::store::Store> {
+        let dir = match (&self.state_dir, &self.config) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(path)) => Config::load(path)?.state_dir,
+            (None, None) => crate::store::DEFAULT_STATE_DIR.into(),
+        };
+        crate::store::Store::open(&dir)
     }
 
     /// The control socket: --control, else the config's, else the default.
@@ -355,23 +375,64 @@ fn network(text: &str) -> anyhow::Result<Network> {
     Ok(text.parse::<Network>()?)
 }
 
+/// Records a CLI change in the store (durably) before the kernel sees it: once a command
+/// says it succeeded, the entry survives restarts and reboots.
+fn journal(
+    cli: &Cli,
+    list: &str,
+    net: Network,
+    present: bool,
+    ttl: Option<Duration>,
+    limit: Option<&Limit>,
+    comment: &Option<String>,
+) -> anyhow::Result<()> {
+    cli.store()?.record(&crate::store::ListOp {
+        list: list.into(),
+        network: net.to_string(),
+        present,
+        expires_unix: ttl.map(|t| crate::store::unix_now() + t.as_secs().max(1)),
+        limit: limit.map(describe),
+        comment: comment.clone(),
+    })
+}
+
+/// The comments the store keeps for entries of `list`.
+fn comments(cli: &Cli, list: &str) -> std::collections::HashMap<String, String> {
+    cli.store()
+        .and_then(|s| s.list_entries())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|op| op.list == list)
+        .filter_map(|op| Some((op.network, op.comment?)))
+        .collect()
+}
+
 fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyhow::Result<()> {
     match cmd {
-        ListCommand::Add { network: n, ttl: t } => {
+        ListCommand::Add {
+            network: n,
+            ttl: t,
+            comment,
+        } => {
             let (net, ttl) = (network(n)?, ttl(t)?);
-            Maps::open_pinned(&cli.pin_dir()?)?.list_add(kind, net, ttl)?;
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            journal(cli, kind.name(), net, true, ttl, None, comment)?;
+            maps.list_add(kind, net, ttl)?;
             println!("{} {net}{}", kind.name(), ttl_note(ttl));
         }
         ListCommand::Del { network: n } => {
             let net = network(n)?;
-            if !Maps::open_pinned(&cli.pin_dir()?)?.list_del(kind, net)? {
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            journal(cli, kind.name(), net, false, None, None, &None)?;
+            if !maps.list_del(kind, net)? {
                 anyhow::bail!("{net} is not on the {} list", kind.name());
             }
             println!("removed {net} from the {} list", kind.name());
         }
         ListCommand::List { json } => {
             let entries = Maps::open_pinned(&cli.pin_dir()?)?.list_entries(kind)?;
-            print_entries(&entries, *json, |_| String::new());
+            let notes = comments(cli, kind.name());
+            print_entries(&entries, *json, &notes, |_| String::new());
         }
     }
     Ok(())
@@ -392,22 +453,43 @@ fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
                 _ => Limit::Block,
             };
             let ttl = ttl(&set.ttl)?;
-            Maps::open_pinned(&cli.pin_dir()?)?.limit_set(net, limit, ttl)?;
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            // Refuse what the kernel would refuse before promising anything.
+            maps.policy_key(net)?;
+            journal(cli, "limit", net, true, ttl, Some(&limit), &set.comment)?;
+            maps.limit_set(net, limit, ttl)?;
             println!("limit {net}: {}{}", describe(&limit), ttl_note(ttl));
         }
         LimitCommand::Del { network: n } => {
             let net = network(n)?;
-            if !Maps::open_pinned(&cli.pin_dir()?)?.limit_del(net)? {
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            journal(cli, "limit", net, false, None, None, &None)?;
+            if !maps.limit_del(net)? {
                 anyhow::bail!("{net} has no limit");
             }
             println!("removed the limit of {net}");
         }
         LimitCommand::List { json } => {
             let entries = Maps::open_pinned(&cli.pin_dir()?)?.limit_entries()?;
-            print_entries(&entries, *json, describe);
+            let notes = comments(cli, "limit");
+            print_entries(&entries, *json, &notes, describe);
         }
     }
     Ok(())
+}
+
+/// A stored limit (`block`, `30/min burst 10`) back to a [`Limit`].
+pub fn parse_limit(text: &str) -> anyhow::Result<Limit> {
+    if text == "block" {
+        return Ok(Limit::Block);
+    }
+    let (rate, burst) = text
+        .split_once(" burst ")
+        .with_context(|| format!("{text:?} is not a limit"))?;
+    Ok(Limit::Rate {
+        rate: rate.parse()?,
+        burst: burst.parse()?,
+    })
 }
 
 fn describe(limit: &Limit) -> String {
@@ -422,7 +504,13 @@ fn ttl_note(ttl: Option<Duration>) -> String {
         .unwrap_or_default()
 }
 
-fn print_entries<T>(entries: &[Entry<T>], json: bool, what: impl Fn(&T) -> String) {
+fn print_entries<T>(
+    entries: &[Entry<T>],
+    json: bool,
+    comments: &std::collections::HashMap<String, String>,
+    what: impl Fn(&T) -> String,
+) {
+    let comment = |e: &Entry<T>| comments.get(&e.network.to_string()).cloned();
     if json {
         let rows: Vec<_> = entries
             .iter()
@@ -431,6 +519,7 @@ fn print_entries<T>(entries: &[Entry<T>], json: bool, what: impl Fn(&T) -> Strin
                     "network": e.network.to_string(),
                     "limit": what(&e.value),
                     "expires_in_seconds": e.remaining.map(|d| d.as_secs()),
+                    "comment": comment(e),
                 })
             })
             .collect();
@@ -442,8 +531,9 @@ fn print_entries<T>(entries: &[Entry<T>], json: bool, what: impl Fn(&T) -> Strin
             .remaining
             .map(|d| format!("expires in {}", format_duration(d)))
             .unwrap_or_else(|| "permanent".into());
+        let note = comment(e).map(|c| format!("  # {c}")).unwrap_or_default();
         println!(
-            "{:<45} {:<24} {expires}",
+            "{:<45} {:<24} {expires}{note}",
             e.network.to_string(),
             what(&e.value)
         );

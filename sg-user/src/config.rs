@@ -28,6 +28,8 @@ struct RawConfig {
     attach_mode: String,
     #[serde(default = "default_pin_dir")]
     pin_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
     #[serde(default)]
     ports: RawPorts,
     #[serde(default)]
@@ -210,6 +212,10 @@ fn default_attach_mode() -> String {
 
 fn default_pin_dir() -> PathBuf {
     DEFAULT_PIN_DIR.into()
+}
+
+fn default_state_dir() -> PathBuf {
+    crate::store::DEFAULT_STATE_DIR.into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,6 +405,8 @@ pub struct Config {
     pub interfaces: Vec<String>,
     pub attach_mode: AttachMode,
     pub pin_dir: PathBuf,
+    /// Where points, levels and CLI-added list entries are kept across restarts.
+    pub state_dir: PathBuf,
     /// Destination port -> service.
     pub ports: BTreeMap<u16, u8>,
     pub prefix_v4: u8,
@@ -713,6 +721,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         interfaces: raw.interfaces,
         attach_mode,
         pin_dir: raw.pin_dir,
+        state_dir: raw.state_dir,
         ports,
         prefix_v4: raw.prefix.ipv4,
         prefix_v6: raw.prefix.ipv6,

@@ -76,6 +76,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     }
     maps.record_attachments(&attached)?;
     apply_lists(&mut maps, config)?;
+    apply_stored_lists(&mut maps, config);
     // The learning loop: sources -> parsers -> engine -> limits, in threads of their own.
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
@@ -287,6 +288,46 @@ async fn serve_metrics(
             };
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// Puts back what operators added with the CLI, from the store (after a reboot the pinned maps
+/// are gone; after a restart this re-writes what is already there). Expired entries stay out.
+fn apply_stored_lists(maps: &mut Maps, config: &Config) {
+    let entries = match crate::store::Store::open(&config.state_dir).and_then(|s| s.list_entries())
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("slowgate: cannot read CLI-added entries: {e:#}");
+            return;
+        }
+    };
+    let now = crate::store::unix_now();
+    let mut restored = 0;
+    for op in &entries {
+        let ttl = op
+            .expires_unix
+            .map(|at| Duration::from_secs(at.saturating_sub(now).max(1)));
+        let result = op
+            .network
+            .parse::<crate::units::Network>()
+            .map_err(anyhow::Error::from)
+            .and_then(|net| match op.list.as_str() {
+                "allow" => maps.list_add(ListKind::Allow, net, ttl),
+                "deny" => maps.list_add(ListKind::Deny, net, ttl),
+                "limit" => {
+                    let limit = crate::cli::parse_limit(op.limit.as_deref().unwrap_or(""))?;
+                    maps.limit_set(net, limit, ttl)
+                }
+                other => anyhow::bail!("unknown list {other}"),
+            });
+        match result {
+            Ok(()) => restored += 1,
+            Err(e) => eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network),
+        }
+    }
+    if restored > 0 {
+        eprintln!("slowgate: restored {restored} entries added with the CLI");
     }
 }
 

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod parsers;
 pub mod replay;
 pub mod sources;
+pub mod store;
 pub mod tail;
 pub mod units;

@@ -440,9 +440,16 @@ pub fn bin() -> PathBuf {
     path
 }
 
+/// The state directory that goes with a pin directory in tests (never the system's).
+pub fn state_dir_of(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir.file_name().unwrap_or_default().to_string_lossy();
+    std::env::temp_dir().join(format!("{name}-state"))
+}
+
 /// Runs the CLI against `pin_dir`; returns (success, stdout + stderr).
 pub fn cli(pin_dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin())
+        .env("SLOWGATE_STATE_DIR", state_dir_of(pin_dir))
         .arg("--pin-dir")
         .arg(pin_dir)
         .args(args)
@@ -481,6 +488,7 @@ impl Drop for PinDir {
         if self.path.exists() {
             let _ = slowgate::kernel::detach(&self.path);
         }
+        let _ = std::fs::remove_dir_all(state_dir_of(&self.path));
     }
 }
 
@@ -508,6 +516,11 @@ impl Daemon {
                 control.display()
             )
         };
+        // A top-level key goes before the first table.
+        let config_text = format!(
+            "state_dir = \"{}\"\n{config_text}",
+            state_dir_of(pin_dir).display()
+        );
         std::fs::write(&config, config_text)?;
         let log = dir.join("daemon.log");
         let child = Command::new("nsenter")

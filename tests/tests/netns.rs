@@ -610,3 +610,98 @@ fn control_socket_top_show_release_reload_and_who_may_use_it() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A network as slowgate writes it.
+fn canonical(net: &str) -> String {
+    net.parse::<slowgate::units::Network>().unwrap().to_string()
+}
+
+#[test]
+fn state_survives_twenty_kill_9s_and_a_reboot_with_no_lost_cli_entry() {
+    let lab = Lab::new();
+    let dir = std::env::temp_dir().join(unique("kill9"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("mail.log");
+    std::fs::write(&log, "").unwrap();
+    let config = learning_config(&format!(
+        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
+        log.display()
+    ));
+    // Events stream in all along: harvest attempts from rotating documentation addresses.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                let client = format!("203.0.113.{}", 100 + n % 20);
+                f.write_all(harvest_line(&client, n).as_bytes()).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let state = state_dir_of(&lab.pins.path);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..20 {
+        let mut daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+        let net = format!("2001:db8:dead:{i:x}::/64");
+        lab.cli(&["deny", "add", &net, "--comment", &format!("kill {i}")]);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(50 + rng % 650));
+        daemon.kill9();
+        // Whatever moment the kill came at, the store reads back whole.
+        let store = slowgate::store::Store::open(&state).unwrap();
+        store.load_senders().expect("an intact senders snapshot");
+        let entries = store.list_entries().unwrap();
+        for j in 0..=i {
+            let want = canonical(&format!("2001:db8:dead:{j:x}::/64"));
+            assert!(
+                entries.iter().any(|e| e.network == want),
+                "kill {i}: {want} lost"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let saved = slowgate::store::Store::open(&state)
+        .unwrap()
+        .load_senders()
+        .unwrap();
+    assert!(
+        saved.iter().any(|s| s.level > 0),
+        "some sender was limited and saved: {saved:?}"
+    );
+
+    // A reboot: the pinned maps are gone. The CLI's entries and the limits come back.
+    lab.cli(&["detach"]);
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let denied = lab.cli(&["deny", "list"]);
+    for i in 0..20 {
+        let want = canonical(&format!("2001:db8:dead:{i:x}::/64"));
+        assert!(denied.contains(&want), "{want} not restored: {denied}");
+    }
+    assert!(denied.contains("# kill 7"), "comments are kept: {denied}");
+    // Each daemon lived under a second, so only the /24 (which all 20 clients feed) got far
+    // enough to be limited.
+    let limited = saved
+        .iter()
+        .find(|s| s.level > 0)
+        .unwrap_or_else(|| panic!("no limited sender saved: {saved:?}"));
+    assert!(
+        wait_for_limit(&lab, &limited.id),
+        "{} not limited again: {}",
+        limited.id,
+        daemon.log_text()
+    );
+    assert!(daemon.log_text().contains("slowgate: restored"));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

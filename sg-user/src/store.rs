@@ -1,0 +1,233 @@
+//! The state that must outlive the daemon and the machine, under `state_dir`
+//! (default `/var/lib/slowgate`):
+//!
+//! - `lists.journal`: every allow/deny/limit entry added or removed with the CLI, one JSON line
+//!   each, appended and fsync'ed *before* the command reports success; replayed at start (a
+//!   line cut by a crash is skipped). Rewritten compactly when it grows.
+//! - `senders.json`: the engine's senders (points, level), written every second at most,
+//!   to a temporary file that is fsync'ed and renamed over the old one, so a crash at any
+//!   moment leaves either the old or the new snapshot, never a torn one. Times are stored on the
+//!   wall clock, so points keep decaying across a reboot.
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/slowgate";
+/// Journal lines beyond which the journal is rewritten with only the live entries.
+const COMPACT_AFTER: usize = 10_000;
+
+/// One CLI change to a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListOp {
+    /// `allow`, `deny` or `limit`.
+    pub list: String,
+    /// The network as written (CIDR).
+    pub network: String,
+    /// false: removed.
+    pub present: bool,
+    /// Wall-clock expiry (Unix seconds); None = never.
+    pub expires_unix: Option<u64>,
+    /// For limits: `30/min burst 10` or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// One sender of the engine, as saved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedSender {
+    /// `source`, `prefix`, `network`, `user` or `country`.
+    pub kind: String,
+    pub id: String,
+    pub points: f32,
+    /// Unix seconds when `points` were brought up to date.
+    pub at_unix: u64,
+    pub level: u8,
+    pub level_since_unix: u64,
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) the state directory.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create the state directory {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.join("lists.journal")
+    }
+
+    /// Appends one change and makes it durable before returning.
+    pub fn record(&self, op: &ListOp) -> anyhow::Result<()> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.journal())
+            .with_context(|| format!("open {}", self.journal().display()))?;
+        let line = serde_json::to_string(op)? + "\n";
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("write {}", self.journal().display()))?;
+        sync_dir(&self.dir);
+        Ok(())
+    }
+
+    /// The live entries: the last change of each (list, network) that left it present and not
+    /// expired. A line a crash cut short is skipped.
+    pub fn list_entries(&self) -> anyhow::Result<Vec<ListOp>> {
+        let file = match File::open(self.journal()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).context("open the lists journal"),
+        };
+        let mut latest: BTreeMap<(String, String), ListOp> = BTreeMap::new();
+        let mut lines = 0;
+        for line in BufReader::new(file).lines() {
+            let line = line.context("read the lists journal")?;
+            lines += 1;
+            if let Ok(op) = serde_json::from_str::<ListOp>(&line) {
+                latest.insert((op.list.clone(), op.network.clone()), op);
+            }
+        }
+        let now = unix_now();
+        let live: Vec<ListOp> = latest
+            .into_values()
+            .filter(|op| op.present && op.expires_unix.is_none_or(|at| at > now))
+            .collect();
+        if lines > COMPACT_AFTER {
+            self.rewrite_journal(&live)?;
+        }
+        Ok(live)
+    }
+
+    fn rewrite_journal(&self, live: &[ListOp]) -> anyhow::Result<()> {
+        let text: String = live
+            .iter()
+            .filter_map(|op| serde_json::to_string(op).ok())
+            .map(|l| l + "\n")
+            .collect();
+        replace_file(&self.journal(), text.as_bytes())
+    }
+
+    fn senders(&self) -> PathBuf {
+        self.dir.join("senders.json")
+    }
+
+    /// Replaces the senders snapshot, crash-safely.
+    pub fn save_senders(&self, senders: &[SavedSender]) -> anyhow::Result<()> {
+        let text = serde_json::to_vec(senders)?;
+        replace_file(&self.senders(), &text)
+    }
+
+    pub fn load_senders(&self) -> anyhow::Result<Vec<SavedSender>> {
+        match std::fs::read(self.senders()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a senders snapshot", self.senders().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).context("read the senders snapshot"),
+        }
+    }
+}
+
+/// Writes `path` through a temporary file, fsync'ed and renamed over it.
+fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// Makes a rename or a file creation in `dir` durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(network: &str, present: bool, expires_unix: Option<u64>) -> ListOp {
+        ListOp {
+            list: "deny".into(),
+            network: network.into(),
+            present,
+            expires_unix,
+            limit: None,
+            comment: Some("test".into()),
+        }
+    }
+
+    #[test]
+    fn the_journal_replays_the_last_word_on_each_entry_and_skips_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        let store = Store::open(&dir).unwrap();
+        store.record(&op("203.0.113.0/24", true, None)).unwrap();
+        store.record(&op("198.51.100.7/32", true, None)).unwrap();
+        store.record(&op("198.51.100.7/32", false, None)).unwrap();
+        store.record(&op("2001:db8::/64", true, Some(1))).unwrap();
+        // A crash in the middle of an append.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.journal())
+            .unwrap();
+        f.write_all(b"{\"list\":\"deny\",\"netw").unwrap();
+        let live = store.list_entries().unwrap();
+        assert_eq!(live, [op("203.0.113.0/24", true, None)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_snapshot_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("sg-store-s-{}", std::process::id()));
+        let store = Store::open(&dir).unwrap();
+        assert!(store.load_senders().unwrap().is_empty());
+        let s = SavedSender {
+            kind: "source".into(),
+            id: "203.0.113.9".into(),
+            points: 12.5,
+            at_unix: 1,
+            level: 1,
+            level_since_unix: 1,
+            country: None,
+        };
+        store.save_senders(std::slice::from_ref(&s)).unwrap();
+        store.save_senders(&[s.clone(), s.clone()]).unwrap();
+        assert_eq!(store.load_senders().unwrap().len(), 2);
+        assert!(!store.senders().with_extension("tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
