@@ -158,7 +158,7 @@ pub fn run(
 ) {
     let mut config = config.clone();
     let config = &mut config;
-    let mut history: std::collections::VecDeque<(u64, Change)> = Default::default();
+    let mut recent: std::collections::VecDeque<(u64, Change)> = Default::default();
     let geo = match &config.geoip {
         Some(path) => match Geo::open(path) {
             Ok(g) => Some(g),
@@ -199,6 +199,22 @@ pub fn run(
             Err(e) => eprintln!("slowgate: {e:#}; starting without saved points"),
         }
     }
+    // What `slowgate report` reads: level changes, and every minute the drops, the events and
+    // the limited senders.
+    let mut history = match crate::history::History::open(&config.state_dir) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("slowgate: {e:#}; no history for reports");
+            None
+        }
+    };
+    let dropped_now = |maps: &Maps| {
+        maps.counters()
+            .map_or(0, |c| c[sg_common::counter::DROPPED as usize])
+    };
+    let mut minute_start = crate::store::unix_now() / 60 * 60;
+    let mut last_dropped = dropped_now(&maps);
+    let mut last_events = [0u64; crate::engine::KIND_NAMES.len()];
     let mut dirty = false;
     // The first batch is saved at once; then at most every SAVE_EVERY.
     let mut last_save = Instant::now()
@@ -213,7 +229,7 @@ pub fn run(
                 Request::Top { n } => {
                     serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
                 }
-                Request::Show { who } => Ok(show(&engine, &maps, &history, &who, now)),
+                Request::Show { who } => Ok(show(&engine, &maps, &recent, &who, now)),
                 Request::Release { who } => {
                     let released = engine.release(&who, now);
                     let was = released.as_ref().map_or(0, |c| c.from);
@@ -266,6 +282,28 @@ pub fn run(
             }
             enforcer.refresh(&mut maps);
         }
+        let unix = crate::store::unix_now();
+        if let Some(h) = &mut history
+            && unix >= minute_start + 60
+        {
+            let dropped = dropped_now(&maps);
+            let mut events = [0u64; crate::engine::KIND_NAMES.len()];
+            for (i, n) in stats.events_by_kind.iter().enumerate() {
+                events[i] = n - last_events[i];
+            }
+            let minute = crate::history::Minute {
+                start: minute_start,
+                drops: dropped.saturating_sub(last_dropped),
+                events,
+            };
+            let limited = engine.limited(kernel::boot_time_ns()).len() as u64;
+            if let Err(e) = h.write(&[minute.record(limited)]) {
+                eprintln!("slowgate: writing history failed: {e:#}");
+            }
+            last_dropped = dropped;
+            last_events = stats.events_by_kind;
+            minute_start = unix / 60 * 60;
+        }
         if let Some(store) = &store
             && (dirty || !changes.is_empty())
             && last_save.elapsed() >= SAVE_EVERY
@@ -282,10 +320,19 @@ pub fn run(
                 .map_or(0, |d| d.as_secs());
             for change in &changes {
                 eprintln!("slowgate: {change}");
-                if history.len() == HISTORY {
-                    history.pop_front();
+                if recent.len() == HISTORY {
+                    recent.pop_front();
                 }
-                history.push_back((unix, change.clone()));
+                recent.push_back((unix, change.clone()));
+            }
+            if let Some(h) = &mut history {
+                let records: Vec<_> = changes
+                    .iter()
+                    .map(|c| crate::history::Record::change(unix, c))
+                    .collect();
+                if let Err(e) = h.write(&records) {
+                    eprintln!("slowgate: writing history failed: {e:#}");
+                }
             }
             stats.write_errors += enforcer.apply(&mut maps, &changes);
             if let Some(arrived) = arrived {

@@ -79,6 +79,23 @@ pub enum Command {
         /// Log files, each in time order; their events are merged by time.
         #[arg(required = true)]
         logs: Vec<PathBuf>,
+        /// Also write what happened, on the logs' clock, to this state directory's history,
+        /// for `slowgate report --state-dir DIR`.
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
+    /// The traffic report: top limited senders and networks, drops per hour, events per
+    /// kind, countries; --html writes a page with SVG charts.
+    Report {
+        /// How far back (90m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Also write the report as one self-contained HTML file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Rows in the senders table.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
     },
     /// Senders by points: level, points, country, recent events (from the running daemon).
     Top {
@@ -177,13 +194,16 @@ impl Cli {
     }
 
     /// The state directory: --state-dir, else the config's, else the default.
-    pub fn store(&self) -> anyhow::Result<crate::store::Store> {
-        let dir = match (&self.state_dir, &self.config) {
+    pub fn state_dir_path(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.state_dir, &self.config) {
             (Some(dir), _) => dir.clone(),
             (None, Some(path)) => Config::load(path)?.state_dir,
             (None, None) => crate::store::DEFAULT_STATE_DIR.into(),
-        };
-        crate::store::Store::open(&dir)
+        })
+    }
+
+    pub fn store(&self) -> anyhow::Result<crate::store::Store> {
+        crate::store::Store::open(&self.state_dir_path()?)
     }
 
     /// The control socket: --control, else the config's, else the default.
@@ -341,10 +361,36 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
             println!("man pages written to {}", dir.display());
             Ok(())
         }
-        Command::Replay { format, logs } => {
+        Command::Replay {
+            format,
+            logs,
+            history,
+        } => {
             let config = Config::load(&cli.config_path())?;
             let report = crate::replay::run(&config, *format, logs)?;
             crate::replay::print(&report, &mut std::io::stdout().lock())?;
+            if let Some(dir) = history {
+                crate::history::History::open(dir)?.write(&report.history)?;
+            }
+            Ok(())
+        }
+        Command::Report { since, html, top } => {
+            let since = parse_duration(since).context("--since")?;
+            let from = crate::store::unix_now().saturating_sub(since.as_secs());
+            let records = crate::history::read(&cli.state_dir_path()?, from)?;
+            if records.is_empty() {
+                anyhow::bail!(
+                    "no history since {} (the daemon writes it under its state_dir)",
+                    crate::replay::format_time(from * 1_000_000_000)
+                );
+            }
+            let report = crate::report::build(&records);
+            print!("{}", crate::report::text(&report, *top));
+            if let Some(path) = html {
+                std::fs::write(path, crate::report::html(&report, *top))
+                    .with_context(|| format!("write {}", path.display()))?;
+                println!("\nHTML report written to {}", path.display());
+            }
             Ok(())
         }
     }

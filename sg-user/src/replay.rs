@@ -45,6 +45,8 @@ pub struct Report {
     pub events: u64,
     pub changes: Vec<(u64, Change)>,
     pub senders: Vec<(Sender, Row)>,
+    /// What `slowgate report` reads, on the log's clock.
+    pub history: Vec<crate::history::Record>,
 }
 
 /// A source's bucket under the limit its level gives (GCRA, as the kernel keeps it).
@@ -131,7 +133,21 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
         }
     };
 
+    let mut minute = crate::history::Minute {
+        start: clock / 1_000_000_000 / 60 * 60,
+        ..Default::default()
+    };
+    let mut minutes = Vec::new();
     for (t, _, event) in &events {
+        let secs = t / 1_000_000_000;
+        if secs >= minute.start + 60 {
+            minutes.push(minute.record(engine.limited(*t).len() as u64));
+            minute = crate::history::Minute {
+                start: secs / 60 * 60,
+                ..Default::default()
+            };
+        }
+        minute.events[crate::engine::kind_index(&event.kind)] += 1;
         while clock + STEP_NS <= *t {
             clock += STEP_NS;
             note(engine.tick(clock), clock, &mut rows);
@@ -149,10 +165,12 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
             row.connections += 1;
             if !buckets.entry(source).or_default().admit(*t, limit) {
                 row.refused += 1;
+                minute.drops += 1;
             }
         }
         note(engine.record(event, *t), *t, &mut rows);
     }
+    minutes.push(minute.record(engine.limited(clock).len() as u64));
     // Let the clock run on until everyone is back to normal.
     let end = clock + DRAIN_NS;
     while clock < end && !engine.limited(clock).is_empty() {
@@ -173,6 +191,13 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
             .then(a.0.cmp(&b.0))
     });
     report.senders = senders;
+    report.history = report
+        .changes
+        .iter()
+        .map(|(at, c)| crate::history::Record::change(at / 1_000_000_000, c))
+        .chain(minutes)
+        .collect();
+    report.history.sort_by_key(crate::history::Record::time);
     Ok(report)
 }
 

@@ -59,8 +59,10 @@ fn replay_shows_who_would_have_been_limited_when_and_at_what_cost() {
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/slowgate.toml");
 
+    let history = dir.join("state");
     let out = Command::new(env!("CARGO_BIN_EXE_slowgate"))
-        .args(["--config", config, "replay"])
+        .args(["--config", config, "replay", "--history"])
+        .arg(&history)
         .arg(&path)
         .output()
         .expect("run slowgate replay");
@@ -97,5 +99,42 @@ fn replay_shows_who_would_have_been_limited_when_and_at_what_cost() {
     assert!(stdout.contains("\n203.0.113.0/24 "), "{stdout}");
     assert!(!stdout.contains("198.51.100.7"), "{stdout}");
     assert!(stdout.contains("senders would have been limited"));
+
+    // The report of that replay: the attacker on top, its refused connections as the drops of
+    // hour 07:00, the events by kind, and the same in HTML with SVG charts.
+    let html = dir.join("report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_slowgate"))
+        .args(["report", "--since", "36500d", "--state-dir"])
+        .arg(&history)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .expect("run slowgate report");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The attacker and its /24, both at level 3, head the table.
+    let top: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Top limited"))
+        .skip(2)
+        .take(2)
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(top, ["203.0.113.0/24", "203.0.113.66"], "{text}");
+    assert!(
+        text.contains(&format!("2026-11-22 07:00:00  {refused:>8}")),
+        "drops of 07:00 should be the {refused} refused connections: {text}"
+    );
+    assert!(text.contains("unknown_recipient          30"), "{text}");
+    assert!(text.contains("connection                 42"), "{text}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    for needle in ["<svg", "<rect", "203.0.113.66", "Senders limited at once"] {
+        assert!(page.contains(needle), "no {needle} in the HTML");
+    }
+    assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }

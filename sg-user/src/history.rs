@@ -1,0 +1,150 @@
+//! What happened over time, for `slowgate report`: one JSON line per level change and one per
+//! minute (drops, events per kind, limited senders), in `history.jsonl` under the state
+//! directory. The daemon writes it on the wall clock; `slowgate replay --state-dir DIR` writes
+//! the same records on the log's clock. Bounded: past `MAX_BYTES` the file is moved to
+//! `history.jsonl.1` (replacing the older one) and a new one starts.
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Change, KIND_NAMES, Sender};
+
+const MAX_BYTES: u64 = 64 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Change {
+        t: u64,
+        sender: String,
+        /// `source`, `prefix`, `network`, `user`.
+        sender_kind: String,
+        from: usize,
+        to: usize,
+        points: f64,
+        #[serde(default)]
+        country: Option<String>,
+    },
+    Minute {
+        t: u64,
+        drops: u64,
+        events: BTreeMap<String, u64>,
+        limited: u64,
+    },
+}
+
+impl Record {
+    pub fn time(&self) -> u64 {
+        match self {
+            Record::Change { t, .. } | Record::Minute { t, .. } => *t,
+        }
+    }
+
+    pub fn change(t: u64, c: &Change) -> Record {
+        let kind = match c.sender {
+            Sender::Source(_) => "source",
+            Sender::Prefix(_) => "prefix",
+            Sender::Network(_) => "network",
+            Sender::User(_) => "user",
+            Sender::Country(_) => "country",
+        };
+        Record::Change {
+            t,
+            sender: c.sender.to_string(),
+            sender_kind: kind.into(),
+            from: c.from,
+            to: c.to,
+            points: c.points,
+            country: c.country.map(crate::engine::country_name),
+        }
+    }
+}
+
+/// Per-minute counts being gathered.
+#[derive(Default)]
+pub struct Minute {
+    pub start: u64,
+    pub drops: u64,
+    pub events: [u64; KIND_NAMES.len()],
+}
+
+impl Minute {
+    pub fn record(&self, limited: u64) -> Record {
+        Record::Minute {
+            t: self.start,
+            drops: self.drops,
+            events: KIND_NAMES
+                .iter()
+                .zip(self.events)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+            limited,
+        }
+    }
+}
+
+pub struct History {
+    path: PathBuf,
+    file: File,
+}
+
+impl History {
+    pub fn open(state_dir: &Path) -> anyhow::Result<History> {
+        std::fs::create_dir_all(state_dir)?;
+        let path = state_dir.join("history.jsonl");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        Ok(History { path, file })
+    }
+
+    pub fn write(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for r in records {
+            text += &serde_json::to_string(r)?;
+            text.push('\n');
+        }
+        self.file.write_all(text.as_bytes())?;
+        if self.file.metadata().map_or(0, |m| m.len()) > MAX_BYTES {
+            std::fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every record at or after `since` (Unix seconds), oldest first, from both files.
+pub fn read(state_dir: &Path, since: u64) -> anyhow::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for name in ["history.jsonl.1", "history.jsonl"] {
+        let path = state_dir.join(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
+        };
+        for line in BufReader::new(file).lines() {
+            // A line a crash cut short is skipped.
+            if let Ok(r) = serde_json::from_str::<Record>(&line?)
+                && r.time() >= since
+            {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by_key(Record::time);
+    Ok(out)
+}
