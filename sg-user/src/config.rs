@@ -478,7 +478,18 @@ impl Config {
                 .unwrap_or_default();
             anyhow::anyhow!("{}{at}: {}{quoted}", path.display(), e.message())
         })?;
-        validate(raw, path).with_context(|| format!("{}", path.display()))
+        validate(raw, path).map_err(|e| {
+            // Name the line of the key the error is about, as for syntax errors.
+            let message = format!("{e:#}");
+            let line = message
+                .split_once("key `")
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .and_then(|(key, _)| line_of(text, key));
+            match line {
+                Some(line) => anyhow::anyhow!("{}:{line}: {message}", path.display()),
+                None => anyhow::anyhow!("{}: {message}", path.display()),
+            }
+        })
     }
 
     /// The kernel's view of the ceilings and prefixes.
@@ -749,6 +760,68 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     })
 }
 
+/// The line (1-based) where a dotted key is set: `prefix.ipv4`, `levels[1].points`,
+/// `countries.multipliers.DE`, `sources[0].format`. Best effort: None when not found.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    // "levels[1].points" -> table "levels", the 2nd of them, field "points";
+    // "prefix.ipv4" -> table "prefix", field "ipv4"; "attach_mode" -> top level.
+    let (table, index, field) = match key.split_once('[') {
+        Some((table, rest)) => {
+            let (n, after) = rest.split_once(']')?;
+            (
+                table,
+                n.parse::<usize>().ok(),
+                after.trim_start_matches('.'),
+            )
+        }
+        None => match key.rsplit_once('.') {
+            Some((table, field)) => (table, None, field),
+            None => ("", None, key),
+        },
+    };
+    let header = |line: &str| -> Option<String> {
+        let l = line.trim();
+        l.strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+            .map(|h| h.trim().to_string())
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        if let Some(h) = header(line) {
+            if h == table {
+                seen += 1;
+                if field.is_empty() && index.is_none_or(|n| seen == n + 1) {
+                    return Some(i + 1);
+                }
+            }
+            current = h;
+            continue;
+        }
+        let in_table = current == table && index.is_none_or(|n| seen == n + 1);
+        let sets = |name: &str| {
+            line.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        };
+        if in_table && !field.is_empty() && sets(field) {
+            return Some(i + 1);
+        }
+        // Set inline in the parent table: `[countries]` + `multipliers = { DE = 2.0 }`.
+        if let Some((parent, leaf)) = table.rsplit_once('.')
+            && current == parent
+            && sets(leaf)
+        {
+            return Some(i + 1);
+        }
+    }
+    // A key that is missing: the line of its table.
+    text.lines()
+        .position(|l| header(l).as_deref() == Some(table) && !table.is_empty())
+        .map(|i| i + 1)
+}
+
 fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
     let mut table = Vec::new();
     for (i, row) in rows.iter().enumerate() {
@@ -887,7 +960,20 @@ mod tests {
             let text = format!("interfaces = [\"eth0\"]\n{body}\n");
             let msg = format!("{:#}", parse(&text).unwrap_err());
             assert!(msg.contains(key), "{key}: {msg}");
-            assert!(msg.contains("test.toml"), "{msg}");
+            assert!(msg.contains("test.toml:"), "{msg}");
+            // The line named is the one that sets the key (or its table).
+            let line: usize = msg
+                .split_once("test.toml:")
+                .and_then(|(_, r)| r.split(':').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no line number in: {msg}"));
+            let named = text.lines().nth(line - 1).unwrap_or("");
+            let last = key.rsplit('.').next().unwrap_or(key);
+            let last = last.split('[').next().unwrap_or(last);
+            assert!(
+                named.contains(last) || named.starts_with('['),
+                "{key}: line {line} is `{named}`: {msg}"
+            );
         }
     }
 
