@@ -9,8 +9,8 @@ use sg_common::{V4_MAPPED_BITS, counter, reason, service};
 
 use crate::{
     config::{self, Config, Limit, check_burst},
-    kernel::{self, Entry, ListKind, Maps},
-    units::{Network, Rate, format_duration, parse_duration},
+    kernel::{self, ListKind, Maps},
+    units::{Network, Rate, parse_duration},
 };
 
 #[derive(Debug, Parser)]
@@ -204,6 +204,13 @@ impl Cli {
 
     pub fn store(&self) -> anyhow::Result<crate::store::Store> {
         crate::store::Store::open(&self.state_dir_path()?)
+    }
+
+    /// The control socket of a running daemon, if one answers there.
+    pub fn live_control(&self) -> Option<PathBuf> {
+        let path = self.control_socket();
+        std::os::unix::net::UnixStream::connect(&path).ok()?;
+        Some(path)
     }
 
     /// The control socket: --control, else the config's, else the default.
@@ -421,73 +428,72 @@ fn network(text: &str) -> anyhow::Result<Network> {
     Ok(text.parse::<Network>()?)
 }
 
-/// Records a CLI change in the store (durably) before the kernel sees it: once a command
-/// says it succeeded, the entry survives restarts and reboots.
-fn journal(
-    cli: &Cli,
-    list: &str,
-    net: Network,
-    present: bool,
-    ttl: Option<Duration>,
-    limit: Option<&Limit>,
-    comment: &Option<String>,
-) -> anyhow::Result<()> {
-    cli.store()?.record(&crate::store::ListOp {
-        list: list.into(),
-        network: net.to_string(),
-        present,
-        expires_unix: ttl.map(|t| crate::store::unix_now() + t.as_secs().max(1)),
-        limit: limit.map(describe),
-        comment: comment.clone(),
-    })
-}
-
-/// The comments the store keeps for entries of `list`.
-fn comments(cli: &Cli, list: &str) -> std::collections::HashMap<String, String> {
-    cli.store()
-        .and_then(|s| s.list_entries())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|op| op.list == list)
-        .filter_map(|op| Some((op.network, op.comment?)))
-        .collect()
-}
-
-fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyhow::Result<()> {
-    match cmd {
-        ListCommand::Add {
-            network: n,
-            ttl: t,
-            comment,
-        } => {
-            let (net, ttl) = (network(n)?, ttl(t)?);
-            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
-            journal(cli, kind.name(), net, true, ttl, None, comment)?;
-            maps.list_add(kind, net, ttl)?;
-            println!("{} {net}{}", kind.name(), ttl_note(ttl));
+/// Sends a list change to the running daemon (its control socket), or, when none runs,
+/// makes it here on the pinned maps. Either way it is journaled before it is reported done.
+fn change_lists(cli: &Cli, change: crate::lists::Change) -> anyhow::Result<()> {
+    match cli.live_control() {
+        Some(socket) => {
+            let result = crate::control::call(
+                &socket,
+                json!({"command": "lists", "change": crate::lists::to_json(&change)}),
+            )?;
+            println!("{}", result["said"].as_str().unwrap_or("done"));
         }
-        ListCommand::Del { network: n } => {
-            let net = network(n)?;
+        None => {
             let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
-            journal(cli, kind.name(), net, false, None, None, &None)?;
-            if !maps.list_del(kind, net)? {
-                anyhow::bail!("{net} is not on the {} list", kind.name());
-            }
-            println!("removed {net} from the {} list", kind.name());
-        }
-        ListCommand::List { json } => {
-            let entries = Maps::open_pinned(&cli.pin_dir()?)?.list_entries(kind)?;
-            let notes = comments(cli, kind.name());
-            print_entries(&entries, *json, &notes, |_| String::new());
+            println!(
+                "{}",
+                crate::lists::apply(&mut maps, &cli.store()?, &change)?
+            );
         }
     }
     Ok(())
 }
 
+fn list_rows(cli: &Cli, list: &str, json_out: bool) -> anyhow::Result<()> {
+    let rows = match cli.live_control() {
+        Some(socket) => crate::control::call(&socket, json!({"command": "rows", "list": list}))?,
+        None => crate::lists::rows(&Maps::open_pinned(&cli.pin_dir()?)?, &cli.store()?, list)?,
+    };
+    if json_out {
+        println!("{rows}");
+    } else {
+        crate::lists::print(&rows);
+    }
+    Ok(())
+}
+
+fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyhow::Result<()> {
+    use crate::lists::Change;
+    match cmd {
+        ListCommand::Add {
+            network: n,
+            ttl: t,
+            comment,
+        } => change_lists(
+            cli,
+            Change::Add {
+                kind,
+                network: network(n)?,
+                ttl: ttl(t)?,
+                comment: comment.clone(),
+            },
+        ),
+        ListCommand::Del { network: n } => change_lists(
+            cli,
+            Change::Del {
+                kind,
+                network: network(n)?,
+            },
+        ),
+        ListCommand::List { json } => list_rows(cli, kind.name(), *json),
+    }
+}
+
 fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
+    use crate::lists::Change;
     match cmd {
         LimitCommand::Set(set) => {
-            let net = network(&set.network)?;
             let limit = match (&set.rate, set.burst) {
                 (Some(rate), Some(burst)) => {
                     check_burst("--burst", burst)?;
@@ -498,35 +504,29 @@ fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
                 }
                 _ => Limit::Block,
             };
-            let ttl = ttl(&set.ttl)?;
-            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
-            // Refuse what the kernel would refuse before promising anything.
-            maps.policy_key(net)?;
-            journal(cli, "limit", net, true, ttl, Some(&limit), &set.comment)?;
-            maps.limit_set(net, limit, ttl)?;
-            println!("limit {net}: {}{}", describe(&limit), ttl_note(ttl));
+            change_lists(
+                cli,
+                Change::LimitSet {
+                    network: network(&set.network)?,
+                    limit,
+                    ttl: ttl(&set.ttl)?,
+                    comment: set.comment.clone(),
+                },
+            )
         }
-        LimitCommand::Del { network: n } => {
-            let net = network(n)?;
-            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
-            journal(cli, "limit", net, false, None, None, &None)?;
-            if !maps.limit_del(net)? {
-                anyhow::bail!("{net} has no limit");
-            }
-            println!("removed the limit of {net}");
-        }
-        LimitCommand::List { json } => {
-            let entries = Maps::open_pinned(&cli.pin_dir()?)?.limit_entries()?;
-            let notes = comments(cli, "limit");
-            print_entries(&entries, *json, &notes, describe);
-        }
+        LimitCommand::Del { network: n } => change_lists(
+            cli,
+            Change::LimitDel {
+                network: network(n)?,
+            },
+        ),
+        LimitCommand::List { json } => list_rows(cli, "limit", *json),
     }
-    Ok(())
 }
 
 /// A stored limit (`block`, `30/min burst 10`) back to a [`Limit`].
 pub fn parse_limit(text: &str) -> anyhow::Result<Limit> {
-    if text == "block" {
+    if text == "block" || text == "blocked" {
         return Ok(Limit::Block);
     }
     let (rate, burst) = text
@@ -536,54 +536,6 @@ pub fn parse_limit(text: &str) -> anyhow::Result<Limit> {
         rate: rate.parse()?,
         burst: burst.parse()?,
     })
-}
-
-fn describe(limit: &Limit) -> String {
-    match limit {
-        Limit::Block => "block".into(),
-        Limit::Rate { rate, burst } => format!("{rate} burst {burst}"),
-    }
-}
-
-fn ttl_note(ttl: Option<Duration>) -> String {
-    ttl.map(|t| format!(" for {}", format_duration(t)))
-        .unwrap_or_default()
-}
-
-fn print_entries<T>(
-    entries: &[Entry<T>],
-    json: bool,
-    comments: &std::collections::HashMap<String, String>,
-    what: impl Fn(&T) -> String,
-) {
-    let comment = |e: &Entry<T>| comments.get(&e.network.to_string()).cloned();
-    if json {
-        let rows: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                json!({
-                    "network": e.network.to_string(),
-                    "limit": what(&e.value),
-                    "expires_in_seconds": e.remaining.map(|d| d.as_secs()),
-                    "comment": comment(e),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return;
-    }
-    for e in entries {
-        let expires = e
-            .remaining
-            .map(|d| format!("expires in {}", format_duration(d)))
-            .unwrap_or_else(|| "permanent".into());
-        let note = comment(e).map(|c| format!("  # {c}")).unwrap_or_default();
-        println!(
-            "{:<45} {:<24} {expires}{note}",
-            e.network.to_string(),
-            what(&e.value)
-        );
-    }
 }
 
 fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {

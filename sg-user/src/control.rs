@@ -27,6 +27,13 @@ use crate::{
 };
 
 pub const VERSION: u64 = 1;
+
+/// Requests the daemon's main task answers.
+pub enum Op {
+    Reload,
+    Lists(crate::lists::Change),
+    Rows(String),
+}
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -63,7 +70,8 @@ pub fn parse_who(text: &str, engine: &EngineConfig) -> anyhow::Result<Sender> {
 /// What the daemon gives the server to work with.
 pub struct Handles {
     pub brain: SyncSender<(Request, tokio::sync::oneshot::Sender<Reply>)>,
-    pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Reply>>,
+    /// What the daemon's main task does itself (it owns the maps).
+    pub ops: tokio::sync::mpsc::Sender<(Op, tokio::sync::oneshot::Sender<Reply>)>,
     pub engine: EngineConfig,
     /// The group allowed besides root.
     pub group: Option<u32>,
@@ -169,17 +177,36 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
         }
         Some("show") => to_brain(handles, Request::Show { who: who()? }, reply)?,
         Some("release") => to_brain(handles, Request::Release { who: who()? }, reply)?,
-        Some("reload") => handles
-            .reload
-            .send(reply)
-            .await
-            .map_err(|_| "the daemon is stopping".to_string())?,
+        Some("reload") => to_main(handles, Op::Reload, reply).await?,
+        Some("lists") => {
+            let change = crate::lists::from_json(&request["change"])?;
+            to_main(handles, Op::Lists(change), reply).await?
+        }
+        Some("rows") => {
+            let list = request["list"].as_str().unwrap_or("").to_string();
+            if !["allow", "deny", "limit"].contains(&list.as_str()) {
+                return Err(format!("unknown list {list:?}"));
+            }
+            to_main(handles, Op::Rows(list), reply).await?
+        }
         other => return Err(format!("unknown command {other:?}")),
     }
     match tokio::time::timeout(Duration::from_secs(10), wait).await {
         Ok(Ok(answer)) => answer,
         _ => Err("no answer from the daemon".into()),
     }
+}
+
+async fn to_main(
+    handles: &Handles,
+    op: Op,
+    reply: tokio::sync::oneshot::Sender<Reply>,
+) -> Result<(), String> {
+    handles
+        .ops
+        .send((op, reply))
+        .await
+        .map_err(|_| "the daemon is stopping".to_string())
 }
 
 fn to_brain(

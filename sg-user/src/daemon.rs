@@ -88,7 +88,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         let brain_maps = Maps::open_pinned(pin_dir)?;
         std::thread::spawn(move || brain::run(&config, brain_maps, rx, brain_rx, stop, stats))
     };
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    let (ops_tx, mut ops_rx) = tokio::sync::mpsc::channel(16);
     let group = config
         .control_group
         .as_deref()
@@ -97,7 +97,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let listener = control::bind(&config.control_socket, group)?;
     let handles = Arc::new(control::Handles {
         brain: brain_tx.clone(),
-        reload: reload_tx,
+        ops: ops_tx,
         engine: config.engine.clone(),
         group,
     });
@@ -146,8 +146,21 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 let _ = reload(&mut current, &mut maps, tick_ns, &brain_tx).await;
             }
-            Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&mut current, &mut maps, tick_ns, &brain_tx).await);
+            Some((op, reply)) = ops_rx.recv() => {
+                let answer = match op {
+                    control::Op::Reload => reload(&mut current, &mut maps, tick_ns, &brain_tx).await,
+                    control::Op::Lists(change) => crate::store::Store::open(&current.state_dir)
+                        .and_then(|store| crate::lists::apply(&mut maps, &store, &change))
+                        .map(|said| {
+                            eprintln!("slowgate: control: {said}");
+                            serde_json::json!({ "said": said })
+                        })
+                        .map_err(|e| format!("{e:#}")),
+                    control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
+                        .and_then(|store| crate::lists::rows(&maps, &store, &list))
+                        .map_err(|e| format!("{e:#}")),
+                };
+                let _ = reply.send(answer);
             }
             _ = poll.tick() => {
                 while let Some(item) = events.next() {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod events;
 pub mod history;
 pub mod kernel;
+pub mod lists;
 pub mod metrics;
 pub mod parsers;
 pub mod replay;

@@ -390,7 +390,7 @@ pub fn tcp_connect(
     Ok(stream)
 }
 
-/// `GET path` over HTTP/1.0 from inside `ns`; the body, or None.
+/// `GET path` over HTTP/1.0 from inside `ns`; the body, or None (the reason on stderr).
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let local: IpAddr = if addr.is_ipv4() {
@@ -398,10 +398,20 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Option<String> {
     } else {
         "::1".parse().ok()?
     };
-    let mut stream = tcp_connect(ns, local, addr, Duration::from_secs(2)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
+    let attempt = || -> std::io::Result<String> {
+        let mut stream = tcp_connect(ns, local, addr, Duration::from_secs(5))?;
+        write!(stream, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = match attempt() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("GET {path} from {addr}: {e}");
+            return None;
+        }
+    };
     let (head, body) = text.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.0 200").then(|| body.to_string())
 }
@@ -450,6 +460,11 @@ pub fn state_dir_of(pin_dir: &Path) -> PathBuf {
 pub fn cli(pin_dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin())
         .env("SLOWGATE_STATE_DIR", state_dir_of(pin_dir))
+        // The pinned maps themselves, never a daemon's socket (not even the system's).
+        .env(
+            "SLOWGATE_CONTROL",
+            state_dir_of(pin_dir).join("no-daemon.sock"),
+        )
         .arg("--pin-dir")
         .arg(pin_dir)
         .args(args)

@@ -368,11 +368,9 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
         "{log_text}"
     );
 
-    // The metrics endpoint tells the same story (its figures are refreshed every second).
-    std::thread::sleep(Duration::from_millis(1500));
-    let metrics = http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics")
-        .unwrap_or_else(|| panic!("GET /metrics failed; daemon: {}", daemon.log_text()));
-    for line in [
+    // The metrics endpoint tells the same story (its figures are refreshed every second, so
+    // ask until they are there, for 10 s at most).
+    let expected = [
         "slowgate_lines_total{format=\"postfix\"} 10",
         "slowgate_events_total{kind=\"unknown_recipient\"} 10",
         "slowgate_lines_not_understood_total 0",
@@ -382,7 +380,20 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
         "slowgate_service_drops_total{service=\"imap\"} 20",
         "slowgate_limited_points_count 2",
         "slowgate_limit_write_errors_total 0",
-    ] {
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let got = http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics");
+        let complete = got
+            .as_deref()
+            .is_some_and(|m| expected.iter().all(|line| m.contains(line)));
+        if complete || std::time::Instant::now() > deadline {
+            break got
+                .unwrap_or_else(|| panic!("GET /metrics failed; daemon: {}", daemon.log_text()));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for line in expected {
         assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
     }
     assert!(http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/other").is_none());
@@ -593,6 +604,32 @@ fn control_socket_top_show_release_reload_and_who_may_use_it() {
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(daemon.log_text().matches("slowgate: reloaded").count(), 2);
+
+    // The lists through the socket: journaled by the daemon, listed with their comment.
+    let (ok, out) = control(
+        &daemon,
+        &[
+            "allow",
+            "add",
+            "198.51.100.77",
+            "--comment",
+            "partner relay",
+        ],
+        false,
+    );
+    assert!(ok && out.contains("allow 198.51.100.77/32"), "{out}");
+    let (ok, out) = control(&daemon, &["allow", "list"], false);
+    assert!(ok && out.contains("# partner relay"), "{out}");
+    let journal = slowgate::store::Store::open(&state_dir_of(&lab.pins.path))
+        .unwrap()
+        .list_entries()
+        .unwrap();
+    assert!(journal.iter().any(|e| e.network == "198.51.100.77/32"));
+    assert!(
+        daemon
+            .log_text()
+            .contains("slowgate: control: allow 198.51.100.77/32")
+    );
 
     // Others are refused: by the socket's mode, and by the daemon when the mode lets them in.
     let (ok, out) = control(&daemon, &["top"], true);
