@@ -122,6 +122,10 @@ pub struct Stats {
     pub enforce_max_s: f64,
     pub enforce_batches: u64,
     pub write_errors: u64,
+    /// Snapshots of points written, failed, and when the last one was written (Unix seconds).
+    pub store_saves: u64,
+    pub store_errors: u64,
+    pub store_last_save_unix: u64,
 }
 
 pub type SharedStats = Arc<Mutex<Stats>>;
@@ -308,7 +312,12 @@ pub fn run(
             && (dirty || !changes.is_empty())
             && last_save.elapsed() >= SAVE_EVERY
         {
-            save(store, &engine);
+            if save(store, &engine) {
+                stats.store_saves += 1;
+                stats.store_last_save_unix = crate::store::unix_now();
+            } else {
+                stats.store_errors += 1;
+            }
             dirty = false;
             last_save = Instant::now();
         }
@@ -353,10 +362,15 @@ const SAVE_MAX: usize = 200_000;
 /// How often the senders are saved while anything changes: a crash loses about this much.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
-fn save(store: &crate::store::Store, engine: &Engine) {
+/// Writes the snapshot; false (and a log line) when it failed.
+fn save(store: &crate::store::Store, engine: &Engine) -> bool {
     let rows = engine.export(kernel::boot_time_ns(), SAVE_MAX);
-    if let Err(e) = store.save_senders(&rows) {
-        eprintln!("slowgate: saving points failed: {e:#}");
+    match store.save_senders(&rows) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("slowgate: saving points failed: {e:#}");
+            false
+        }
     }
 }
 

@@ -180,6 +180,35 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             ("{stat=\"max\"}".into(), stats.enforce_max_s),
         ],
     );
+    let age = if stats.store_last_save_unix == 0 {
+        -1.0
+    } else {
+        crate::store::unix_now().saturating_sub(stats.store_last_save_unix) as f64
+    };
+    metric(
+        "slowgate_store_saves_total",
+        "counter",
+        "Snapshots of points written to the state directory, by result.",
+        &[
+            ("{result=\"ok\"}".into(), stats.store_saves as f64),
+            ("{result=\"error\"}".into(), stats.store_errors as f64),
+        ],
+    );
+    metric(
+        "slowgate_store_last_save_age_seconds",
+        "gauge",
+        "Seconds since the last snapshot (-1: none yet).",
+        &[(String::new(), age)],
+    );
+    metric(
+        "slowgate_source_errors_total",
+        "counter",
+        "Read errors of log and journald sources (each retried).",
+        &[(
+            String::new(),
+            crate::sources::SOURCE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
     metric(
         "slowgate_limit_write_errors_total",
         "counter",

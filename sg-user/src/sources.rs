@@ -41,6 +41,10 @@ pub enum Text {
     },
 }
 
+/// Read errors of every source (files that cannot be read, journalctl that cannot run), for
+/// metrics.
+pub static SOURCE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Longest a file reader sleeps when inotify is unavailable or silent.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
@@ -117,10 +121,13 @@ fn follow_file(
         match result {
             Ok(()) => reported = false,
             Err(e) if !reported => {
+                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
                 eprintln!("slowgate: reading {}: {e} (retrying)", path.display());
                 reported = true;
             }
-            Err(_) => {}
+            Err(_) => {
+                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
         }
         match &mut wake {
             Some(inotify) => inotify.wait(IDLE_POLL),
@@ -214,6 +221,7 @@ fn follow_journal(
         let mut child = match child {
             Ok(c) => c,
             Err(e) => {
+                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
                     "slowgate: cannot run {} for journald sources: {e} (retrying in 5s)",
                     program.display()

@@ -380,6 +380,8 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
         "slowgate_service_drops_total{service=\"imap\"} 20",
         "slowgate_limited_points_count 2",
         "slowgate_limit_write_errors_total 0",
+        "slowgate_store_saves_total{result=\"error\"} 0",
+        "slowgate_source_errors_total 0",
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let metrics = loop {
