@@ -110,6 +110,7 @@ pub struct Stats {
     /// Events per kind (`engine::KIND_NAMES`) and per format.
     pub events_by_kind: [u64; crate::engine::KIND_NAMES.len()],
     pub lines_by_format: BTreeMap<&'static str, u64>,
+    pub events_by_format: BTreeMap<&'static str, u64>,
     pub changes: u64,
     /// Tracked senders per level (index = level), and in all.
     pub senders_by_level: Vec<u64>,
@@ -397,6 +398,10 @@ fn handle(
         return Vec::new();
     };
     stats.events += events.len() as u64;
+    *stats
+        .events_by_format
+        .entry(format_name(line.format))
+        .or_default() += events.len() as u64;
     for e in &events {
         stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
     }

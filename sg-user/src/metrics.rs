@@ -124,6 +124,16 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             .collect::<Vec<_>>(),
     );
     metric(
+        "slowgate_events_by_format_total",
+        "counter",
+        "Events read from the logs, by the format their source is configured with.",
+        &stats
+            .events_by_format
+            .iter()
+            .map(|(f, n)| (format!("{{format=\"{f}\"}}"), *n as f64))
+            .collect::<Vec<_>>(),
+    );
+    metric(
         "slowgate_level_changes_total",
         "counter",
         "Level changes of senders.",

@@ -373,6 +373,7 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
     let expected = [
         "slowgate_lines_total{format=\"postfix\"} 10",
         "slowgate_events_total{kind=\"unknown_recipient\"} 10",
+        "slowgate_events_by_format_total{format=\"postfix\"} 10",
         "slowgate_lines_not_understood_total 0",
         "slowgate_level_changes_total 2",
         "slowgate_senders{level=\"1\"} 2",
