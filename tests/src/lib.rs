@@ -450,6 +450,26 @@ pub fn bin() -> PathBuf {
     path
 }
 
+/// A directory under the system's temporary directory, removed on drop (also when a test
+/// fails).
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// The state directory that goes with a pin directory in tests (never the system's).
 pub fn state_dir_of(pin_dir: &Path) -> PathBuf {
     let name = pin_dir.file_name().unwrap_or_default().to_string_lossy();

@@ -316,8 +316,8 @@ fn harvest_line(client: &str, n: usize) -> String {
 #[test]
 fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
     let lab = Lab::new();
-    let dir = std::env::temp_dir().join(unique("maillog"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("maillog");
+    let dir = tmp.path.clone();
     let log = dir.join("mail.log");
     std::fs::write(&log, "").unwrap();
     let config = learning_config(&format!(
@@ -401,7 +401,6 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
     }
     assert!(http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/other").is_none());
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -410,8 +409,8 @@ fn journald_entries_are_a_source_too() {
     // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
     // SLOWGATE_JOURNALCTL; no journald is needed.
     let lab = Lab::new();
-    let dir = std::env::temp_dir().join(unique("journal"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("journal");
+    let dir = tmp.path.clone();
     let fake = dir.join("journalctl");
     let mut script = String::from("#!/bin/sh\n");
     for n in 0..4 {
@@ -441,14 +440,13 @@ fn journald_entries_are_a_source_too() {
     assert_eq!(lab.attempts(CLIENT_A6, SERVER_A6, 25), 0);
     assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
     // The unit as installed, pointed at the binary under test.
-    let dir = std::env::temp_dir().join(unique("unit"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("unit");
+    let dir = tmp.path.clone();
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/slowgate.service"
@@ -495,7 +493,6 @@ fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
     assert_eq!(got[0], "READY=1");
     assert!(got[1..].iter().all(|m| m == "WATCHDOG=1"), "{got:?}");
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The CLI against the daemon's control socket, as `nobody` when `as_nobody`.
@@ -527,8 +524,8 @@ fn control(daemon: &Daemon, args: &[&str], as_nobody: bool) -> (bool, String) {
 #[test]
 fn control_socket_top_show_release_reload_and_who_may_use_it() {
     let lab = Lab::new();
-    let dir = std::env::temp_dir().join(unique("ctl"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("ctl");
+    let dir = tmp.path.clone();
     let log = dir.join("mail.log");
     std::fs::write(&log, "").unwrap();
     let source = format!(
@@ -648,7 +645,6 @@ fn control_socket_top_show_release_reload_and_who_may_use_it() {
         "{out}"
     );
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A network as slowgate writes it.
@@ -659,8 +655,8 @@ fn canonical(net: &str) -> String {
 #[test]
 fn state_survives_twenty_kill_9s_and_a_reboot_with_no_lost_cli_entry() {
     let lab = Lab::new();
-    let dir = std::env::temp_dir().join(unique("kill9"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = TempDir::new("kill9");
+    let dir = tmp.path.clone();
     let log = dir.join("mail.log");
     std::fs::write(&log, "").unwrap();
     let config = learning_config(&format!(
@@ -743,5 +739,4 @@ fn state_survives_twenty_kill_9s_and_a_reboot_with_no_lost_cli_entry() {
     );
     assert!(daemon.log_text().contains("slowgate: restored"));
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }
