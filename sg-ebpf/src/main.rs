@@ -230,12 +230,10 @@ mod program {
             let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
             let slot = SOURCES.get_ptr_mut(index)?;
             let tag = fingerprint | u64::from(generation);
-            // SAFETY: slot points to a map value, valid for this program run.
-            let seen_tat = match unsafe { Self::cached(slot, tag, now) } {
+            let seen_tat = match Self::lookup(slot, tag, now) {
                 Ok(current) => return Some(current),
                 Err(seen_tat) => seen_tat,
             };
-            count(counter::VERDICT_WORKED_OUT);
             let boot = unsafe { bpf_ktime_get_boot_ns() };
             let host = Key::new(128, *src);
             let (verdict, expires_ns, policy) =
@@ -279,12 +277,10 @@ mod program {
             let (index, fingerprint) = slot_hash(&key.addr, &config.seed, config.prefix_slots_mask);
             let slot = PREFIXES.get_ptr_mut(index)?;
             let tag = fingerprint | u64::from(generation);
-            // SAFETY: slot points to a map value, valid for this program run.
-            let seen_tat = match unsafe { Self::cached(slot, tag, now) } {
+            let seen_tat = match Self::lookup(slot, tag, now) {
                 Ok(current) => return Some(current),
                 Err(seen_tat) => seen_tat,
             };
-            count(counter::VERDICT_WORKED_OUT);
             let boot = unsafe { bpf_ktime_get_boot_ns() };
             let (policy, network) = match live_policy(&key, boot) {
                 Some(p) => (Some(p), false),
@@ -312,6 +308,18 @@ mod program {
                 )
             };
             Some(fresh)
+        }
+
+        /// The slot's current verdict, or (counting that it must be worked out again) the
+        /// bucket state seen with the stale tag.
+        #[inline(always)]
+        fn lookup(slot: *mut Slot, tag: u64, now: u64) -> Result<Self, u64> {
+            // SAFETY: slot points to a map value, valid for this program run.
+            let found = unsafe { Self::cached(slot, tag, now) };
+            if found.is_err() {
+                count(counter::VERDICT_WORKED_OUT);
+            }
+            found
         }
 
         /// The slot's verdict when it is this address's, of this generation, not past its

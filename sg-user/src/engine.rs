@@ -347,13 +347,7 @@ impl Engine {
     /// What is known of one sender, or None when it is not tracked.
     pub fn info(&self, sender: &Sender, now_ns: u64) -> Option<SenderInfo> {
         let t = self.tracked.get(sender)?;
-        let mut events: Vec<(&'static str, u32)> = KIND_NAMES
-            .iter()
-            .zip(t.recent)
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (*k, u32::from(n)))
-            .collect();
-        events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let events = counted(&t.recent);
         Some(SenderInfo {
             sender: sender.to_string(),
             level: usize::from(t.level),
@@ -690,13 +684,7 @@ impl Engine {
             return None;
         }
         let points = decay(entry.points, entry.at_s, now, half_life);
-        let mut events: Vec<(&'static str, u32)> = KIND_NAMES
-            .iter()
-            .zip(entry.recent)
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (*k, u32::from(n)))
-            .collect();
-        events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let events = counted(&entry.recent);
         entry.level = level as u8;
         entry.level_since_s = now;
         entry.recent = [0; KIND_NAMES.len()];
@@ -809,6 +797,18 @@ impl Engine {
             self.tracked.remove(&victim);
         }
     }
+}
+
+/// Event counts as (kind, count), most frequent first.
+fn counted(recent: &[u8; KIND_NAMES.len()]) -> Vec<(&'static str, u32)> {
+    let mut events: Vec<(&'static str, u32)> = KIND_NAMES
+        .iter()
+        .zip(recent)
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (*k, u32::from(*n)))
+        .collect();
+    events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    events
 }
 
 fn truncate(addr: IpAddr, v4: u8, v6: u8) -> IpNet {

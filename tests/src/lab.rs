@@ -541,6 +541,35 @@ impl Tally {
     }
 }
 
+/// One client address sending mail, one session at a time.
+struct Sender<'a> {
+    ns: &'a Netns,
+    src: IpAddr,
+    server: &'a str,
+    tally: &'a Tally,
+    start: Instant,
+}
+
+impl Sender<'_> {
+    /// Sends to `rcpts` until `end` (or Ctrl-C), `pause` between sessions; each message is
+    /// tagged `TAG-N` so the mailbox can be checked.
+    fn until(&self, end: Instant, rcpts: &[String], tag: &str, pause: Duration) {
+        let mut n = 0;
+        while Instant::now() < end && !interrupted() {
+            let mail = Mail {
+                port: 25,
+                rcpts,
+                auth: None,
+                id: format!("{tag}-{n}"),
+            };
+            self.tally
+                .add(smtp(self.ns, self.src, self.server, &mail), self.start);
+            n += 1;
+            thread::sleep(pause);
+        }
+    }
+}
+
 /// How long each phase lasts.
 struct Timing {
     attack: Duration,
@@ -664,17 +693,19 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                     .map(|i| format!("nobody{worker}{i}@example.net"))
                     .chain(["bob@example.net".to_string()])
                     .collect();
-                let mut n = 0;
-                while Instant::now() < attack_end && !interrupted() {
-                    let mail = Mail {
-                        port: 25,
-                        rcpts: &rcpts,
-                        auth: None,
-                        id: format!("flood-{worker}-{n}"),
-                    };
-                    tally.add(smtp(ns, ip(FLOOD_V4), MTA_ATTACK_V4, &mail), start);
-                    n += 1;
-                }
+                let sender = Sender {
+                    ns,
+                    src: ip(FLOOD_V4),
+                    server: MTA_ATTACK_V4,
+                    tally: &tally,
+                    start,
+                };
+                sender.until(
+                    attack_end,
+                    &rcpts,
+                    &format!("flood-{worker}"),
+                    Duration::ZERO,
+                );
             });
         }
         // 2. A "float" flood rotating through addresses of one /64, one unknown recipient each.
@@ -766,19 +797,14 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
             let (tally, ns) = (roles["legit"].clone(), &topology.legit);
             let every = timing.legit_every;
             s.spawn(move || {
-                let rcpts = ["alice@example.net".to_string()];
-                let mut n = 0;
-                while Instant::now() < attack_end && !interrupted() {
-                    let mail = Mail {
-                        port: 25,
-                        rcpts: &rcpts,
-                        auth: None,
-                        id: format!("legit-{n}"),
-                    };
-                    tally.add(smtp(ns, ip(LEGIT_V4), MTA_V4, &mail), start);
-                    n += 1;
-                    thread::sleep(every);
-                }
+                let sender = Sender {
+                    ns,
+                    src: ip(LEGIT_V4),
+                    server: MTA_V4,
+                    tally: &tally,
+                    start,
+                };
+                sender.until(attack_end, &["alice@example.net".into()], "legit", every);
             });
         }
         // 5. The bulk sender: a burst, then retries of what was refused, with backoff, as an

@@ -291,6 +291,28 @@ fn learning_config(sources: &str) -> String {
     )
 }
 
+/// Appends `text` to a log file, as the mail software would.
+fn append(log: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// An empty Postfix log in `dir`, and the learning config that follows it.
+fn postfix_log_in(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let log = dir.join("mail.log");
+    std::fs::write(&log, "").unwrap();
+    let config = learning_config(&format!(
+        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
+        log.display()
+    ));
+    (log, config)
+}
+
 /// Polls `slowgate limit list` until it names `who` (at most 5 s).
 fn wait_for_limit(lab: &Lab, who: &str) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -318,12 +340,7 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
     let lab = Lab::new();
     let tmp = TempDir::new("maillog");
     let dir = tmp.path.clone();
-    let log = dir.join("mail.log");
-    std::fs::write(&log, "").unwrap();
-    let config = learning_config(&format!(
-        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
-        log.display()
-    ));
+    let (log, config) = postfix_log_in(&dir);
     let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
     assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), ATTEMPTS);
 
@@ -333,13 +350,7 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
         text += &harvest_line(CLIENT1_V4, n);
         text += &harvest_line(CLIENT2_V4, n);
     }
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    append(&log, &text);
 
     assert!(
         wait_for_limit(&lab, CLIENT1_V4),
@@ -526,21 +537,10 @@ fn control_socket_top_show_release_reload_and_who_may_use_it() {
     let lab = Lab::new();
     let tmp = TempDir::new("ctl");
     let dir = tmp.path.clone();
-    let log = dir.join("mail.log");
-    std::fs::write(&log, "").unwrap();
-    let source = format!(
-        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
-        log.display()
-    );
-    let daemon = Daemon::start(&lab.server, &learning_config(&source), &lab.pins.path).unwrap();
+    let (log, config) = postfix_log_in(&dir);
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
     let text: String = (0..5).map(|n| harvest_line(CLIENT1_V4, n)).collect();
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    append(&log, &text);
     assert!(wait_for_limit(&lab, CLIENT1_V4), "{}", daemon.log_text());
 
     // top: the sender and its /24, at level 1.
@@ -657,12 +657,7 @@ fn state_survives_twenty_kill_9s_and_a_reboot_with_no_lost_cli_entry() {
     let lab = Lab::new();
     let tmp = TempDir::new("kill9");
     let dir = tmp.path.clone();
-    let log = dir.join("mail.log");
-    std::fs::write(&log, "").unwrap();
-    let config = learning_config(&format!(
-        "[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n",
-        log.display()
-    ));
+    let (log, config) = postfix_log_in(&dir);
     // Events stream in all along: harvest attempts from rotating documentation addresses.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

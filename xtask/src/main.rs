@@ -321,19 +321,23 @@ fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
     }
     // The reaction benchmark runs the daemon binary.
     build(true)?;
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--package",
-            "sg-tests",
-            "--bin",
-            "sg-bench",
-            "--",
-        ])
-        .arg(what)
-        .args(args)
-        .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
+    run(tests_binary("sg-bench").arg(what).args(args))
+}
+
+/// `cargo run --release` of a binary of the sg-tests package, against the release daemon.
+fn tests_binary(name: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "sg-tests",
+        "--bin",
+        name,
+        "--",
+    ])
+    .env("SLOWGATE_BIN", workspace().join("target/release/slowgate"));
+    cmd
 }
 
 fn man() -> anyhow::Result<()> {
@@ -368,18 +372,7 @@ fn lab(args: &[String]) -> anyhow::Result<()> {
         bail!("the lab creates network namespaces and loads XDP programs: run it as root");
     }
     build(true)?;
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--package",
-            "sg-tests",
-            "--bin",
-            "sg-lab",
-            "--",
-        ])
-        .args(args)
-        .env("SLOWGATE_BIN", workspace().join("target/release/slowgate")))
+    run(tests_binary("sg-lab").args(args))
 }
 
 #[cfg(test)]

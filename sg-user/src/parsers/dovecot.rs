@@ -94,13 +94,9 @@ fn user(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parsers::{Format, Parsers};
 
     fn parse_line(line: &str) -> Vec<Event> {
-        match Parsers::default().parse(Format::Dovecot, line) {
-            Outcome::Understood(e) => e,
-            Outcome::NotUnderstood => panic!("not understood: {line}"),
-        }
+        crate::parsers::events_of(crate::parsers::Format::Dovecot, line)
     }
 
     fn ip(s: &str) -> IpAddr {

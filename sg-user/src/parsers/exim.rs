@@ -195,14 +195,9 @@ fn is_message_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parsers::syslog;
 
     fn events(line: &str) -> Vec<Event> {
-        let h = syslog::split(line).expect("a header");
-        match parse(h.message) {
-            Outcome::Understood(e) => e,
-            Outcome::NotUnderstood => panic!("not understood: {line}"),
-        }
+        crate::parsers::events_of(crate::parsers::Format::Exim, line)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -131,3 +131,12 @@ pub fn bracketed_client(text: &str) -> Option<(IpAddr, &str)> {
         .unwrap_or(&rest[..close]);
     Some((IpAddr::from_str(addr).ok()?, &rest[close + 1..]))
 }
+
+/// The events of one whole log line, for the parsers' tests (a line not understood fails).
+#[cfg(test)]
+pub(crate) fn events_of(format: Format, line: &str) -> Vec<Event> {
+    match Parsers::default().parse(format, line) {
+        Outcome::Understood(events) => events,
+        Outcome::NotUnderstood => panic!("not understood: {line}"),
+    }
+}

@@ -95,14 +95,9 @@ fn chkuser(message: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parsers::syslog;
 
     fn events(line: &str) -> Vec<Event> {
-        let h = syslog::split(line).expect("a header");
-        match parse(h.program, h.message) {
-            Outcome::Understood(e) => e,
-            Outcome::NotUnderstood => panic!("not understood: {line}"),
-        }
+        crate::parsers::events_of(crate::parsers::Format::Qmail, line)
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -45,14 +45,9 @@ pub fn parse(message: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parsers::syslog;
 
     fn events(line: &str) -> Vec<Event> {
-        let h = syslog::split(line).expect("a header");
-        match parse(h.message) {
-            Outcome::Understood(e) => e,
-            Outcome::NotUnderstood => panic!("not understood: {line}"),
-        }
+        crate::parsers::events_of(crate::parsers::Format::Rspamd, line)
     }
 
     const LINE: &str = "2026-11-22 07:53:40 #4711(normal) <8e1c2a>; task; rspamd_task_write_log: \
