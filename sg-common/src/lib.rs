@@ -169,6 +169,50 @@ pub fn slot_hash(addr: &Addr, seed: &[u64; 2], mask: u32) -> (u32, u64) {
     (index, fingerprint)
 }
 
+/// GCRA token buckets (the "generic cell rate algorithm", ITU-T I.371): the whole state is one
+/// u64, the theoretical arrival time (TAT). The XDP program updates it with compare-and-swap
+/// (sg-ebpf `bucket.rs`); `slowgate replay` runs the same arithmetic on a log's clock.
+pub mod gcra {
+    /// Longest interval between connections (about 39 hours): a slower rate is a block.
+    pub const MAX_INTERVAL_NS: u64 = 1 << 47;
+    /// Largest burst.
+    pub const MAX_BURST: u64 = 65_535;
+
+    /// Decides one connection at `now` against a bucket of `burst` connections refilled at one per
+    /// `interval_ns`, on a clock that advances in steps of `step_ns` (0 for a precise clock).
+    /// Returns the new TAT when the connection conforms, `None` when it exceeds the bucket (the
+    /// state then stays as it was: refused connections cost nothing).
+    ///
+    /// A stepped clock stands still between steps; the bucket tolerates one step more so that a
+    /// rate faster than one per step is still reached over time. Over any window of T ns it
+    /// admits at most `burst + (T + 2 * step_ns) / interval_ns`.
+    #[inline(always)]
+    pub fn conform(tat: u64, now: u64, interval_ns: u64, burst: u64, step_ns: u64) -> Option<u64> {
+        // Clamped so the product below cannot overflow: any overflow check compiles to a 128-bit
+        // multiply, which BPF cannot do. Userspace refuses values past these bounds anyway.
+        let interval = if interval_ns > MAX_INTERVAL_NS {
+            MAX_INTERVAL_NS
+        } else {
+            interval_ns
+        };
+        let burst = if burst == 0 {
+            1
+        } else if burst > MAX_BURST {
+            MAX_BURST
+        } else {
+            burst
+        };
+        let start = if tat > now { tat } else { now };
+        let next = start.saturating_add(interval);
+        // Conforms while the bucket is at most `burst` intervals ahead of now.
+        if next - now > interval * burst + step_ns {
+            None
+        } else {
+            Some(next)
+        }
+    }
+}
+
 /// A token bucket's parameters. `interval_ns == 0` switches the bucket off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -35,44 +35,9 @@ pub unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> Result<u64,
 /// attempt succeeds; the bound keeps the verifier's loop analysis finite.
 const CAS_ATTEMPTS: usize = 8;
 
-/// Longest interval between connections (about 39 hours): a slower rate is a block.
-pub const MAX_INTERVAL_NS: u64 = 1 << 47;
-/// Largest burst.
-pub const MAX_BURST: u64 = 65_535;
-
-/// Decides one connection at `now` against a bucket of `burst` connections refilled at one per
-/// `interval_ns`, on a clock that advances in steps of `step_ns` (0 for a precise clock).
-/// Returns the new TAT when the connection conforms, `None` when it exceeds the bucket (the
-/// state then stays as it was: refused connections cost nothing).
-///
-/// A stepped clock stands still between steps; the bucket tolerates one step more so that a
-/// rate faster than one per step is still reached over time. Over any window of T ns it
-/// admits at most `burst + (T + 2 * step_ns) / interval_ns`.
-#[inline(always)]
-pub fn conform(tat: u64, now: u64, interval_ns: u64, burst: u64, step_ns: u64) -> Option<u64> {
-    // Clamped so the product below cannot overflow: any overflow check compiles to a 128-bit
-    // multiply, which BPF cannot do. Userspace refuses values past these bounds anyway.
-    let interval = if interval_ns > MAX_INTERVAL_NS {
-        MAX_INTERVAL_NS
-    } else {
-        interval_ns
-    };
-    let burst = if burst == 0 {
-        1
-    } else if burst > MAX_BURST {
-        MAX_BURST
-    } else {
-        burst
-    };
-    let start = if tat > now { tat } else { now };
-    let next = start.saturating_add(interval);
-    // Conforms while the bucket is at most `burst` intervals ahead of now.
-    if next - now > interval * burst + step_ns {
-        None
-    } else {
-        Some(next)
-    }
-}
+// The arithmetic is in sg-common, so that `slowgate replay` judges connections exactly as this
+// program does.
+pub use sg_common::gcra::{MAX_BURST, MAX_INTERVAL_NS, conform};
 
 /// Takes one token from the bucket whose TAT lives at `tat`, shared by every CPU.
 /// Returns false when the connection must be refused. If every attempt loses a race the

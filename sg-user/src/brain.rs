@@ -118,10 +118,9 @@ pub struct Stats {
     /// Points of limited senders, for a distribution: (sender kind, points).
     pub limited_points: Vec<(&'static str, f64)>,
     /// From a batch of lines arriving to its limits written: the last and the largest, in
-    /// seconds, and the batches counted.
+    /// seconds.
     pub enforce_last_s: f64,
     pub enforce_max_s: f64,
-    pub enforce_batches: u64,
     pub write_errors: u64,
     /// Snapshots of points written, failed, and when the last one was written (Unix seconds).
     pub store_saves: u64,
@@ -315,7 +314,7 @@ pub fn run(
         {
             if save(store, &engine) {
                 stats.store_saves += 1;
-                stats.store_last_save_unix = crate::store::unix_now();
+                stats.store_last_save_unix = unix;
             } else {
                 stats.store_errors += 1;
             }
@@ -325,9 +324,6 @@ pub fn run(
         if !changes.is_empty() {
             dirty = true;
             stats.changes += changes.len() as u64;
-            let unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             for change in &changes {
                 eprintln!("slowgate: {change}");
                 if recent.len() == HISTORY {
@@ -349,7 +345,6 @@ pub fn run(
                 let took = arrived.elapsed().as_secs_f64();
                 stats.enforce_last_s = took;
                 stats.enforce_max_s = stats.enforce_max_s.max(took);
-                stats.enforce_batches += 1;
             }
         }
     }
@@ -435,7 +430,7 @@ fn show(
     let mut lists = Vec::new();
     if let Some(net) = net {
         for kind in [ListKind::Allow, ListKind::Deny] {
-            if let Ok(entries) = maps.list_entries_shared(kind) {
+            if let Ok(entries) = maps.list_entries(kind) {
                 for e in entries {
                     let n = e.network.to_ipnet();
                     if n.contains(&net.network()) {

@@ -559,39 +559,21 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let mut named: Vec<(String, u64)> = vec![
-        ("packets".into(), counters[counter::PACKETS as usize]),
-        ("passed".into(), counters[counter::PASSED as usize]),
-        ("dropped".into(), counters[counter::DROPPED as usize]),
-        (
-            "parse_errors".into(),
-            counters[counter::PARSE_ERROR as usize],
-        ),
-        (
-            "new_connections".into(),
-            counters[counter::NEW_CONN as usize],
-        ),
-        (
-            "allowed_by_list".into(),
-            counters[counter::ALLOWED as usize],
-        ),
-        (
-            "verdicts_worked_out".into(),
-            counters[counter::VERDICT_WORKED_OUT as usize],
-        ),
-        (
-            "source_slots_replaced".into(),
-            counters[counter::SOURCE_SLOT_REPLACED as usize],
-        ),
-        (
-            "prefix_slots_replaced".into(),
-            counters[counter::PREFIX_SLOT_REPLACED as usize],
-        ),
-        (
-            "drop_events_lost".into(),
-            counters[counter::EVENTS_LOST as usize],
-        ),
-    ];
+    let mut named: Vec<(String, u64)> = [
+        ("packets", counter::PACKETS),
+        ("passed", counter::PASSED),
+        ("dropped", counter::DROPPED),
+        ("parse_errors", counter::PARSE_ERROR),
+        ("new_connections", counter::NEW_CONN),
+        ("allowed_by_list", counter::ALLOWED),
+        ("verdicts_worked_out", counter::VERDICT_WORKED_OUT),
+        ("source_slots_replaced", counter::SOURCE_SLOT_REPLACED),
+        ("prefix_slots_replaced", counter::PREFIX_SLOT_REPLACED),
+        ("drop_events_lost", counter::EVENTS_LOST),
+    ]
+    .iter()
+    .map(|&(name, c)| (name.to_string(), counters[c as usize]))
+    .collect();
     for (i, name) in reason::NAMES.iter().enumerate() {
         named.push((
             format!("dropped_{name}"),

@@ -210,20 +210,21 @@ async fn reload(
         if new.metrics != current.metrics || new.control_socket != current.control_socket {
             restart.push("metrics and control addresses");
         }
-        let pin_dir = current.pin_dir.clone();
+        // The pin directory may come from the command line (`run --pin-dir`): it stays.
+        let new = Config {
+            pin_dir: current.pin_dir.clone(),
+            ..new
+        };
         maps.write_config(&new.kernel_config(), tick_ns)
             .map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
         apply_lists(maps, &new).map_err(|e| format!("{e:#}"))?;
         let (reply, wait) = tokio::sync::oneshot::channel();
         brain
-            .try_send((brain::Request::Reload(Box::new(Config { pin_dir, ..new.clone() })), reply))
+            .try_send((brain::Request::Reload(Box::new(new.clone())), reply))
             .map_err(|_| "the learning loop is busy; try again".to_string())?;
         let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
-        *current = Config {
-            pin_dir: current.pin_dir.clone(),
-            ..new
-        };
+        *current = new;
         Ok(serde_json::json!({ "reloaded": current.path.display().to_string(), "needs_restart": restart }))
     }
     .await;
@@ -315,27 +316,12 @@ fn apply_stored_lists(maps: &mut Maps, config: &Config) {
             return;
         }
     };
-    let now = crate::store::unix_now();
     let mut restored = 0;
     for op in &entries {
-        let ttl = op
-            .expires_unix
-            .map(|at| Duration::from_secs(at.saturating_sub(now).max(1)));
-        let result = op
-            .network
-            .parse::<crate::units::Network>()
-            .map_err(anyhow::Error::from)
-            .and_then(|net| match op.list.as_str() {
-                "allow" => maps.list_add(ListKind::Allow, net, ttl),
-                "deny" => maps.list_add(ListKind::Deny, net, ttl),
-                "limit" => {
-                    let limit = crate::cli::parse_limit(op.limit.as_deref().unwrap_or(""))?;
-                    maps.limit_set(net, limit, ttl)
-                }
-                other => anyhow::bail!("unknown list {other}"),
-            });
+        let result = crate::lists::Change::from_op(op)
+            .and_then(|change| crate::lists::to_kernel(maps, &change));
         match result {
-            Ok(()) => restored += 1,
+            Ok(_) => restored += 1,
             Err(e) => eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network),
         }
     }

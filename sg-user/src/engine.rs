@@ -205,6 +205,20 @@ struct Tracked {
 
 const NO_COUNTRY: [u8; 2] = [0, 0];
 
+impl Tracked {
+    /// A sender first seen at `now`: no points, level 0.
+    fn new(now: u32, country: [u8; 2]) -> Tracked {
+        Tracked {
+            points: 0.0,
+            at_s: now,
+            level_since_s: now,
+            level: 0,
+            country,
+            recent: [0; KIND_NAMES.len()],
+        }
+    }
+}
+
 /// One sender as `slowgate top` and `show` print it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SenderInfo {
@@ -334,10 +348,6 @@ impl Engine {
         self.allow = allow;
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
-    }
-
     /// New weights, levels and lengths (a reload); every sender keeps its points and level,
     /// and comes down through the new table as it decays.
     pub fn set_config(&mut self, config: EngineConfig) {
@@ -446,11 +456,8 @@ impl Engine {
                 sender.clone(),
                 Tracked {
                     points,
-                    at_s: now,
                     level_since_s: now.saturating_sub(held),
-                    level: 0,
-                    country,
-                    recent: [0; KIND_NAMES.len()],
+                    ..Tracked::new(now, country)
                 },
             );
             if row.level > 0 {
@@ -460,7 +467,7 @@ impl Engine {
                     t.level_since_s = since;
                 }
                 if let Sender::Prefix(prefix) = sender {
-                    let network = self.network_of(&prefix);
+                    let network = self.network_of(prefix.network());
                     self.limited_prefixes
                         .entry(network)
                         .or_default()
@@ -532,12 +539,9 @@ impl Engine {
         truncate(source, self.config.prefix_v4, self.config.prefix_v6)
     }
 
-    fn network_of(&self, prefix: &IpNet) -> IpNet {
-        truncate(
-            prefix.network(),
-            self.config.network_v4,
-            self.config.network_v6,
-        )
+    /// The network (IPv4 /16, IPv6 /48 by default) an address or prefix belongs to.
+    pub fn network_of(&self, addr: IpAddr) -> IpNet {
+        truncate(addr, self.config.network_v4, self.config.network_v6)
     }
 
     /// Adds an event's points to its source, prefix, user and country; returns level changes.
@@ -617,14 +621,10 @@ impl Engine {
             self.forget_least(now);
         }
         let half_life = self.config.half_life;
-        let entry = self.tracked.entry(sender.clone()).or_insert(Tracked {
-            points: 0.0,
-            at_s: now,
-            level_since_s: now,
-            level: 0,
-            country,
-            recent: [0; KIND_NAMES.len()],
-        });
+        let entry = self
+            .tracked
+            .entry(sender.clone())
+            .or_insert(Tracked::new(now, country));
         entry.points = (decay(entry.points, entry.at_s, now, half_life) + weight) as f32;
         entry.at_s = now;
         entry.recent[kind] = entry.recent[kind].saturating_add(1);
@@ -671,14 +671,10 @@ impl Engine {
     /// Sets the level of a tracked (or new) sender; returns the change, None when unchanged.
     fn set_level(&mut self, sender: &Sender, level: usize, now: u32) -> Option<Change> {
         let half_life = self.config.half_life;
-        let entry = self.tracked.entry(sender.clone()).or_insert(Tracked {
-            points: 0.0,
-            at_s: now,
-            level_since_s: now,
-            level: 0,
-            country: NO_COUNTRY,
-            recent: [0; KIND_NAMES.len()],
-        });
+        let entry = self
+            .tracked
+            .entry(sender.clone())
+            .or_insert(Tracked::new(now, NO_COUNTRY));
         let from = usize::from(entry.level);
         if from == level {
             return None;
@@ -706,7 +702,7 @@ impl Engine {
         if self.config.network_after == 0 {
             return Vec::new();
         }
-        let network = self.network_of(&prefix);
+        let network = self.network_of(prefix.network());
         let limited = self.level(&Sender::Prefix(prefix)) > 0;
         let members = self.limited_prefixes.entry(network).or_default();
         if limited {

@@ -458,12 +458,7 @@ impl Maps {
         Ok(removed)
     }
 
-    pub fn list_entries(&mut self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
-        self.list_entries_shared(kind)
-    }
-
-    /// The same, through a shared reference (reading needs no exclusive access).
-    pub fn list_entries_shared(&self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
+    pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
         let list = match kind {
             ListKind::Allow => &self.allow,
             ListKind::Deny => &self.deny,

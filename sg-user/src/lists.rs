@@ -38,37 +38,103 @@ pub enum Change {
     },
 }
 
-/// What a change printed: one line for the operator.
-pub fn apply(maps: &mut Maps, store: &Store, change: &Change) -> anyhow::Result<String> {
-    let op =
-        |list: &str, network: Network, present, ttl: Option<Duration>, limit, comment| ListOp {
+impl Change {
+    /// The journal line of this change.
+    fn op(&self) -> ListOp {
+        let op = |list: &str, network: &Network, present, ttl: &Option<Duration>| ListOp {
             list: list.into(),
             network: network.to_string(),
             present,
-            expires_unix: ttl.map(|t: Duration| unix_now() + t.as_secs().max(1)),
-            limit,
-            comment,
+            expires_unix: ttl.map(|t| unix_now() + t.as_secs().max(1)),
+            limit: None,
+            comment: None,
         };
+        match self {
+            Change::Add {
+                kind,
+                network,
+                ttl,
+                comment,
+            } => ListOp {
+                comment: comment.clone(),
+                ..op(kind.name(), network, true, ttl)
+            },
+            Change::Del { kind, network } => op(kind.name(), network, false, &None),
+            Change::LimitSet {
+                network,
+                limit,
+                ttl,
+                comment,
+            } => ListOp {
+                limit: Some(limit.to_string()),
+                comment: comment.clone(),
+                ..op("limit", network, true, ttl)
+            },
+            Change::LimitDel { network } => op("limit", network, false, &None),
+        }
+    }
+
+    /// The change a live journal entry stands for, with the time it has left (the daemon
+    /// puts these back at start).
+    pub fn from_op(op: &ListOp) -> anyhow::Result<Change> {
+        let network: Network = op.network.parse()?;
+        let ttl = op
+            .expires_unix
+            .map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+        let comment = op.comment.clone();
+        Ok(match (op.list.as_str(), op.present) {
+            ("allow", true) => Change::Add {
+                kind: ListKind::Allow,
+                network,
+                ttl,
+                comment,
+            },
+            ("deny", true) => Change::Add {
+                kind: ListKind::Deny,
+                network,
+                ttl,
+                comment,
+            },
+            ("limit", true) => Change::LimitSet {
+                network,
+                limit: crate::cli::parse_limit(op.limit.as_deref().unwrap_or(""))?,
+                ttl,
+                comment,
+            },
+            ("allow", false) => Change::Del {
+                kind: ListKind::Allow,
+                network,
+            },
+            ("deny", false) => Change::Del {
+                kind: ListKind::Deny,
+                network,
+            },
+            ("limit", false) => Change::LimitDel { network },
+            (other, _) => anyhow::bail!("unknown list {other}"),
+        })
+    }
+}
+
+/// Journals the change, then makes it in the kernel. Returns what to tell the operator.
+pub fn apply(maps: &mut Maps, store: &Store, change: &Change) -> anyhow::Result<String> {
+    if let Change::LimitSet { network, .. } = change {
+        // Refuse what the kernel would refuse before promising anything.
+        maps.policy_key(*network)?;
+    }
+    store.record(&change.op())?;
+    to_kernel(maps, change)
+}
+
+/// Makes the change in the kernel only (what `apply` does after journaling it).
+pub fn to_kernel(maps: &mut Maps, change: &Change) -> anyhow::Result<String> {
     match change {
         Change::Add {
-            kind,
-            network,
-            ttl,
-            comment,
+            kind, network, ttl, ..
         } => {
-            store.record(&op(
-                kind.name(),
-                *network,
-                true,
-                *ttl,
-                None,
-                comment.clone(),
-            ))?;
             maps.list_add(*kind, *network, *ttl)?;
             Ok(format!("{} {network}{}", kind.name(), ttl_note(*ttl)))
         }
         Change::Del { kind, network } => {
-            store.record(&op(kind.name(), *network, false, None, None, None))?;
             if !maps.list_del(*kind, *network)? {
                 anyhow::bail!("{network} is not on the {} list", kind.name());
             }
@@ -78,23 +144,12 @@ pub fn apply(maps: &mut Maps, store: &Store, change: &Change) -> anyhow::Result<
             network,
             limit,
             ttl,
-            comment,
+            ..
         } => {
-            // Refuse what the kernel would refuse before promising anything.
-            maps.policy_key(*network)?;
-            store.record(&op(
-                "limit",
-                *network,
-                true,
-                *ttl,
-                Some(limit.to_string()),
-                comment.clone(),
-            ))?;
             maps.limit_set(*network, *limit, *ttl)?;
             Ok(format!("limit {network}: {limit}{}", ttl_note(*ttl)))
         }
         Change::LimitDel { network } => {
-            store.record(&op("limit", *network, false, None, None, None))?;
             if !maps.limit_del(*network)? {
                 anyhow::bail!("{network} has no limit");
             }
@@ -132,7 +187,7 @@ pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Value> {
             } else {
                 ListKind::Deny
             };
-            maps.list_entries_shared(kind)?
+            maps.list_entries(kind)?
                 .iter()
                 .map(|e| row(e, String::new(), &comments))
                 .collect()

@@ -12,17 +12,20 @@ use crate::{brain::Stats, engine::KIND_NAMES, kernel::Maps};
 /// Upper bounds of the points histogram of limited senders.
 const POINT_BUCKETS: [f64; 8] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
+/// One metric: its HELP and TYPE lines, then a line per (labels, value).
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 pub fn render(maps: &Maps, stats: &Stats) -> String {
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
     if let Ok(c) = maps.counters() {
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0) as f64;
         metric(
+            &mut out,
             "slowgate_packets_total",
             "counter",
             "Packets the XDP program saw, by verdict.",
@@ -32,6 +35,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             ],
         );
         metric(
+            &mut out,
             "slowgate_parse_errors_total",
             "counter",
             "Packets the program could not parse (passed).",
@@ -48,6 +52,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             })
             .collect();
         metric(
+            &mut out,
             "slowgate_drops_total",
             "counter",
             "New connections dropped, by reason.",
@@ -62,12 +67,14 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
                 .collect()
         };
         metric(
+            &mut out,
             "slowgate_new_connections_total",
             "counter",
             "New connections to protected ports, by service.",
             &by_service(counter::SERVICE_NEW_CONN),
         );
         metric(
+            &mut out,
             "slowgate_service_drops_total",
             "counter",
             "New connections dropped, by service.",
@@ -85,12 +92,14 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
         .map(|(n, _, max)| (format!("{{map=\"{n}\"}}"), f64::from(*max)))
         .collect();
     metric(
+        &mut out,
         "slowgate_map_entries",
         "gauge",
         "Entries in each bounded map.",
         &fill,
     );
     metric(
+        &mut out,
         "slowgate_map_capacity",
         "gauge",
         "Capacity of each bounded map.",
@@ -98,6 +107,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
     );
 
     metric(
+        &mut out,
         "slowgate_lines_total",
         "counter",
         "Log lines read, by the format their source is configured with.",
@@ -108,12 +118,14 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             .collect::<Vec<_>>(),
     );
     metric(
+        &mut out,
         "slowgate_lines_not_understood_total",
         "counter",
         "Log lines no parser understood.",
         &[(String::new(), stats.not_understood as f64)],
     );
     metric(
+        &mut out,
         "slowgate_events_total",
         "counter",
         "Events read from the logs, by kind.",
@@ -124,6 +136,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             .collect::<Vec<_>>(),
     );
     metric(
+        &mut out,
         "slowgate_events_by_format_total",
         "counter",
         "Events read from the logs, by the format their source is configured with.",
@@ -134,12 +147,14 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             .collect::<Vec<_>>(),
     );
     metric(
+        &mut out,
         "slowgate_level_changes_total",
         "counter",
         "Level changes of senders.",
         &[(String::new(), stats.changes as f64)],
     );
     metric(
+        &mut out,
         "slowgate_senders",
         "gauge",
         "Tracked senders by level (0 = not limited).",
@@ -175,13 +190,8 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
     for (suffix, v) in histogram {
         let _ = writeln!(out, "slowgate_limited_points{suffix} {v}");
     }
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
     metric(
+        &mut out,
         "slowgate_enforce_seconds",
         "gauge",
         "From a batch of log lines arriving to its limits written in the kernel.",
@@ -196,6 +206,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
         crate::store::unix_now().saturating_sub(stats.store_last_save_unix) as f64
     };
     metric(
+        &mut out,
         "slowgate_store_saves_total",
         "counter",
         "Snapshots of points written to the state directory, by result.",
@@ -205,12 +216,14 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
         ],
     );
     metric(
+        &mut out,
         "slowgate_store_last_save_age_seconds",
         "gauge",
         "Seconds since the last snapshot (-1: none yet).",
         &[(String::new(), age)],
     );
     metric(
+        &mut out,
         "slowgate_source_errors_total",
         "counter",
         "Read errors of log and journald sources (each retried).",
@@ -220,6 +233,7 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
         )],
     );
     metric(
+        &mut out,
         "slowgate_limit_write_errors_total",
         "counter",
         "Limits the daemon could not write to the kernel.",

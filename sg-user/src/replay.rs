@@ -49,7 +49,8 @@ pub struct Report {
     pub history: Vec<crate::history::Record>,
 }
 
-/// A source's bucket under the limit its level gives (GCRA, as the kernel keeps it).
+/// A source's bucket under the limit its level gives, judged by the kernel's own arithmetic
+/// (on a precise clock: the log's).
 #[derive(Default)]
 struct Bucket {
     tat_ns: u64,
@@ -62,13 +63,12 @@ impl Bucket {
             Some(Limit::Block) => false,
             Some(Limit::Rate { rate, burst }) => {
                 let interval = rate.interval.as_nanos() as u64;
-                let start = self.tat_ns.max(now);
-                let next = start + interval;
-                if next - now > interval * u64::from(burst.max(1)) {
-                    false
-                } else {
-                    self.tat_ns = next;
-                    true
+                match sg_common::gcra::conform(self.tat_ns, now, interval, u64::from(burst), 0) {
+                    Some(next) => {
+                        self.tat_ns = next;
+                        true
+                    }
+                    None => false,
                 }
             }
         }
@@ -204,22 +204,10 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
 /// The limit the kernel would apply to `source`'s new connections: its own, else its prefix's,
 /// else its network's.
 fn effective_limit(engine: &Engine, source: std::net::IpAddr) -> Option<Limit> {
-    let prefix = engine.prefix_of(source);
-    let config = engine.config();
-    let network = ipnet::IpNet::new(
-        source,
-        if source.is_ipv4() {
-            config.network_v4
-        } else {
-            config.network_v6
-        },
-    )
-    .map(|n| n.trunc())
-    .ok()?;
     [
         Sender::Source(source),
-        Sender::Prefix(prefix),
-        Sender::Network(network),
+        Sender::Prefix(engine.prefix_of(source)),
+        Sender::Network(engine.network_of(source)),
     ]
     .iter()
     .find_map(|s| engine.limit_for(s, engine.level(s)))

@@ -672,7 +672,6 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     .collect();
     let start = Instant::now();
     let attack_end = start + timing.attack;
-    let stop = Arc::new(AtomicBool::new(false));
     // The daemon's view (sender -> level, points), refreshed by the live loop from its log.
     let levels: Arc<Mutex<BTreeMap<String, (usize, f64)>>> = Arc::default();
     let level_of = {
@@ -913,7 +912,6 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                 break;
             }
         }
-        stop.store(true, Ordering::Relaxed);
         Ok(())
     })?;
     if interrupted() {
