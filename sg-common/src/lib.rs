@@ -285,7 +285,10 @@ pub mod reason {
     pub const DEFAULT_SOURCE: u8 = 3;
     pub const DEFAULT_PREFIX: u8 = 4;
     pub const BLOCKED_ESTABLISHED: u8 = 5;
-    pub const COUNT: u32 = 6;
+    /// A frame whose source is out of reach of the program (more VLAN tags than it walks)
+    /// but not of the stack.
+    pub const UNJUDGEABLE: u8 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "deny",
         "policy_rate",
@@ -293,6 +296,7 @@ pub mod reason {
         "default_source_ceiling",
         "default_prefix_ceiling",
         "blocked_established",
+        "unjudgeable",
     ];
 }
 
@@ -303,7 +307,8 @@ pub mod counter {
     pub const PACKETS: u32 = 0;
     pub const PASSED: u32 = 1;
     pub const DROPPED: u32 = 2;
-    /// Packets that could not be parsed (truncated, bad IHL, too many extension headers); passed.
+    /// Packets that could not be parsed before their source was known (a cut link or IP
+    /// header, a bad IHL or version); passed.
     pub const PARSE_ERROR: u32 = 3;
     /// New connections (SYN without ACK) to a protected port (userspace adds up
     /// SERVICE_NEW_CONN).
@@ -328,8 +333,11 @@ pub mod counter {
     pub const SERVICE_NEW_CONN: u32 = DROP_REASON + reason::COUNT;
     /// `SERVICE_DROPPED + service::*`: drops by service.
     pub const SERVICE_DROPPED: u32 = SERVICE_NEW_CONN + service::COUNT;
+    /// IP packets whose transport header the program could not reach (an IPv6 chain past the
+    /// walk, a header cut short), judged by their source as new connections.
+    pub const OPAQUE: u32 = SERVICE_DROPPED + service::COUNT;
     /// Number of counters.
-    pub const COUNT: u32 = SERVICE_DROPPED + service::COUNT;
+    pub const COUNT: u32 = OPAQUE + 1;
 }
 
 /// A sampled drop, sent to userspace through the DROP_EVENTS ring buffer.

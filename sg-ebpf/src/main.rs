@@ -78,8 +78,13 @@ mod program {
     pub fn slowgate(ctx: XdpContext) -> u32 {
         let verdict = match try_slowgate(&ctx) {
             Ok(verdict) => verdict,
+            Err(parse::ParseError::TooManyVlanTags) => {
+                // The stack would dig a SYN out from under them; we cannot judge its source.
+                count(counter::DROP_REASON + u32::from(reason::UNJUDGEABLE));
+                xdp_action::XDP_DROP
+            }
             Err(_) => {
-                // A throttle fails open.
+                // No source to judge, and no stack reads further either: pass and count.
                 count(counter::PARSE_ERROR);
                 xdp_action::XDP_PASS
             }
@@ -111,6 +116,7 @@ mod program {
         let tcp = match unsafe { parse::parse(ctx.data(), ctx.data_end()) }? {
             Packet::Tcp(tcp) => tcp,
             Packet::Other => return Ok(xdp_action::XDP_PASS),
+            Packet::Opaque(src) => return Ok(judge_opaque(&src)),
         };
         let service = match PORTS.get(u32::from(tcp.dport)) {
             Some(&s) if s != 0 => s,
@@ -141,6 +147,22 @@ mod program {
         match decide(&tcp.src, config, now) {
             None => Ok(xdp_action::XDP_PASS),
             Some(why) => Ok(refuse(&tcp.src, tcp.dport, service, why, config)),
+        }
+    }
+
+    /// A packet whose transport header is out of reach may hide a SYN to a mail port (the
+    /// stack walks further than we can): it is judged as a new connection from its source, so
+    /// no packet shape gets a denied, blocked or limited source through.
+    #[inline(always)]
+    fn judge_opaque(src: &Addr) -> u32 {
+        count(counter::OPAQUE);
+        let Some(config) = CONFIG.get(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        let now = tick_clock(config);
+        match decide(src, config, now) {
+            None => xdp_action::XDP_PASS,
+            Some(why) => refuse(src, 0, sg_common::service::NONE, why, config),
         }
     }
 

@@ -7,15 +7,19 @@
 
 use sg_common::Addr;
 
-/// Why a packet could not be parsed. The program passes such packets and counts them.
+/// Why a packet could not be parsed before its source address was known. The program passes
+/// such packets and counts them: with no source, there is nobody to judge (the stack drops
+/// them too: no listener ever sees a frame without a whole IP header). The one exception is
+/// [`ParseError::TooManyVlanTags`], which is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
-    /// The packet ends inside a header.
+    /// The packet ends inside the link or IP header.
     Truncated,
     /// IPv4 version or IHL not valid (RFC 791: IHL >= 5), or IPv6 version not 6.
     BadHeader,
-    /// More IPv6 extension headers than [`MAX_EXT_HEADERS`].
-    TooManyExtHeaders,
+    /// More VLAN tags than [`MAX_VLAN_TAGS`]: the source is out of reach, but the stack may
+    /// still find a SYN under them. No honest sender stacks that many, so the program drops it.
+    TooManyVlanTags,
 }
 
 /// What the program needs to know about a packet.
@@ -25,6 +29,11 @@ pub enum Packet {
     Other,
     /// A TCP segment (or the first fragment of one).
     Tcp(Tcp),
+    /// An IP packet from this source whose transport header the walk cannot reach: an IPv6
+    /// chain longer than [`MAX_EXT_HEADERS`], headers past [`MAX_OFFSET`], a header cut short.
+    /// The stack may still find a SYN in it (Linux walks any number of extension headers), so
+    /// it is judged by its source as a new connection would be, never passed blindly.
+    Opaque(Addr),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +53,10 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_HLEN: usize = 4;
-/// 802.1Q and 802.1ad: a stacked (QinQ) frame carries two tags.
-const MAX_VLAN_TAGS: usize = 2;
+/// 802.1Q and 802.1ad tags walked before the IP header. QinQ carries two, but Linux strips any
+/// number of priority tags (VLAN id 0), so a deeper stack still reaches the listener; a frame
+/// with more tags than this is refused ([`ParseError::TooManyVlanTags`]), never passed.
+pub const MAX_VLAN_TAGS: usize = 8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
@@ -54,7 +65,8 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 /// RFC 8200 section 4.1: a conforming packet has at most one of each extension header (two
-/// Destination Options), so 8 covers every conforming chain.
+/// Destination Options), so 8 covers every conforming chain. Longer chains are valid for Linux
+/// and become [`Packet::Opaque`].
 pub const MAX_EXT_HEADERS: usize = 8;
 
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -125,6 +137,9 @@ pub unsafe fn parse(start: usize, end: usize) -> Result<Packet, ParseError> {
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         off += VLAN_HLEN;
     }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(ParseError::TooManyVlanTags);
+    }
     match ethertype {
         ETH_P_IP => ipv4(start, end, off),
         ETH_P_IPV6 => ipv6(start, end, off),
@@ -143,25 +158,26 @@ fn ipv4(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     if header_len < 20 {
         return Err(ParseError::BadHeader);
     }
-    // Options must be present in full, even though we skip them.
-    if start + off + header_len > end {
-        return Err(ParseError::Truncated);
-    }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    if frag & 0x1fff != 0 {
-        // Only the first fragment carries the TCP header.
-        return Ok(Packet::Other);
-    }
-    if ip[9] != IPPROTO_TCP {
-        return Ok(Packet::Other);
-    }
     // SAFETY: read() above checked that the 20-byte header is in range.
     let v4: u32 = unsafe { load(ptr_at::<u32>(start, end, off + 12)?) };
     let mapped = u64::from(u32::from_ne_bytes([0, 0, 0xff, 0xff])) | (u64::from(v4) << 32);
     // SAFETY: two u64 are 16 bytes; any bytes are a valid Addr.
     let src: Addr = unsafe { core::mem::transmute::<[u64; 2], Addr>([0, mapped]) };
-    tcp(start, end, off + header_len, src, more_fragments)
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    if frag & 0x1fff != 0 {
+        // Only the first fragment carries the TCP header; the stack cannot reassemble a
+        // segment whose first fragment was dropped.
+        return Ok(Packet::Other);
+    }
+    if ip[9] != IPPROTO_TCP {
+        return Ok(Packet::Other);
+    }
+    // Options must be present in full, even though we skip them.
+    if start + off + header_len > end {
+        return Ok(Packet::Opaque(src));
+    }
+    Ok(tcp(start, end, off + header_len, src, more_fragments))
 }
 
 /// RFC 8200 sections 3 and 4.
@@ -180,24 +196,31 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     let mut fragmented = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return tcp(start, end, off, src, fragmented),
+            IPPROTO_TCP => return Ok(tcp(start, end, off, src, fragmented)),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 // Hdr Ext Len is in 8-octet units, not counting the first 8 octets.
-                let ext: [u8; 2] = read(start, end, off)?;
+                let Ok(ext) = read::<2>(start, end, off) else {
+                    return Ok(Packet::Opaque(src));
+                };
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
             IPPROTO_AH => {
                 // RFC 4302 section 2.2: Payload Len is in 4-octet units, minus 2.
-                let ext: [u8; 2] = read(start, end, off)?;
+                let Ok(ext) = read::<2>(start, end, off) else {
+                    return Ok(Packet::Opaque(src));
+                };
                 next = ext[0];
                 off += (usize::from(ext[1]) + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let ext: [u8; 8] = read(start, end, off)?;
+                let Ok(ext) = read::<8>(start, end, off) else {
+                    return Ok(Packet::Opaque(src));
+                };
                 next = ext[0];
                 let frag = u16::from_be_bytes([ext[2], ext[3]]);
                 if frag >> 3 != 0 {
+                    // Not the first fragment: no transport header in it.
                     return Ok(Packet::Other);
                 }
                 fragmented = true;
@@ -206,38 +229,33 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
             _ => return Ok(Packet::Other),
         }
     }
-    if next == IPPROTO_TCP {
-        return tcp(start, end, off, src, fragmented);
-    }
     match next {
+        IPPROTO_TCP => Ok(tcp(start, end, off, src, fragmented)),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
-            Err(ParseError::TooManyExtHeaders)
+            Ok(Packet::Opaque(src))
         }
         _ => Ok(Packet::Other),
     }
 }
 
-/// RFC 9293 section 3.1.
+/// RFC 9293 section 3.1. A header cut short is judged by its source ([`Packet::Opaque`]);
+/// in a first fragment, a header too short to show the flags is a new connection.
 #[inline(always)]
-fn tcp(
-    start: usize,
-    end: usize,
-    off: usize,
-    src: Addr,
-    fragment: bool,
-) -> Result<Packet, ParseError> {
-    let ports: [u8; 4] = read(start, end, off)?;
+fn tcp(start: usize, end: usize, off: usize, src: Addr, fragment: bool) -> Packet {
+    let Ok(ports) = read::<4>(start, end, off) else {
+        return Packet::Opaque(src);
+    };
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let new_connection = match read::<TCP_HLEN>(start, end, off) {
         Ok(head) => head[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
         Err(_) if fragment => true,
-        Err(e) => return Err(e),
+        Err(_) => return Packet::Opaque(src),
     };
-    Ok(Packet::Tcp(Tcp {
+    Packet::Tcp(Tcp {
         src,
         dport,
         new_connection,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -290,14 +308,16 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_of_an_ipv4_syn_is_an_error_not_a_verdict() {
+    fn a_truncated_ipv4_syn_is_an_error_before_its_source_and_opaque_after() {
         let pkt = ipv4_syn(25);
+        let source_known = ETH_HLEN + 20;
         for len in 0..pkt.len() {
-            assert_eq!(
-                parse_bytes(&pkt[..len]),
-                Err(ParseError::Truncated),
-                "len {len}"
-            );
+            let want = if len < source_known {
+                Err(ParseError::Truncated)
+            } else {
+                Ok(Packet::Opaque(map_v4([203, 0, 113, 9])))
+            };
+            assert_eq!(parse_bytes(&pkt[..len]), want, "len {len}");
         }
     }
 
@@ -322,17 +342,48 @@ mod tests {
         assert_eq!(parse_bytes(&pkt), Err(ParseError::BadHeader));
     }
 
-    #[test]
-    fn ipv6_chain_longer_than_the_bound_is_an_error() {
+    fn ipv6_with(exts: &[(u8, usize)]) -> (Vec<u8>, Addr) {
         let mut p = eth(ETH_P_IPV6);
         let mut ip = vec![0u8; 40];
         ip[0] = 0x60;
-        ip[6] = IPPROTO_DSTOPTS;
+        ip[6] = exts.first().map_or(IPPROTO_TCP, |e| e.0);
+        ip[8..24].copy_from_slice(&[0x20, 1, 0x0d, 0xb8, 0, 0xa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
         p.extend_from_slice(&ip);
-        for _ in 0..MAX_EXT_HEADERS {
-            p.extend_from_slice(&[IPPROTO_DSTOPTS, 0, 1, 4, 0, 0, 0, 0]);
+        for (i, &(_, len)) in exts.iter().enumerate() {
+            let next = exts.get(i + 1).map_or(IPPROTO_TCP, |e| e.0);
+            let mut h = vec![0u8; len];
+            h[0] = next;
+            h[1] = (len / 8 - 1) as u8;
+            p.extend_from_slice(&h);
         }
         p.extend_from_slice(&tcp_header(25, TCP_FLAG_SYN));
-        assert_eq!(parse_bytes(&p), Err(ParseError::TooManyExtHeaders));
+        (p, src)
+    }
+
+    #[test]
+    fn an_ipv6_chain_the_walk_cannot_finish_is_judged_by_its_source() {
+        // Nine Destination Options: one more than the walk.
+        let (p, src) = ipv6_with(&[(IPPROTO_DSTOPTS, 8); MAX_EXT_HEADERS + 1]);
+        assert_eq!(parse_bytes(&p), Ok(Packet::Opaque(src)));
+        // One header longer than the offset bound (Hdr Ext Len 160: 1,288 bytes).
+        let (p, src) = ipv6_with(&[(IPPROTO_DSTOPTS, 1288)]);
+        assert_eq!(parse_bytes(&p), Ok(Packet::Opaque(src)));
+        // Cut inside the chain, inside TCP.
+        let (p, src) = ipv6_with(&[(IPPROTO_HOPOPTS, 8), (IPPROTO_DSTOPTS, 16)]);
+        for len in ETH_HLEN + 40..p.len() - TCP_HLEN + 13 {
+            assert_eq!(parse_bytes(&p[..len]), Ok(Packet::Opaque(src)), "len {len}");
+        }
+        // Eight is still walked to the end.
+        let (p, src) = ipv6_with(&[(IPPROTO_DSTOPTS, 8); MAX_EXT_HEADERS]);
+        assert_eq!(
+            parse_bytes(&p),
+            Ok(Packet::Tcp(Tcp {
+                src,
+                dport: 25,
+                new_connection: true
+            }))
+        );
     }
 }

@@ -564,6 +564,7 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         ("passed", counter::PASSED),
         ("dropped", counter::DROPPED),
         ("parse_errors", counter::PARSE_ERROR),
+        ("opaque_judged_by_source", counter::OPAQUE),
         ("new_connections", counter::NEW_CONN),
         ("allowed_by_list", counter::ALLOWED),
         ("verdicts_worked_out", counter::VERDICT_WORKED_OUT),

@@ -41,6 +41,13 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             "Packets the program could not parse (passed).",
             &[(String::new(), at(counter::PARSE_ERROR))],
         );
+        metric(
+            &mut out,
+            "slowgate_opaque_packets_total",
+            "counter",
+            "IP packets whose transport header was out of reach, judged by their source.",
+            &[(String::new(), at(counter::OPAQUE))],
+        );
         let by_reason: Vec<(String, f64)> = reason::NAMES
             .iter()
             .enumerate()

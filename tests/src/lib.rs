@@ -16,6 +16,7 @@ use std::{
 
 pub mod bench;
 pub mod lab;
+pub mod shapes;
 
 use anyhow::{Context, bail};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp};

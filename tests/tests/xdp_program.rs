@@ -329,6 +329,18 @@ fn vlan_tags_do_not_bypass_a_deny() {
         .list_add(ListKind::Deny, net("2001:db8:a::/64"), None)
         .unwrap();
     assert_eq!(p6.run(&frame(&[0x8100], ETH_P_IPV6, &ip6)), XDP_DROP);
+    // Linux strips any number of priority tags: 8 (sg-ebpf MAX_VLAN_TAGS) are walked, a deeper
+    // stack is dropped.
+    let deep = [0x8100; 8];
+    assert_eq!(p6.run(&frame(&deep, ETH_P_IPV6, &ip6)), XDP_DROP);
+    let other = ipv4(OTHER_V4, IPPROTO_TCP, 0, 0, &tcp_header(25, TCP_SYN));
+    assert_eq!(p6.run(&frame(&deep, ETH_P_IP, &other)), XDP_PASS);
+    let deeper = [0x8100; 9];
+    assert_eq!(p6.run(&frame(&deeper, ETH_P_IP, &other)), XDP_DROP);
+    assert_eq!(
+        p6.counter(counter::DROP_REASON + u32::from(reason::UNJUDGEABLE)),
+        1
+    );
 }
 
 #[test]
@@ -400,7 +412,7 @@ fn ipv6_extension_headers_do_not_bypass_a_deny() {
 }
 
 #[test]
-fn ipv6_chain_past_the_walk_bound_fails_open_and_is_counted() {
+fn ipv6_chain_past_the_walk_bound_is_judged_by_its_source_and_counted() {
     let p = program_denying("2001:db8:a::/64");
     let src: Ipv6Addr = "2001:db8:a::5".parse().unwrap();
     let pkt = frame(
@@ -413,12 +425,25 @@ fn ipv6_chain_past_the_walk_bound_fails_open_and_is_counted() {
             &tcp_header(25, TCP_SYN),
         ),
     );
-    assert_eq!(p.run(&pkt), XDP_PASS);
-    assert_eq!(p.counter(counter::PARSE_ERROR), 1);
+    assert_eq!(p.run(&pkt), XDP_DROP, "a denied source stays denied");
+    let other: Ipv6Addr = "2001:db8:b::5".parse().unwrap();
+    let pkt = frame(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(
+            other,
+            &[Ext::DestOpts; 9],
+            IPPROTO_TCP,
+            &tcp_header(25, TCP_SYN),
+        ),
+    );
+    assert_eq!(p.run(&pkt), XDP_PASS, "anyone else passes");
+    assert_eq!(p.counter(counter::OPAQUE), 2);
+    assert_eq!(p.counter(counter::PARSE_ERROR), 0);
 }
 
 #[test]
-fn truncation_at_every_header_boundary_fails_open_and_is_counted() {
+fn truncation_before_the_source_fails_open_and_after_it_is_judged_by_the_source() {
     let p = program_denying("203.0.113.0/24");
     let mut p = p;
     p.maps
@@ -442,30 +467,47 @@ fn truncation_at_every_header_boundary_fails_open_and_is_counted() {
     // Header boundaries: inside each VLAN tag, IP header, options/extensions, TCP header.
     // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header (14 bytes); shorter
     // ones are covered by sg-ebpf's host unit tests.
+    // The source is known once the fixed IP header is in: 22 + 20 bytes (v4), 18 + 40 (v6).
     let mut expected_errors = 0;
-    for (pkt, cuts) in [
-        (&v4, vec![16, 18, 20, 22, 30, 41, 48, 50, 56, 66, 69]),
-        (&v6, vec![16, 18, 30, 57, 59, 66, 74, 80, 90, 100, 101]),
+    let mut expected_opaque = 0;
+    for (pkt, source_known, cuts) in [
+        (
+            &v4,
+            42,
+            vec![16, 18, 20, 22, 30, 41, 42, 48, 50, 56, 66, 69],
+        ),
+        (
+            &v6,
+            58,
+            vec![16, 18, 30, 57, 58, 59, 66, 74, 80, 90, 100, 101],
+        ),
     ] {
         assert_eq!(p.run(pkt), XDP_DROP, "the whole packet is denied");
         for cut in cuts {
             assert!(cut < pkt.len());
-            assert_eq!(p.run(&pkt[..cut]), XDP_PASS, "cut at {cut}");
-            expected_errors += 1;
+            if cut < source_known {
+                assert_eq!(p.run(&pkt[..cut]), XDP_PASS, "cut at {cut}");
+                expected_errors += 1;
+            } else {
+                assert_eq!(p.run(&pkt[..cut]), XDP_DROP, "cut at {cut}");
+                expected_opaque += 1;
+            }
         }
     }
     assert_eq!(p.counter(counter::PARSE_ERROR), expected_errors);
+    assert_eq!(p.counter(counter::OPAQUE), expected_opaque);
 }
 
 #[test]
-fn bad_ipv4_header_length_fails_open_and_is_counted() {
+fn bad_ipv4_header_length_fails_open_and_a_cut_one_is_judged_by_its_source() {
     let p = program_denying("203.0.113.0/24");
     let mut ip = ipv4(DENIED_V4, IPPROTO_TCP, 0, 0, &tcp_header(25, TCP_SYN));
-    ip[0] = 0x44;
+    ip[0] = 0x44; // below the minimum: no IP stack reads further
     assert_eq!(p.run(&frame(&[], ETH_P_IP, &ip)), XDP_PASS);
+    assert_eq!(p.counter(counter::PARSE_ERROR), 1);
     ip[0] = 0x4f; // 60-byte header claimed, 40 bytes present
-    assert_eq!(p.run(&frame(&[], ETH_P_IP, &ip)), XDP_PASS);
-    assert_eq!(p.counter(counter::PARSE_ERROR), 2);
+    assert_eq!(p.run(&frame(&[], ETH_P_IP, &ip)), XDP_DROP);
+    assert_eq!(p.counter(counter::OPAQUE), 1);
 }
 
 #[test]
