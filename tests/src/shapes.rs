@@ -91,12 +91,12 @@ fn ethernet(path: &Path, tags: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8
 
 /// A SYN header with `option_bytes` of options (NOPs then an MSS), checksum left at zero.
 fn syn(sport: u16, dport: u16, option_bytes: usize) -> Vec<u8> {
-    assert!(option_bytes % 4 == 0 && option_bytes <= 40);
+    assert!(option_bytes.is_multiple_of(4) && option_bytes <= 40);
     let mut t = vec![0u8; 20 + option_bytes];
     t[0..2].copy_from_slice(&sport.to_be_bytes());
     t[2..4].copy_from_slice(&dport.to_be_bytes());
     t[4..8].copy_from_slice(&0x5107_9a7eu32.to_be_bytes());
-    t[12] = ((20 + option_bytes) / 4 << 4) as u8;
+    t[12] = (((20 + option_bytes) / 4) << 4) as u8;
     t[13] = 0x02;
     t[14..16].copy_from_slice(&64240u16.to_be_bytes());
     if option_bytes >= 4 {
@@ -243,7 +243,7 @@ fn v4_shapes(path: &Path, src: [u8; 4], port: &mut impl FnMut() -> u16, out: &mu
 /// unknown options of type 0x1e (RFC 4727's experimental type, "skip over"), at most 257 bytes
 /// each (Linux refuses padding runs over 7 bytes, so PadN cannot fill a long header).
 fn options_header(next: u8, len: usize) -> Vec<u8> {
-    assert!(len >= 8 && len % 8 == 0 && len <= 2048);
+    assert!(len >= 8 && len.is_multiple_of(8) && len <= 2048);
     let mut h = vec![next, (len / 8 - 1) as u8];
     let mut left = len - 2;
     while left > 0 {
@@ -585,7 +585,7 @@ impl RawLink {
                     &mut sll as *mut libc::sockaddr_ll as *mut libc::sockaddr,
                     &mut len,
                 );
-                (n, sll.sll_pkttype != libc::PACKET_OUTGOING as u8)
+                (n, sll.sll_pkttype != libc::PACKET_OUTGOING)
             };
             if n <= 0 {
                 break;
