@@ -126,6 +126,9 @@ pub struct Stats {
     pub store_saves: u64,
     pub store_errors: u64,
     pub store_last_save_unix: u64,
+    /// When the loop last finished a tick (CLOCK_BOOTTIME ns): the daemon pings systemd's
+    /// watchdog only while this moves, and exits when it stops.
+    pub heartbeat_ns: u64,
 }
 
 pub type SharedStats = Arc<Mutex<Stats>>;
@@ -279,6 +282,7 @@ pub fn run(
             stats.tracked = engine.tracked() as u64;
             stats.senders_by_level[0] =
                 stats.tracked - stats.senders_by_level.iter().skip(1).sum::<u64>();
+            stats.heartbeat_ns = now;
             *shared.lock().expect("stats") = stats.clone();
             ticks += 1;
             if ticks.is_multiple_of(ALLOW_REFRESH) {

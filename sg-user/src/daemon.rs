@@ -28,7 +28,24 @@ const LINE_QUEUE: usize = 65_536;
 /// How often the drop-event ring buffer is drained.
 const EVENT_POLL: Duration = Duration::from_millis(200);
 
+/// The learning loop is stalled when its heartbeat is older than this: the daemon stops
+/// pinging the watchdog and exits, so that its supervisor restarts it.
+const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// A panic in any thread or task ends the whole process with a non-zero status, so the
+/// supervisor restarts it; a daemon that keeps running without learning protects nobody.
+/// The pinned program keeps enforcing meanwhile.
+fn exit_on_any_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("slowgate: a worker panicked; exiting so that the supervisor restarts us");
+        std::process::exit(70);
+    }));
+}
+
 pub fn run(config: &Config) -> anyhow::Result<()> {
+    exit_on_any_panic();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,7 +142,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     );
 
     notify("READY=1");
-    let mut watchdog = tokio::time::interval(watchdog_interval());
+    // Every second at least, so that a stalled or ended learning loop is noticed soon.
+    let mut watchdog = tokio::time::interval(watchdog_interval().min(Duration::from_secs(1)));
 
     let mut current = config.clone();
     let mut hangup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
@@ -142,7 +160,20 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
                 Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
             },
-            _ = watchdog.tick() => notify("WATCHDOG=1"),
+            _ = watchdog.tick() => {
+                let heartbeat = stats.lock().map_or(0, |s| s.heartbeat_ns);
+                let age = kernel::boot_time_ns().saturating_sub(heartbeat);
+                if brain.is_finished() {
+                    anyhow::bail!("the learning loop ended; exiting so that the supervisor restarts us");
+                }
+                if heartbeat != 0 && age > STALLED_AFTER.as_nanos() as u64 {
+                    anyhow::bail!(
+                        "the learning loop made no progress for {} s; exiting so that the supervisor restarts us",
+                        age / 1_000_000_000
+                    );
+                }
+                notify("WATCHDOG=1");
+            }
             _ = hangup.recv() => {
                 let _ = reload(&mut current, &mut maps, tick_ns, &brain_tx).await;
             }
@@ -172,7 +203,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = brain.join();
+    if brain.join().is_err() {
+        anyhow::bail!("the learning loop panicked");
+    }
     // Readers are not joined: one may sit in a read from journalctl; they end with the process.
     drop(readers);
     eprintln!(

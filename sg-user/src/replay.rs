@@ -148,7 +148,17 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
             };
         }
         minute.events[crate::engine::kind_index(&event.kind)] += 1;
-        while clock + STEP_NS <= *t {
+        if t.saturating_sub(clock) > DRAIN_NS {
+            // A long quiet gap (or a stamp far in the future): let everyone come back to
+            // normal, then jump, so replay time follows the lines, not the calendar.
+            let end = clock.saturating_add(DRAIN_NS);
+            while clock < end && !engine.limited(clock).is_empty() {
+                clock += STEP_NS;
+                note(engine.tick(clock), clock, &mut rows);
+            }
+            clock = clock.max(t - (t - clock) % STEP_NS);
+        }
+        while clock.saturating_add(STEP_NS) <= *t {
             clock += STEP_NS;
             note(engine.tick(clock), clock, &mut rows);
         }
@@ -172,7 +182,7 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
     }
     minutes.push(minute.record(engine.limited(clock).len() as u64));
     // Let the clock run on until everyone is back to normal.
-    let end = clock + DRAIN_NS;
+    let end = clock.saturating_add(DRAIN_NS);
     while clock < end && !engine.limited(clock).is_empty() {
         clock += STEP_NS;
         note(engine.tick(clock), clock, &mut rows);

@@ -280,7 +280,7 @@ pub fn journal_entry(json: &str) -> Option<Text> {
     let time_ns = v["__REALTIME_TIMESTAMP"]
         .as_str()
         .and_then(|t| t.parse::<u64>().ok())
-        .map(|us| us * 1000);
+        .and_then(|us| us.checked_mul(1000));
     Some(Text::Journal {
         program,
         message,

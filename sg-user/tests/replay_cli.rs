@@ -138,3 +138,49 @@ fn replay_shows_who_would_have_been_limited_when_and_at_what_cost() {
     assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stamp far in the future (or a long quiet gap) must not make the replay step through the
+/// calendar: it drains limits for at most a week of log time, then jumps.
+#[test]
+fn a_far_future_stamp_does_not_make_replay_spin() {
+    let dir = std::env::temp_dir().join(format!("sg-replay-future-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut log = String::new();
+    for i in 0..30u64 {
+        writeln!(
+            log,
+            "{} mx1 postfix/smtpd[100]: NOQUEUE: reject: RCPT from unknown[203.0.113.66]: 550 5.1.1 \
+             <u{i}@example.net>: Recipient address rejected: User unknown in local recipient table; \
+             from=<x@example.com> to=<u{i}@example.net> proto=ESMTP helo=<x>",
+            stamp(i)
+        )
+        .unwrap();
+    }
+    writeln!(
+        log,
+        "2499-12-31T23:59:59+00:00 mx1 postfix/smtpd[100]: connect from unknown[203.0.113.67]"
+    )
+    .unwrap();
+    let path = dir.join("future.log");
+    std::fs::write(&path, log).unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/slowgate.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slowgate"))
+        .args(["--config", config, "replay"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("replay still running after 60 s on a 31-line log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success());
+}

@@ -39,20 +39,16 @@ pub fn parse(message: &str) -> Outcome {
     if let Some(rest) = text.strip_prefix("<= ") {
         return accepted(rest);
     }
-    if let Some(at) = text.find(" authenticator failed for ") {
-        let rest = &text[at + " authenticator failed for ".len()..];
-        let user = rest
-            .rsplit_once("(set_id=")
-            .map(|(_, u)| u.trim_end().trim_end_matches(')'));
+    if let Some(rest) = authenticator_failure(text) {
         return match host(rest) {
-            Some(Host::At(addr, _)) => Outcome::Understood(vec![
+            Some(Host::At(addr, after)) => Outcome::Understood(vec![
                 Event::new(
                     EventKind::AuthFailure {
                         service: Service::Smtp,
                     },
                     addr,
                 )
-                .with_user(user),
+                .with_user(set_id(after)),
             ]),
             Some(Host::Ambiguous) => Outcome::Understood(Vec::new()),
             None => Outcome::NotUnderstood,
@@ -83,6 +79,28 @@ pub fn parse(message: &str) -> Outcome {
         return Outcome::Understood(Vec::new());
     }
     Outcome::NotUnderstood
+}
+
+/// `DRIVER authenticator failed for HOST: 535 ... (set_id=USER)` (smtp_in.c): the line starts
+/// with the authenticator's name, a single word from the server's configuration. Anywhere
+/// else (a syntax error's quoted command, `input="..."`, a sender) the text is the client's.
+fn authenticator_failure(text: &str) -> Option<&str> {
+    let (driver, rest) = text.split_once(' ')?;
+    if driver.is_empty()
+        || !driver
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return None;
+    }
+    rest.strip_prefix("authenticator failed for ")
+}
+
+/// The user of `: 535 Incorrect authentication data (set_id=USER)` after the host: the first
+/// `(set_id=` after the server's reply text, up to the line's last `)`.
+fn set_id(after_host: &str) -> Option<&str> {
+    let (_, user) = after_host.split_once(" (set_id=")?;
+    user.trim_end().strip_suffix(')')
 }
 
 /// `SENDER H=HOST P=esmtp S=1234 ... [for RCPT RCPT]`

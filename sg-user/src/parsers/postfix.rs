@@ -259,16 +259,46 @@ fn postscreen(message: &str) -> Outcome {
         let reject = RejectKind::Rbl;
         return client_after(rest, " for ", EventKind::Reject { reject });
     }
+    // postscreen_smtpd.c writes the client right after the test's name; the command text the
+    // client sent comes after it ("NON-SMTP COMMAND from [ADDR]:PORT CMD TEXT").
     for test in [
-        "PREGREET ",
-        "BARE NEWLINE ",
-        "COMMAND PIPELINING ",
-        "NON-SMTP COMMAND ",
+        "BARE NEWLINE from ",
+        "COMMAND PIPELINING from ",
+        "NON-SMTP COMMAND from ",
+        "COMMAND TIME LIMIT from ",
+        "COMMAND COUNT LIMIT from ",
+        "COMMAND LENGTH LIMIT from ",
     ] {
         if let Some(rest) = message.strip_prefix(test) {
             let reject = RejectKind::Other;
-            return client_after(rest, " from ", EventKind::Reject { reject });
+            return client_event(rest, EventKind::Reject { reject });
         }
+    }
+    // postscreen_early.c: "PREGREET 11 after 0.12 from [ADDR]:PORT: TEXT" and "HANGUP after
+    // 0.5 from [ADDR]:PORT in tests before SMTP handshake": server-written numbers first.
+    let early = message
+        .strip_prefix("PREGREET ")
+        .and_then(|rest| rest.split_once(' '))
+        .filter(|(count, _)| !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(_, rest)| rest)
+        .or_else(|| message.strip_prefix("HANGUP "));
+    if let Some(rest) = early {
+        let client = rest
+            .strip_prefix("after ")
+            .and_then(|rest| rest.split_once(' '))
+            .filter(|(time, _)| {
+                !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            })
+            .and_then(|(_, rest)| rest.strip_prefix("from "));
+        return match client {
+            Some(client) => client_event(
+                client,
+                EventKind::Reject {
+                    reject: RejectKind::Other,
+                },
+            ),
+            None => Outcome::NotUnderstood,
+        };
     }
     NOTHING
 }

@@ -4,8 +4,9 @@
 //! - `tcpserver: pid 1234 from 203.0.113.9`: the address alone, written by tcpserver.
 //! - `rblsmtpd: 203.0.113.9 pid 1234: 451 ...`: the address first, from TCPREMOTEIP.
 //! - `CHKUSER rejected rcpt: from <S::> remote <HELO:HOST:ADDR> rcpt <R> : reason`: the HELO
-//!   and both addresses are the client's text, so the line must hold exactly one ` remote <`,
-//!   and the address is the last `:` field of it; otherwise the line yields nothing.
+//!   and both addresses are the client's text, so the line must hold exactly one ` remote <`
+//!   and one `> rcpt <`, and the address is the last `:` field between them; otherwise the
+//!   line yields nothing.
 
 use std::net::IpAddr;
 
@@ -67,7 +68,10 @@ fn chkuser(message: &str) -> Outcome {
         // "CHKUSER accepted rcpt: ..." and relaying notes.
         return Outcome::Understood(Vec::new());
     }
-    if message.matches(" remote <").count() != 1 {
+    // The address sits between the only ` remote <` and the only `> rcpt <`: the sender
+    // before, the HELO inside and the recipient after are the client's text, so a second
+    // copy of either marker anywhere makes the line ambiguous.
+    if message.matches(" remote <").count() != 1 || message.matches("> rcpt <").count() != 1 {
         return Outcome::Understood(Vec::new());
     }
     let Some((_, remote)) = message.split_once(" remote <") else {

@@ -140,11 +140,13 @@ pub fn tai64n(hex: &str) -> Option<u64> {
     if hex.len() != 24 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let secs = u64::from_str_radix(&hex[..16], 16).ok()?;
-    let nanos = u64::from_str_radix(&hex[16..], 16).ok()?;
+    let secs = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
+    let nanos = u64::from_str_radix(hex.get(16..)?, 16).ok()?;
     let tai = secs.checked_sub(1 << 62)?;
     const TAI_MINUS_UTC: u64 = 37;
-    Some(tai.saturating_sub(TAI_MINUS_UTC) * 1_000_000_000 + nanos.min(999_999_999))
+    tai.saturating_sub(TAI_MINUS_UTC)
+        .checked_mul(1_000_000_000)?
+        .checked_add(nanos.min(999_999_999))
 }
 
 /// Exim's mainlog (`2026-11-22 07:53:40 [pid] msg`, pid optional) and Rspamd's log
@@ -154,8 +156,8 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' {
         return None;
     }
-    let stamp = Stamp::DateTime(&line[..10], &line[11..19]);
-    let rest = line[19..].trim_start_matches(' ');
+    let stamp = Stamp::DateTime(line.get(..10)?, line.get(11..19)?);
+    let rest = line.get(19..)?.trim_start_matches(' ');
     let rest = match rest.strip_prefix(['.', '+', '-']) {
         // Fractions or a zone (Exim's log_selector +millisec, +timezone): skip to the next space.
         Some(_) => token(rest)?.1,
@@ -204,6 +206,9 @@ fn unix_ns(y: i64, m: u32, d: u32, time: &str) -> Option<u64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
+    if !(1970..=MAX_YEAR).contains(&y) {
+        return None;
+    }
     let digits: String = frac
         .chars()
         .take_while(char::is_ascii_digit)
@@ -215,8 +220,14 @@ fn unix_ns(y: i64, m: u32, d: u32, time: &str) -> Option<u64> {
         digits.parse::<u64>().ok()? * 10u64.pow(9 - digits.len() as u32)
     };
     let secs = days_from_civil(y, m, d) * 86_400 + i64::from(h * 3600 + mi * 60 + s);
-    u64::try_from(secs).ok().map(|s| s * 1_000_000_000 + nanos)
+    u64::try_from(secs)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(nanos)
 }
+
+/// The last year whose nanoseconds fit a u64 (2554) is far enough; later stamps are garbage.
+const MAX_YEAR: i64 = 2500;
 
 /// `2026-11-22` and `07:53:40`.
 fn date_time(date: &str, time: &str) -> Option<u64> {
@@ -229,21 +240,25 @@ fn date_time(date: &str, time: &str) -> Option<u64> {
 
 /// `2026-11-22T07:53:40.123456+01:00` (the offset is applied; `Z` or none is UTC).
 fn iso_time(stamp: &str) -> Option<u64> {
-    let (date, rest) = stamp.split_at(10);
-    let rest = &rest[1..];
+    let date = stamp.get(..10)?;
+    let rest = stamp.get(11..)?;
     let zone_at = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
     let utc = date_time(date, &rest[..zone_at])?;
     let zone = &rest[zone_at..];
     let offset_s: i64 = match zone.as_bytes().first() {
         Some(b'+') | Some(b'-') if zone.len() >= 6 => {
-            let h: i64 = zone[1..3].parse().ok()?;
-            let m: i64 = zone[4..6].parse().ok()?;
+            let h: i64 = zone.get(1..3)?.parse().ok()?;
+            let m: i64 = zone.get(4..6)?.parse().ok()?;
+            if h > 23 || m > 59 {
+                return None;
+            }
             let sign = if zone.starts_with('-') { -1 } else { 1 };
             sign * (h * 3600 + m * 60)
         }
         _ => 0,
     };
-    u64::try_from(utc as i64 - offset_s * 1_000_000_000).ok()
+    let utc = i64::try_from(utc).ok()?;
+    u64::try_from(utc.checked_sub(offset_s * 1_000_000_000)?).ok()
 }
 
 fn iso_time_checked(stamp: &str) -> Option<u64> {
