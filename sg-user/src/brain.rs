@@ -178,6 +178,18 @@ pub fn run(
     };
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
     let mut parsers = Parsers::default();
+    // Test hook, never set in production: a line holding this text panics the loop, so the
+    // tests can show that a worker's panic ends the daemon.
+    let panic_on = std::env::var("SLOWGATE_TEST_PANIC_ON")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let check = |line: &Line| {
+        if let (Some(trigger), Text::Raw(text)) = (&panic_on, &line.text)
+            && text.contains(trigger.as_str())
+        {
+            panic!("test hook: the learning loop panics on a line holding {trigger:?}");
+        }
+    };
     let mut enforcer = Enforcer::new(config.limit_ttl);
     let mut stats = Stats::default();
     let mut last_tick = Instant::now();
@@ -258,8 +270,10 @@ pub fn run(
                 arrived = Some(Instant::now());
                 let now = kernel::boot_time_ns();
                 dirty = true;
+                check(&line);
                 changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
                 for line in lines.try_iter().take(BATCH) {
+                    check(&line);
                     changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
                 }
             }

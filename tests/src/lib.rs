@@ -540,6 +540,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon and waits until it says it is ready (at most 20 s).
     pub fn start(ns: &Netns, config_text: &str, pin_dir: &Path) -> anyhow::Result<Daemon> {
+        Daemon::start_with_env(ns, config_text, pin_dir, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn start_with_env(
+        ns: &Netns,
+        config_text: &str,
+        pin_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Daemon> {
         let dir = std::env::temp_dir().join(unique("daemon"));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("slowgate.toml");
@@ -567,6 +577,7 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(pin_dir)
             .arg("run")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log)?)
             .spawn()

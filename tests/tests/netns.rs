@@ -415,6 +415,44 @@ fn log_lines_about_a_sender_make_the_xdp_program_drop_its_new_connections() {
 }
 
 #[test]
+fn a_panic_in_the_learning_loop_ends_the_daemon_and_the_program_keeps_enforcing() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("panic");
+    let (log, config) = postfix_log_in(&tmp.path);
+    let trigger = "slowgate-test-panic-now";
+    let mut daemon = Daemon::start_with_env(
+        &lab.server,
+        &config,
+        &lab.pins.path,
+        &[("SLOWGATE_TEST_PANIC_ON", trigger)],
+    )
+    .unwrap();
+    lab.cli(&["deny", "add", CLIENT_A6]);
+    assert!(!lab.connects(CLIENT_A6, SERVER_A6, 25));
+    append(
+        &log,
+        &format!("Nov 22 07:53:40 mx1 postfix/smtpd[1]: {trigger}\n"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon lives on without its learning loop: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "exit status {status}");
+    assert!(daemon.log_text().contains("a worker panicked"));
+    // The pinned program still enforces with no daemon.
+    assert!(!lab.connects(CLIENT_A6, SERVER_A6, 25), "deny still holds");
+    assert!(lab.connects(CLIENT_B6, SERVER_B6, 25), "others pass");
+}
+
+#[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
     // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
