@@ -565,7 +565,14 @@ impl Engine {
         let weight = self.config.weights.of(&event.kind) * multiplier;
         let kind = kind_index(&event.kind);
         let now = secs(now_ns);
-        let user = event.user.as_deref().map(Box::<str>::from);
+        // A user earns points only for what it did once authenticated: anyone can type a name
+        // and fail, so failures typed with a name count against the address that typed them,
+        // never against the user (whose level reaches the addresses it logs in from).
+        let user = event
+            .user
+            .as_deref()
+            .filter(|_| !matches!(event.kind, EventKind::AuthFailure { .. }))
+            .map(Box::<str>::from);
         if let Some(user) = &user
             && matches!(
                 event.kind,
@@ -1029,6 +1036,38 @@ mod tests {
                 .iter()
                 .any(|c| c.sender == Sender::Source(ip("203.0.113.200")) && c.to == 1)
         );
+    }
+
+    #[test]
+    fn failed_logins_typed_with_a_name_never_limit_that_users_real_addresses() {
+        let mut e = Engine::new(config());
+        let home = "198.51.100.10";
+        // Anyone who knows alice's login fails as her, from many addresses, many times.
+        for i in 0..200u32 {
+            let guesser = format!("203.0.113.{}", i % 50 + 1);
+            let failure = Event::new(
+                EventKind::AuthFailure {
+                    service: Service::Imap,
+                },
+                ip(&guesser),
+            )
+            .with_user(Some("alice"));
+            e.record(&failure, u64::from(i) * SECOND);
+        }
+        assert_eq!(e.level(&Sender::User("alice".into())), 0);
+        // Alice logs in from home and sends a message: she and her address stay untouched.
+        let login = Event::new(
+            EventKind::AuthSuccess {
+                service: Service::Submission,
+            },
+            ip(home),
+        )
+        .with_user(Some("alice"));
+        let changes = e.record(&login, 300 * SECOND);
+        assert!(changes.is_empty(), "{changes:?}");
+        assert_eq!(e.level(&Sender::Source(ip(home))), 0);
+        // The guessers' own addresses and prefix earned the failures.
+        assert!(e.level(&Sender::Prefix("203.0.113.0/24".parse().unwrap())) > 0);
     }
 
     #[test]
