@@ -231,6 +231,16 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
     );
     metric(
         &mut out,
+        "slowgate_overlong_lines_total",
+        "counter",
+        "Log lines cut at 64 KiB (the rest of each is discarded, never read as a line).",
+        &[(
+            String::new(),
+            crate::tail::OVERLONG_LINES.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
+    metric(
+        &mut out,
         "slowgate_source_errors_total",
         "counter",
         "Read errors of log and journald sources (each retried).",

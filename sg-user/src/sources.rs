@@ -4,7 +4,7 @@
 //! the journal keeps the lines meanwhile, so nothing is lost).
 
 use std::{
-    io::BufRead,
+    io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -230,18 +230,31 @@ fn follow_journal(
                 continue;
             }
         };
-        let stdout = child.stdout.take().expect("piped stdout");
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(text) = journal_entry(&line)
-                && tx.send(Line { format, text }).is_err()
-            {
-                let _ = child.kill();
-                return;
-            }
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        // Bounded lines, as for files: an over-long entry is cut (and is then no JSON), and
+        // the rest of it is never read as an entry of its own.
+        let mut splitter = crate::tail::LineSplitter::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut gone = false;
+        while !gone && !stop.load(Ordering::Relaxed) {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            splitter.push(&buf[..n], &mut |bytes| {
+                if gone {
+                    return;
+                }
+                if let Some(text) = std::str::from_utf8(bytes).ok().and_then(journal_entry)
+                    && tx.send(Line { format, text }).is_err()
+                {
+                    gone = true;
+                }
+            });
+        }
+        if gone {
+            let _ = child.kill();
+            return;
         }
         let _ = child.kill();
         let _ = child.wait();

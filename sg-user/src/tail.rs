@@ -15,8 +15,86 @@ use std::{
 };
 
 /// Longest line held while waiting for its newline; a longer one is cut there (and counted),
-/// so a file without newlines cannot grow memory without bound.
+/// so a file without newlines cannot grow memory without bound. What follows the cut, up to
+/// the next newline, is discarded: it is the end of the same line, and the text an attacker
+/// chose, never a line of its own.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// Lines cut at MAX_LINE, by every reader of the process (files and journald), for metrics.
+pub static OVERLONG_LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes, holding a partial last line
+/// until its newline arrives. Files and journalctl's output both go through it.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    /// After a cut: skipping the rest of that line.
+    discarding: bool,
+    /// Lines cut at MAX_LINE by this splitter.
+    pub overlong: u64,
+}
+
+impl LineSplitter {
+    /// Hands every complete line in `bytes` (after what came before) to `line`.
+    pub fn push(&mut self, mut bytes: &[u8], line: &mut dyn FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    if self.discarding {
+                        self.discarding = false;
+                    } else {
+                        self.take(&bytes[..nl], true, line);
+                    }
+                    bytes = &bytes[nl + 1..];
+                }
+                None => {
+                    if !self.discarding {
+                        self.take(bytes, false, line);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, piece: &[u8], complete: bool, line: &mut dyn FnMut(&[u8])) {
+        if complete && self.partial.is_empty() && piece.len() <= MAX_LINE {
+            line(piece);
+            return;
+        }
+        let room = MAX_LINE - self.partial.len();
+        if piece.len() > room {
+            self.partial.extend_from_slice(&piece[..room]);
+            self.overlong += 1;
+            OVERLONG_LINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            line(&self.partial);
+            self.partial.clear();
+            // Without its newline yet, the rest of this line is still to come: skip it.
+            self.discarding = !complete;
+            return;
+        }
+        self.partial.extend_from_slice(piece);
+        if complete {
+            line(&self.partial);
+            self.partial.clear();
+        }
+    }
+
+    /// The partial line as a line of its own (its file ended: rotated away).
+    pub fn flush(&mut self, line: &mut dyn FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            line(&self.partial);
+            self.partial.clear();
+        }
+        self.discarding = false;
+    }
+
+    /// Forgets the partial line (the file was truncated in place).
+    pub fn clear(&mut self) {
+        self.partial.clear();
+        self.discarding = false;
+    }
+}
 
 /// Where to start in a file that already exists when the tailer first opens it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,9 +109,7 @@ pub struct Tailer {
     path: PathBuf,
     start: Start,
     open: Option<Open>,
-    partial: Vec<u8>,
-    /// Lines cut at MAX_LINE.
-    pub overlong: u64,
+    lines: LineSplitter,
 }
 
 struct Open {
@@ -52,9 +128,13 @@ impl Tailer {
             path: path.into(),
             start,
             open: None,
-            partial: Vec::new(),
-            overlong: 0,
+            lines: LineSplitter::default(),
         }
+    }
+
+    /// Lines this tailer cut at MAX_LINE.
+    pub fn overlong(&self) -> u64 {
+        self.lines.overlong
     }
 
     pub fn path(&self) -> &Path {
@@ -79,7 +159,7 @@ impl Tailer {
             && Some(id) != open_id
         {
             // The old file was drained above; a partial line there is complete now.
-            self.flush_partial(line);
+            self.lines.flush(line);
             if self.reopen(true)? {
                 self.read_open(line)?;
             }
@@ -125,7 +205,7 @@ impl Tailer {
             // copytruncate: the file was emptied in place; its new content starts at 0.
             open.offset = 0;
             open.file.seek(SeekFrom::Start(0))?;
-            self.partial.clear();
+            self.lines.clear();
         }
         let mut buf = [0u8; 64 * 1024];
         loop {
@@ -134,32 +214,9 @@ impl Tailer {
                 break;
             }
             open.offset += n as u64;
-            let mut chunk = &buf[..n];
-            while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
-                if self.partial.is_empty() {
-                    line(&chunk[..nl]);
-                } else {
-                    self.partial.extend_from_slice(&chunk[..nl]);
-                    line(&self.partial);
-                    self.partial.clear();
-                }
-                chunk = &chunk[nl + 1..];
-            }
-            self.partial.extend_from_slice(chunk);
-            if self.partial.len() > MAX_LINE {
-                self.overlong += 1;
-                line(&self.partial[..MAX_LINE]);
-                self.partial.clear();
-            }
+            self.lines.push(&buf[..n], line);
         }
         Ok(())
-    }
-
-    fn flush_partial(&mut self, line: &mut dyn FnMut(&[u8])) {
-        if !self.partial.is_empty() {
-            line(&self.partial);
-            self.partial.clear();
-        }
     }
 }
 
@@ -303,6 +360,41 @@ mod tests {
         let lines = poll(&mut t);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].len(), MAX_LINE);
-        assert_eq!(t.overlong, 1);
+        assert_eq!(t.overlong(), 1);
+        // The rest of that line, however it arrives, never becomes a line of its own.
+        append(&log, " connect from unknown[198.51.100.7]\nnext\n");
+        assert_eq!(poll(&mut t), ["next"]);
+        assert_eq!(t.overlong(), 1);
+    }
+
+    #[test]
+    fn the_splitter_cuts_every_overlong_line_at_the_bound_whatever_the_chunks() {
+        for chunk in [
+            1,
+            7,
+            4096,
+            MAX_LINE - 1,
+            MAX_LINE,
+            MAX_LINE + 1,
+            3 * MAX_LINE,
+        ] {
+            let mut input = Vec::new();
+            input.extend_from_slice(b"short\n");
+            input.extend(std::iter::repeat_n(b'a', MAX_LINE));
+            input.extend_from_slice(b"\n"); // exactly the bound: whole
+            input.extend(std::iter::repeat_n(b'b', 2 * MAX_LINE + 5));
+            input.extend_from_slice(b"TAIL\nafter\n");
+            let mut s = LineSplitter::default();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for piece in input.chunks(chunk) {
+                s.push(piece, &mut |l| got.push(l.to_vec()));
+            }
+            assert_eq!(got.len(), 4, "chunk {chunk}");
+            assert_eq!(got[0], b"short");
+            assert_eq!(got[1].len(), MAX_LINE);
+            assert!(got[2].len() == MAX_LINE && got[2].iter().all(|&b| b == b'b'));
+            assert_eq!(got[3], b"after", "chunk {chunk}");
+            assert_eq!(s.overlong, 1);
+        }
     }
 }
