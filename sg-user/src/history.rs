@@ -6,8 +6,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs::{File, OpenOptions},
-    io::{BufRead, BufReader, Write},
+    fs::File,
+    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -100,11 +100,7 @@ impl History {
     pub fn open(state_dir: &Path) -> anyhow::Result<History> {
         std::fs::create_dir_all(state_dir)?;
         let path = state_dir.join("history.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
+        let file = crate::store::open_for_append(&path)?;
         Ok(History { path, file })
     }
 
@@ -114,13 +110,15 @@ impl History {
             text += &serde_json::to_string(r)?;
             text.push('\n');
         }
-        self.file.write_all(text.as_bytes())?;
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
+            // Part of a line may be on disk (a full disk): reopening ends it with a newline
+            // before the next write, so that only the torn line is lost.
+            self.file = crate::store::open_for_append(&self.path)?;
+            return Err(e).with_context(|| format!("write {}", self.path.display()));
+        }
         if self.file.metadata().map_or(0, |m| m.len()) > MAX_BYTES {
             std::fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            self.file = crate::store::open_for_append(&self.path)?;
         }
         Ok(())
     }
@@ -136,15 +134,39 @@ pub fn read(state_dir: &Path, since: u64) -> anyhow::Result<Vec<Record>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("open {}", path.display())),
         };
-        for line in BufReader::new(file).lines() {
-            // A line a crash cut short is skipped.
-            if let Ok(r) = serde_json::from_str::<Record>(&line?)
-                && r.time() >= since
-            {
-                out.push(r);
-            }
-        }
+        // A line a crash cut short, or damaged, is skipped alone.
+        let (records, _, _) = crate::store::read_json_lines::<Record>(file)
+            .with_context(|| format!("read {}", path.display()))?;
+        out.extend(records.into_iter().filter(|r| r.time() >= since));
     }
     out.sort_by_key(Record::time);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_costs_only_itself() {
+        let dir = std::env::temp_dir().join(format!("sg-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let minute = |t: u64| Minute {
+            start: t,
+            ..Default::default()
+        };
+        let mut h = History::open(&dir).unwrap();
+        h.write(&[minute(60).record(1)]).unwrap();
+        drop(h);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("history.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"Minute\":{\"t\":12").unwrap();
+        let mut h = History::open(&dir).unwrap();
+        h.write(&[minute(120).record(2)]).unwrap();
+        let times: Vec<u64> = read(&dir, 0).unwrap().iter().map(Record::time).collect();
+        assert_eq!(times, [60, 120]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -84,12 +84,8 @@ impl Store {
 
     /// Appends one change and makes it durable before returning.
     pub fn record(&self, op: &ListOp) -> anyhow::Result<()> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.journal())
-            .with_context(|| format!("open {}", self.journal().display()))?;
         let line = serde_json::to_string(op)? + "\n";
+        let mut file = open_for_append(&self.journal())?;
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_all())
             .with_context(|| format!("write {}", self.journal().display()))?;
@@ -106,13 +102,16 @@ impl Store {
             Err(e) => return Err(e).context("open the lists journal"),
         };
         let mut latest: BTreeMap<(String, String), ListOp> = BTreeMap::new();
-        let mut lines = 0;
-        for line in BufReader::new(file).lines() {
-            let line = line.context("read the lists journal")?;
-            lines += 1;
-            if let Ok(op) = serde_json::from_str::<ListOp>(&line) {
-                latest.insert((op.list.clone(), op.network.clone()), op);
-            }
+        let (ops, lines, bad) =
+            read_json_lines::<ListOp>(file).context("read the lists journal")?;
+        if bad > 0 {
+            eprintln!(
+                "slowgate: {}: skipped {bad} damaged line(s), kept every other entry",
+                self.journal().display()
+            );
+        }
+        for op in ops {
+            latest.insert((op.list.clone(), op.network.clone()), op);
         }
         let now = unix_now();
         let live: Vec<ListOp> = latest
@@ -155,6 +154,51 @@ impl Store {
 }
 
 /// Writes `path` through a temporary file, fsync'ed and renamed over it.
+/// Opens a JSON-lines file for appending so that the next line starts on a line boundary:
+/// when a crash or a full disk left a torn last line, a newline ends it first, so the torn
+/// line stays the only damaged one and never swallows the next acknowledged entry.
+pub fn open_for_append(path: &Path) -> anyhow::Result<File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")
+                .with_context(|| format!("end the torn last line of {}", path.display()))?;
+        }
+    }
+    Ok(file)
+}
+
+/// Every line of a JSON-lines file that parses as `T`: (records, lines, damaged lines). A
+/// damaged line (torn, invalid UTF-8, not JSON) is skipped alone; the rest are kept.
+pub fn read_json_lines<T: serde::de::DeserializeOwned>(
+    file: File,
+) -> std::io::Result<(Vec<T>, usize, usize)> {
+    let mut out = Vec::new();
+    let (mut lines, mut bad) = (0, 0);
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        lines += 1;
+        match serde_json::from_slice::<T>(&line) {
+            Ok(record) => out.push(record),
+            Err(_) => bad += 1,
+        }
+    }
+    Ok((out, lines, bad))
+}
+
 fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -207,6 +251,34 @@ mod tests {
         f.write_all(b"{\"list\":\"deny\",\"netw").unwrap();
         let live = store.list_entries().unwrap();
         assert_eq!(live, [op("203.0.113.0/24", true, None)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_or_invalid_line_never_costs_another_entry() {
+        let dir = std::env::temp_dir().join(format!("sg-store-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        store.record(&op("203.0.113.0/24", true, None)).unwrap();
+        // A crash mid-append, then the next acknowledged entry.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.journal())
+            .unwrap();
+        f.write_all(b"{\"list\":\"deny\",\"netw").unwrap();
+        store.record(&op("198.51.100.7/32", true, None)).unwrap();
+        // One invalid byte in a line of its own, then another entry.
+        f.write_all(b"\xff\xfe{not json\n").unwrap();
+        store.record(&op("2001:db8::/64", true, None)).unwrap();
+        let live = store.list_entries().unwrap();
+        assert_eq!(
+            live,
+            [
+                op("198.51.100.7/32", true, None),
+                op("2001:db8::/64", true, None),
+                op("203.0.113.0/24", true, None),
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
