@@ -1,6 +1,9 @@
 //! The command line: definitions (clap) and the commands that work on the pinned maps.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -23,8 +26,9 @@ pub struct Cli {
     /// Where the daemon pins its maps (default: the config's pin_dir, else /sys/fs/bpf/slowgate).
     #[arg(long, global = true, env = "SLOWGATE_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,
-    /// Config file, read for pin_dir when --pin-dir is not given.
-    #[arg(long, short, global = true)]
+    /// Config file (default: /etc/slowgate/slowgate.toml when it exists): where the pins,
+    /// the state directory and the control socket are, unless given here.
+    #[arg(long, short, global = true, env = "SLOWGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The daemon's control socket (default: the config's control.socket, else
     /// /run/slowgate/control.sock).
@@ -182,24 +186,39 @@ pub struct LimitSet {
 }
 
 impl Cli {
+    /// The config the CLI works with: --config, else the installed one when it exists (so an
+    /// entry is journaled where the daemon restores it from), else none (built-in defaults).
+    /// A config that exists but does not load is an error, never silently replaced.
+    pub fn config(&self) -> anyhow::Result<Option<Config>> {
+        self.config_or(Path::new(config::DEFAULT_CONFIG_PATH))
+    }
+
+    fn config_or(&self, installed: &Path) -> anyhow::Result<Option<Config>> {
+        match &self.config {
+            Some(path) => Config::load(path).map(Some),
+            None if installed.exists() => Config::load(installed).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The pin directory: --pin-dir, else the config's, else the default.
     pub fn pin_dir(&self) -> anyhow::Result<PathBuf> {
         if let Some(dir) = &self.pin_dir {
             return Ok(dir.clone());
         }
-        if let Some(path) = &self.config {
-            return Ok(Config::load(path)?.pin_dir);
-        }
-        Ok(config::DEFAULT_PIN_DIR.into())
+        Ok(self
+            .config()?
+            .map_or_else(|| config::DEFAULT_PIN_DIR.into(), |c| c.pin_dir))
     }
 
     /// The state directory: --state-dir, else the config's, else the default.
     pub fn state_dir_path(&self) -> anyhow::Result<PathBuf> {
-        Ok(match (&self.state_dir, &self.config) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(path)) => Config::load(path)?.state_dir,
-            (None, None) => crate::store::DEFAULT_STATE_DIR.into(),
-        })
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        Ok(self
+            .config()?
+            .map_or_else(|| crate::store::DEFAULT_STATE_DIR.into(), |c| c.state_dir))
     }
 
     pub fn store(&self) -> anyhow::Result<crate::store::Store> {
@@ -218,12 +237,10 @@ impl Cli {
         if let Some(path) = &self.control {
             return path.clone();
         }
-        if let Some(path) = &self.config
-            && let Ok(config) = Config::load(path)
-        {
-            return config.control_socket;
+        match self.config() {
+            Ok(Some(config)) => config.control_socket,
+            _ => config::DEFAULT_CONTROL_SOCKET.into(),
         }
-        config::DEFAULT_CONTROL_SOCKET.into()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -689,4 +706,33 @@ fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Resu
          lines not understood: {not_understood}"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_config_the_installed_config_decides_where_entries_are_kept() {
+        let dir = std::env::temp_dir().join(format!("sg-cli-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let installed = dir.join("slowgate.toml");
+        let cli = Cli::try_parse_from(["slowgate", "deny", "list"]).unwrap();
+        // Nothing installed: built-in defaults.
+        assert!(cli.config_or(&installed).unwrap().is_none());
+        std::fs::write(
+            &installed,
+            "interfaces = [\"eth0\"]\nstate_dir = \"/srv/slowgate-state\"\n",
+        )
+        .unwrap();
+        let config = cli
+            .config_or(&installed)
+            .unwrap()
+            .expect("the installed one");
+        assert_eq!(config.state_dir, Path::new("/srv/slowgate-state"));
+        // A broken installed config is an error, not a silent fallback to the defaults.
+        std::fs::write(&installed, "interfaces = 3\n").unwrap();
+        assert!(cli.config_or(&installed).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
