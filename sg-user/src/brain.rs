@@ -154,7 +154,7 @@ pub type Requests = Receiver<(Request, tokio::sync::oneshot::Sender<Reply>)>;
 /// Level changes remembered for `slowgate show` (the oldest go first).
 const HISTORY: usize = 10_000;
 
-/// Runs until `stop` is set or every source is gone.
+/// Runs until `stop` is set.
 pub fn run(
     config: &Config,
     mut maps: Maps,
@@ -278,7 +278,9 @@ pub fn run(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            // No sources at all (a daemon that only enforces): keep serving the control
+            // socket, ticking and refreshing TTLs.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK / 4),
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();

@@ -53,10 +53,57 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     runtime.block_on(run_async(config))
 }
 
+/// Takes the exclusive lock at `path` (created if needed) for the life of the process, or
+/// says which process holds it. A second `slowgate run` stops here, before it touches the
+/// pins, the state directory or the control socket of the first.
+fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::{io::Write, os::fd::AsRawFd};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open the lock {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(path).unwrap_or_default();
+        anyhow::bail!(
+            "another slowgate run (pid {}) holds {}: stop it first",
+            holder.trim(),
+            path.display()
+        );
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another slowgate run uses the pins under {}: stop it first",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
 async fn run_async(config: &Config) -> anyhow::Result<()> {
+    // One daemon per state directory and per control socket.
+    let _state_lock = lock(&config.state_dir.join("slowgate.lock"))?;
+    let _socket_lock = lock(&config.control_socket.with_extension("lock"))?;
     let pin_dir = &config.pin_dir;
     kernel::ensure_bpffs(pin_dir)?;
     std::fs::create_dir_all(pin_dir).with_context(|| format!("create {}", pin_dir.display()))?;
+    // And one per pin directory (flock works on the bpffs directory itself).
+    let _pins_lock = lock_dir(pin_dir)?;
 
     let mut ebpf = kernel::load(&config.capacity, Some(pin_dir))?;
     let mut maps = Maps::from_ebpf(&mut ebpf)?;

@@ -453,6 +453,26 @@ fn a_panic_in_the_learning_loop_ends_the_daemon_and_the_program_keeps_enforcing(
 }
 
 #[test]
+fn a_second_daemon_stops_before_touching_what_the_first_one_uses() {
+    let lab = Lab::new();
+    let daemon = lab.start();
+    let second = Daemon::start(&lab.server, &daemon_config(), &lab.pins.path);
+    let err = second
+        .err()
+        .expect("a second daemon on the same pins is refused");
+    assert!(
+        format!("{err:#}").contains("another slowgate run"),
+        "{err:#}"
+    );
+    // The first one still answers on its control socket, and still protects.
+    let (ok, out) = control(&daemon, &["top"], false);
+    assert!(ok, "the first daemon's control socket: {out}");
+    lab.cli(&["deny", "add", CLIENT_A6]);
+    assert!(!lab.connects(CLIENT_A6, SERVER_A6, 25));
+    assert!(daemon.log_text().contains("slowgate: ready"));
+}
+
+#[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
     // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
