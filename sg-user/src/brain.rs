@@ -256,7 +256,7 @@ pub fn run(
                     Ok(serde_json::json!({ "released": who.to_string(), "level_was": was }))
                 }
                 Request::Reload(new) => {
-                    engine.set_config(new.engine.clone());
+                    changes.extend(engine.set_config(new.engine.clone(), now));
                     enforcer.ttl = new.limit_ttl;
                     *config = *new;
                     refresh_allowed(&mut engine, &mut maps, config);

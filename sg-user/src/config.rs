@@ -591,6 +591,12 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let prefix_ceiling = bucket("ceiling.prefix", raw.ceiling.prefix)?;
     let sweep_interval = parse_duration(&raw.enforcement.sweep_interval)
         .context("key `enforcement.sweep_interval`")?;
+    within(
+        "enforcement.sweep_interval",
+        sweep_interval,
+        Duration::from_secs(1),
+        DAY,
+    )?;
     let c = raw.capacity;
     for (key, value) in [
         ("capacity.lists", c.lists),
@@ -646,27 +652,46 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     }
     let p = &raw.points;
     let half_life = parse_duration(&p.half_life).context("key `points.half_life`")?;
-    if half_life.is_zero() {
-        bail!("key `points.half_life`: must be longer than 0s");
-    }
-    if !(0.0..1.0).contains(&p.step_down_below) {
+    within(
+        "points.half_life",
+        half_life,
+        Duration::from_secs(1),
+        365 * DAY,
+    )?;
+    if !(p.step_down_below > 0.0 && p.step_down_below < 1.0) {
         bail!(
-            "key `points.step_down_below`: {} is not a fraction below 1",
+            "key `points.step_down_below`: {} is not a fraction between 0 and 1 (a sender \
+             must be able to come down)",
             p.step_down_below
         );
     }
-    if p.max_tracked < 16 {
-        bail!("key `points.max_tracked`: {} is below 16", p.max_tracked);
+    if !(16..=MAX_TRACKED).contains(&p.max_tracked) {
+        bail!(
+            "key `points.max_tracked`: {} is outside 16..={MAX_TRACKED}",
+            p.max_tracked
+        );
     }
     let limit_ttl = parse_duration(&p.limit_ttl).context("key `points.limit_ttl`")?;
-    if limit_ttl < Duration::from_secs(10) {
-        bail!("key `points.limit_ttl`: shorter than 10s");
+    within(
+        "points.limit_ttl",
+        limit_ttl,
+        Duration::from_secs(10),
+        30 * DAY,
+    )?;
+    let min_hold = parse_duration(&p.min_hold).context("key `points.min_hold`")?;
+    within("points.min_hold", min_hold, Duration::ZERO, 30 * DAY)?;
+    for (name, weight) in p.weights.named() {
+        if !(weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight)) {
+            bail!(
+                "key `points.weights.{name}`: {weight} is not a weight between 0 and {MAX_WEIGHT}"
+            );
+        }
     }
     let mut country_multipliers = std::collections::HashMap::new();
     for (code, m) in &raw.countries.multipliers {
         let key = format!("countries.multipliers.{code}");
-        if !(*m >= 0.0 && m.is_finite()) {
-            bail!("key `{key}`: {m} is not a multiplier");
+        if !(m.is_finite() && (0.0..=MAX_MULTIPLIER).contains(m)) {
+            bail!("key `{key}`: {m} is not a multiplier between 0 and {MAX_MULTIPLIER}");
         }
         country_multipliers.insert(country_code(&key, code)?, *m);
     }
@@ -687,7 +712,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         country_levels,
         country_multipliers,
         down_fraction: p.step_down_below,
-        min_hold: parse_duration(&p.min_hold).context("key `points.min_hold`")?,
+        min_hold,
         prefix_v4: raw.prefix.ipv4,
         prefix_v6: raw.prefix.ipv6,
         network_v4: raw.prefix.network_ipv4,
@@ -837,8 +862,11 @@ fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
             }
             _ => bail!("key `{at}`: give either `rate` and `burst`, or `block = true`"),
         };
-        if !(row.points > 0.0 && row.points.is_finite()) {
-            bail!("key `{at}.points`: {} is not a positive number", row.points);
+        if !(row.points > 0.0 && row.points <= MAX_POINTS) {
+            bail!(
+                "key `{at}.points`: {} is not a number of points between 0 and {MAX_POINTS}",
+                row.points
+            );
         }
         if let Some(prev) = table.last().map(|r: &LevelRow| r.points)
             && row.points <= prev
@@ -865,6 +893,27 @@ fn country_code(key: &str, code: &str) -> anyhow::Result<[u8; 2]> {
         bail!("key `{key}`: {code:?} is not an ISO 3166 country code like \"DE\"");
     }
     Ok([b[0], b[1]])
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// Bounds of the numbers a config may hold: beyond them a value is a typo, and some would
+/// overflow or wedge the daemon later (a zero sweep interval, an infinite weight).
+const MAX_TRACKED: usize = 100_000_000;
+const MAX_WEIGHT: f64 = 1e6;
+const MAX_MULTIPLIER: f64 = 1e3;
+const MAX_POINTS: f64 = 1e12;
+
+/// Refuses a duration outside `min..=max`, naming the key.
+fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::Result<()> {
+    if value < min || value > max {
+        bail!(
+            "key `{key}`: {} is outside {}..={}",
+            crate::units::format_duration(value),
+            crate::units::format_duration(min),
+            crate::units::format_duration(max)
+        );
+    }
+    Ok(())
 }
 
 /// The kernel clamps bursts to 65535 (sg-ebpf bucket.rs); refuse what it would change.
@@ -954,6 +1003,33 @@ mod tests {
             (
                 "[countries]\nmultipliers = { DE = 2.0 }",
                 "countries.database",
+            ),
+            // Numbers that used to pass and wedge or crash the daemon later.
+            (
+                "[enforcement]\nsweep_interval = \"0s\"",
+                "enforcement.sweep_interval",
+            ),
+            ("[points.weights]\nrbl = nan", "points.weights.rbl"),
+            (
+                "[points.weights]\nauth_failure = inf",
+                "points.weights.auth_failure",
+            ),
+            ("[points.weights]\nbounce = -1.0", "points.weights.bounce"),
+            ("[points]\nstep_down_below = 0.0", "points.step_down_below"),
+            ("[points]\nstep_down_below = nan", "points.step_down_below"),
+            ("[points]\nhalf_life = \"0s\"", "points.half_life"),
+            ("[points]\nhalf_life = \"100000d\"", "points.half_life"),
+            ("[points]\nmin_hold = \"1000000d\"", "points.min_hold"),
+            ("[points]\nlimit_ttl = \"99999999d\"", "points.limit_ttl"),
+            (
+                "[points]\nmax_tracked = 9223372036854775807",
+                "points.max_tracked",
+            ),
+            ("[[levels]]\npoints = inf\nblock = true", "levels[0].points"),
+            ("[[levels]]\npoints = nan\nblock = true", "levels[0].points"),
+            (
+                "[countries]\ndatabase = \"/x.mmdb\"\nmultipliers = { DE = inf }",
+                "countries.multipliers.DE",
             ),
         ];
         for (body, key) in cases {

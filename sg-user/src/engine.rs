@@ -82,6 +82,26 @@ pub struct Weights {
     pub dmarc_fail: f64,
 }
 
+impl Weights {
+    /// Each weight with its key in `[points.weights]`.
+    pub fn named(&self) -> [(&'static str, f64); 12] {
+        [
+            ("connection", self.connection),
+            ("message", self.message),
+            ("per_recipient", self.per_recipient),
+            ("unknown_recipient", self.unknown_recipient),
+            ("relay_denied", self.relay_denied),
+            ("rbl", self.rbl),
+            ("other_reject", self.other_reject),
+            ("auth_failure", self.auth_failure),
+            ("bounce", self.bounce),
+            ("lost_after_auth", self.lost_after_auth),
+            ("too_many_errors", self.too_many_errors),
+            ("dmarc_fail", self.dmarc_fail),
+        ]
+    }
+}
+
 impl Default for Weights {
     fn default() -> Self {
         Weights {
@@ -350,8 +370,50 @@ impl Engine {
 
     /// New weights, levels and lengths (a reload); every sender keeps its points and level,
     /// and comes down through the new table as it decays.
-    pub fn set_config(&mut self, config: EngineConfig) {
+    /// Takes a new config (a reload). Every limited sender is re-aligned with the new level
+    /// tables: one above the top of its table comes down to that top, and each gets its
+    /// level's limit as the new table defines it. The returned changes carry those limits to
+    /// the kernel, so no sender stays at a level, or under a limit, that no longer exists.
+    pub fn set_config(&mut self, config: EngineConfig, now_ns: u64) -> Vec<Change> {
+        let limited: Vec<(Sender, usize, Option<Limit>)> = self
+            .tracked
+            .iter()
+            .filter(|(s, t)| t.level > 0 && !matches!(s, Sender::Country(_)))
+            .map(|(s, t)| {
+                let level = usize::from(t.level);
+                (s.clone(), level, self.limit_for(s, level))
+            })
+            .collect();
         self.config = config;
+        let now = secs(now_ns);
+        let half_life = self.config.half_life;
+        let mut changes = Vec::new();
+        for (sender, level, was) in limited {
+            let top = self.table(self.tracked[&sender].country).len();
+            let to = level.min(top);
+            let limit = self.limit_for(&sender, to);
+            if to == level && limit == was {
+                continue;
+            }
+            let Some(t) = self.tracked.get_mut(&sender) else {
+                continue;
+            };
+            t.level = to as u8;
+            if to != level {
+                t.level_since_s = now;
+            }
+            let country = (t.country != NO_COUNTRY).then_some(t.country);
+            changes.push(Change {
+                points: decay(t.points, t.at_s, now, half_life),
+                events: Vec::new(),
+                sender,
+                from: level,
+                to,
+                limit,
+                country,
+            });
+        }
+        changes
     }
 
     /// What is known of one sender, or None when it is not tracked.
@@ -1068,6 +1130,39 @@ mod tests {
         assert_eq!(e.level(&Sender::Source(ip(home))), 0);
         // The guessers' own addresses and prefix earned the failures.
         assert!(e.level(&Sender::Prefix("203.0.113.0/24".parse().unwrap())) > 0);
+    }
+
+    #[test]
+    fn a_reload_that_removes_levels_brings_every_sender_within_the_new_table() {
+        let mut e = Engine::new(config());
+        // 35 harvests: 70 points, blocked (level 3) as source and as prefix.
+        record_n(&mut e, &harvest("203.0.113.9"), 35, 0);
+        let source = Sender::Source(ip("203.0.113.9"));
+        assert_eq!(e.level(&source), 3);
+        let mut smaller = config();
+        smaller.levels = vec![LevelRow {
+            points: 10.0,
+            limit: rate("12/min", 5),
+        }];
+        let changes = e.set_config(smaller, SECOND);
+        let to_source = changes
+            .iter()
+            .find(|c| c.sender == source)
+            .expect("the source is re-aligned");
+        assert_eq!((to_source.from, to_source.to), (3, 1));
+        assert_eq!(to_source.limit, Some(rate("12/min", 5)), "no block is left");
+        assert_eq!(e.level(&source), 1);
+        // And it comes down to 0 as its points decay.
+        let mut now = SECOND;
+        while e.level(&source) > 0 && now < 600 * MINUTE {
+            now += MINUTE;
+            e.tick(now);
+        }
+        assert_eq!(e.level(&source), 0);
+        // A reload that changes nothing says nothing.
+        record_n(&mut e, &harvest("203.0.113.10"), 10, now);
+        let same = e.config.clone();
+        assert!(e.set_config(same, now).is_empty());
     }
 
     #[test]
