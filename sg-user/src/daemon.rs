@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use sg_common::{Attachment, reason, service};
+use sg_common::Attachment;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -198,6 +198,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
     let mut sweep = tokio::time::interval(config.sweep_interval);
     let mut poll = tokio::time::interval(EVENT_POLL);
+    // Drops are reported in aggregate, a few lines a minute, however many there are.
+    let mut drop_log =
+        crate::drops::DropLog::new(config.drop_event_sample, std::time::Instant::now());
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -243,8 +246,11 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             _ = poll.tick() => {
                 while let Some(item) = events.next() {
                     if let Some(e) = kernel::parse_drop_event(&item) {
-                        log_drop(&e);
+                        drop_log.record(&e);
                     }
+                }
+                for line in drop_log.due(std::time::Instant::now()) {
+                    eprintln!("{line}");
                 }
             }
         }
@@ -435,17 +441,3 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-fn log_drop(e: &sg_common::DropEvent) {
-    let addr = crate::units::Network {
-        addr: e.addr,
-        prefix_len: 128,
-    }
-    .to_ipnet()
-    .addr();
-    let why = reason::NAMES.get(e.reason as usize).unwrap_or(&"unknown");
-    let svc = service::NAMES.get(e.service as usize).unwrap_or(&"unknown");
-    eprintln!(
-        "slowgate: dropped new connection from {addr} to {svc} (port {}): {why}",
-        e.port
-    );
-}

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drops;
 pub mod engine;
 pub mod events;
 pub mod history;
