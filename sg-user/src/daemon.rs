@@ -440,4 +440,3 @@ fn ifindex(iface: &str) -> anyhow::Result<u32> {
     }
     Ok(index)
 }
-

@@ -154,7 +154,11 @@ mod tests {
         assert!(log.due(start + Duration::from_secs(59)).is_empty());
         let lines = log.due(start + INTERVAL);
         assert_eq!(lines.len(), 1 + MAX_LINES + 1, "{lines:#?}");
-        assert!(lines[0].contains("about 16000000 new connections"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("about 16000000 new connections"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[1].contains("203.0.113.") && lines[1].contains("deny; smtp"));
         assert!(lines.last().unwrap().contains("others"));
         // A quiet minute says nothing.

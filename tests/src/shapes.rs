@@ -64,6 +64,23 @@ pub fn shapes(path: &Path, src: IpAddr, sport_base: u16) -> Vec<Shape> {
     out
 }
 
+/// A plain SYN frame from `src` (either family) with source port `sport`, checksums right.
+pub fn syn_frame(path: &Path, src: IpAddr, sport: u16) -> Vec<u8> {
+    match src {
+        IpAddr::V4(v4) => {
+            let src = v4.octets();
+            let tcp = v4_syn(src, path.dst_v4, sport, path.dport, 0);
+            let mut ip = v4_header(src, path.dst_v4, 0, 0, sport, tcp.len());
+            ip.extend_from_slice(&tcp);
+            ethernet(path, &[], ETH_P_IP, &ip)
+        }
+        IpAddr::V6(v6) => {
+            let ip = v6_packet(v6.octets(), path.dst_v6, &[], sport, path.dport);
+            ethernet(path, &[], ETH_P_IPV6, &ip)
+        }
+    }
+}
+
 /// VLAN stacks as the stack receives them untagged: priority tags (VLAN id 0).
 fn vlan_stacks() -> Vec<(&'static str, Vec<u16>)> {
     vec![

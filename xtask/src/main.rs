@@ -40,7 +40,8 @@ enum Task {
     /// Setup, build, then every test: formatting, lints, unit tests, root integration tests.
     Test,
     /// Benchmarks: `xdp` (per-packet cost against an empty XDP program), `parse` (against
-    /// fail2ban-regex), `reaction` (log line to kernel limit), `memory` (per tracked sender).
+    /// fail2ban-regex), `reaction` (log line to kernel limit), `memory` (per tracked sender),
+    /// `flood` (the daemon's CPU while its program drops a SYN flood, against nftables).
     Bench {
         #[arg(default_value = "xdp")]
         what: String,
@@ -304,14 +305,14 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// Debian packages of the benchmarks' baselines.
-const BENCH_PACKAGES: &[&str] = &["fail2ban"];
+const BENCH_PACKAGES: &[&str] = &["fail2ban", "nftables"];
 
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
-    const KNOWN: [&str; 4] = ["xdp", "parse", "reaction", "memory"];
+    const KNOWN: [&str; 5] = ["xdp", "parse", "reaction", "memory", "flood"];
     if !KNOWN.contains(&what) {
         bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));
     }
-    if what == "parse" {
+    if what == "parse" || what == "flood" {
         apt_install(
             &BENCH_PACKAGES
                 .iter()

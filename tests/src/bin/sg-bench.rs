@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
         "parse" => sg_tests::bench::parse(),
         "reaction" => sg_tests::bench::reaction(),
         "memory" => sg_tests::bench::memory(),
-        other => anyhow::bail!("unknown benchmark {other} (known: xdp, parse, reaction, memory)"),
+        "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
+        other => {
+            anyhow::bail!("unknown benchmark {other} (known: xdp, parse, reaction, memory, flood)")
+        }
     }
 }
 
