@@ -365,19 +365,34 @@ async fn serve_metrics(
     stats: brain::SharedStats,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A scraper needs one connection; anyone on the host may connect, so connections are
+    // capped (an excess one is closed at once), slow ones time out, and the page is rendered
+    // at most once a second, whatever the scrape rate.
+    let permits = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    let page = Arc::new(tokio::sync::Mutex::new(crate::metrics::Page::default()));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait instead of spinning.
+                eprintln!("slowgate: metrics: accept failed: {e}; pausing 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
             continue;
         };
-        let (maps, stats) = (maps.clone(), stats.clone());
+        let (maps, stats, page) = (maps.clone(), stats.clone(), page.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = [0u8; 2048];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+            let read = tokio::time::timeout(METRICS_READ_TIMEOUT, stream.read(&mut buf)).await;
             let Ok(Ok(n)) = read else { return };
             let request = String::from_utf8_lossy(&buf[..n]);
             let response = if request.starts_with("GET /metrics ") {
-                let snapshot = stats.lock().map(|s| s.clone()).unwrap_or_default();
-                let body = crate::metrics::render(&maps, &snapshot);
+                let body = page.lock().await.get(&maps, &stats);
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
                      Content-Length: {}\r\n\r\n{body}",
@@ -386,10 +401,17 @@ async fn serve_metrics(
             } else {
                 "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
             };
-            let _ = stream.write_all(response.as_bytes()).await;
+            let _ =
+                tokio::time::timeout(METRICS_READ_TIMEOUT, stream.write_all(response.as_bytes()))
+                    .await;
         });
     }
 }
+
+/// Metrics connections served at once; more are closed at once.
+const METRICS_CONNECTIONS: usize = 8;
+/// A metrics client that sends no request (or reads no answer) in this time is dropped.
+const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Puts back what operators added with the CLI, from the store (after a reboot the pinned maps
 /// are gone; after a restart this re-writes what is already there). Expired entries stay out.

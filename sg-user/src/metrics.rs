@@ -3,7 +3,10 @@
 //! events per kind and format, senders per level, points of limited senders, time from a log
 //! line to its limit, write errors).
 
-use std::fmt::Write;
+use std::{
+    fmt::Write,
+    time::{Duration, Instant},
+};
 
 use sg_common::{counter, reason, service};
 
@@ -20,7 +23,46 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String,
     }
 }
 
-pub fn render(maps: &Maps, stats: &Stats) -> String {
+/// The page, kept between scrapes: rendered at most once a second, and the map fill (a walk
+/// of the list and policy maps, one syscall per entry) read at most every [`FILL_EVERY`], so
+/// no scrape rate makes the daemon walk its maps continuously.
+#[derive(Default)]
+pub struct Page {
+    body: String,
+    rendered: Option<Instant>,
+    fill: Vec<(&'static str, usize, u32)>,
+    filled: Option<Instant>,
+}
+
+/// How long a page is served again.
+const PAGE_EVERY: Duration = Duration::from_secs(1);
+/// How long a map fill reading is used again.
+pub const FILL_EVERY: Duration = Duration::from_secs(30);
+
+impl Page {
+    pub fn get(&mut self, maps: &Maps, stats: &crate::brain::SharedStats) -> String {
+        let now = Instant::now();
+        if self
+            .rendered
+            .is_some_and(|at| now.duration_since(at) < PAGE_EVERY)
+        {
+            return self.body.clone();
+        }
+        if self
+            .filled
+            .is_none_or(|at| now.duration_since(at) >= FILL_EVERY)
+        {
+            self.fill = maps.fill();
+            self.filled = Some(now);
+        }
+        let snapshot = stats.lock().map(|s| s.clone()).unwrap_or_default();
+        self.body = render(maps, &snapshot, &self.fill);
+        self.rendered = Some(now);
+        self.body.clone()
+    }
+}
+
+pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -> String {
     let mut out = String::new();
     if let Ok(c) = maps.counters() {
         let at = |i: u32| c.get(i as usize).copied().unwrap_or(0) as f64;
@@ -88,15 +130,13 @@ pub fn render(maps: &Maps, stats: &Stats) -> String {
             &by_service(counter::SERVICE_DROPPED),
         );
     }
-    let fill: Vec<(String, f64)> = maps
-        .fill()
-        .iter()
-        .map(|(n, used, _)| (format!("{{map=\"{n}\"}}"), *used as f64))
-        .collect();
-    let capacity: Vec<(String, f64)> = maps
-        .fill()
+    let capacity: Vec<(String, f64)> = fill
         .iter()
         .map(|(n, _, max)| (format!("{{map=\"{n}\"}}"), f64::from(*max)))
+        .collect();
+    let fill: Vec<(String, f64)> = fill
+        .iter()
+        .map(|(n, used, _)| (format!("{{map=\"{n}\"}}"), *used as f64))
         .collect();
     metric(
         &mut out,

@@ -472,6 +472,50 @@ fn a_second_daemon_stops_before_touching_what_the_first_one_uses() {
     assert!(daemon.log_text().contains("slowgate: ready"));
 }
 
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// CPU time (user + system, in clock ticks) of process `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[test]
+fn idle_metrics_connections_cannot_exhaust_the_daemon() {
+    let lab = Lab::new();
+    let daemon = lab.start();
+    let pid = daemon.child.id();
+    let fds_before = open_fds(pid);
+    let addr: SocketAddr = "127.0.0.1:9465".parse().unwrap();
+    // 300 connections that never send a request (bounded; closed at the end of the test).
+    let idle: Vec<_> = (0..300)
+        .filter_map(|_| {
+            tcp_connect(&lab.server, ip("127.0.0.1"), addr, Duration::from_secs(1)).ok()
+        })
+        .collect();
+    assert!(idle.len() > 200, "only {} connections opened", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_during = open_fds(pid);
+    assert!(
+        fds_during < fds_before + 32,
+        "the daemon holds {fds_during} descriptors (had {fds_before}) for idle clients"
+    );
+    // Scrapes work again once the idle clients time out, and the daemon did not spin.
+    let ticks_before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let body = http_get(&lab.server, addr, "/metrics").expect("a scrape after the idle clients");
+    assert!(body.contains("slowgate_packets_total"));
+    let ticks = cpu_ticks(pid) - ticks_before;
+    assert!(ticks < 100, "the daemon used {ticks} ticks of CPU in 3 s");
+    drop(idle);
+}
+
 #[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
