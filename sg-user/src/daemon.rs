@@ -53,6 +53,34 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     runtime.block_on(run_async(config))
 }
 
+/// Attaches the program again to every configured interface whose pinned link lost it (the
+/// interface was deleted and made again, as a VPN, a bond or a container restart does).
+fn reattach_lost(
+    ebpf: &mut aya::Ebpf,
+    config: &Config,
+    missing: &mut std::collections::BTreeSet<String>,
+) {
+    for iface in &config.interfaces {
+        if kernel::link_is_live(&config.pin_dir, iface) {
+            missing.remove(iface);
+            continue;
+        }
+        match kernel::attach(ebpf, iface, config.attach_mode, &config.pin_dir) {
+            Ok(_) => {
+                eprintln!("slowgate: {iface}: protecting again");
+                missing.remove(iface);
+            }
+            Err(e) => {
+                if missing.insert(iface.clone()) {
+                    eprintln!(
+                        "slowgate: {iface}: not protected: {e:#}; attaching again when it is back"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Takes the exclusive lock at `path` (created if needed) for the life of the process, or
 /// says which process holds it. A second `slowgate run` stops here, before it touches the
 /// pins, the state directory or the control socket of the first.
@@ -115,7 +143,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let previous = maps.attachments().unwrap_or_default();
     let mut attached = Vec::new();
     for iface in &config.interfaces {
-        let ifindex = ifindex(iface)?;
+        let ifindex = kernel::ifindex(iface)?;
         let mode = match kernel::attach(&mut ebpf, iface, config.attach_mode, pin_dir)? {
             Some(mode) => mode,
             None => {
@@ -193,6 +221,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let mut watchdog = tokio::time::interval(watchdog_interval().min(Duration::from_secs(1)));
 
     let mut current = config.clone();
+    // Interfaces found gone, so that it is said once, not every second.
+    let mut missing = std::collections::BTreeSet::new();
     let mut hangup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("handle SIGINT")?;
@@ -222,6 +252,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                         age / 1_000_000_000
                     );
                 }
+                reattach_lost(&mut ebpf, &current, &mut missing);
                 notify("WATCHDOG=1");
             }
             _ = hangup.recv() => {
@@ -451,14 +482,4 @@ fn apply_lists(maps: &mut Maps, config: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("{}: key `lists.limit`", config.path.display()))?;
     }
     Ok(())
-}
-
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(iface).context("interface name")?;
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        anyhow::bail!("interface {iface} does not exist (see `interfaces` in the config)");
-    }
-    Ok(index)
 }

@@ -12,10 +12,7 @@ use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader, TestRun, include_bytes_aligned,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{Xdp, XdpMode, links::FdLink},
 };
 use sg_common::{
     Addr, Attachment, Config as KernelConfig, ListEntry, Policy, PolicyKey, Slot, action, capacity,
@@ -189,9 +186,25 @@ pub fn attach(
 ) -> anyhow::Result<Option<u32>> {
     let pin = link_pin(pin_dir, iface);
     if pin.exists() {
-        PinnedLink::from_pin(&pin)
-            .with_context(|| format!("open pinned link {}", pin.display()))?;
-        return Ok(None);
+        let want = ifindex(iface)?;
+        match pinned_link_ifindex(&pin) {
+            Ok(Some(found)) if found == want => return Ok(None),
+            found => {
+                // The interface was deleted (and maybe made again): the pinned link protects
+                // nothing. Attach again, and say so.
+                let was = match found {
+                    Ok(Some(i)) => format!("interface index {i}"),
+                    Ok(None) => "an interface that is gone".to_string(),
+                    Err(e) => format!("nothing readable ({e:#})"),
+                };
+                eprintln!(
+                    "slowgate: {iface}: the pinned program was attached to {was}, not to {iface} \
+                     (index {want}); attaching again"
+                );
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("remove the stale pin {}", pin.display()))?;
+            }
+        }
     }
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
@@ -217,6 +230,87 @@ pub fn attach(
         .pin(&pin)
         .with_context(|| format!("pin the XDP link of {iface} at {}", pin.display()))?;
     Ok(Some(recorded))
+}
+
+/// The index of interface `iface`.
+pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = CString::new(iface).context("interface name")?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("interface {iface} does not exist (see `interfaces` in the config)");
+    }
+    Ok(index)
+}
+
+/// True when the link pinned for `iface` is attached to the interface that has that name now.
+pub fn link_is_live(pin_dir: &Path, iface: &str) -> bool {
+    let Ok(want) = ifindex(iface) else {
+        return false;
+    };
+    matches!(pinned_link_ifindex(&link_pin(pin_dir, iface)), Ok(Some(i)) if i == want)
+}
+
+/// The interface a pinned XDP link is attached to: None once its interface is gone (the
+/// kernel keeps the link, attached to nothing). aya's `LinkInfo` does not expose it, so this
+/// asks the kernel directly (BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD).
+fn pinned_link_ifindex(pin: &Path) -> anyhow::Result<Option<u32>> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let path = CString::new(pin.as_os_str().as_bytes())?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd; every
+    // byte past them must be zero, so it is built in a zeroed buffer.
+    let mut get = [0u64; 3];
+    get[0] = path.as_ptr() as u64;
+    // SAFETY: bpf(2) reads 24 bytes of `get`, whose pathname points to a live C string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            get.as_ptr(),
+            std::mem::size_of_val(&get),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET");
+    }
+    // SAFETY: a new descriptor the kernel just gave us, owned from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 (xdp.ifindex first).
+    let mut info = [0u64; 8];
+    let request = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most info_len bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &request as *const InfoByFd,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+    }
+    if info[0] as u32 != BPF_LINK_TYPE_XDP {
+        bail!("{} is not an XDP link", pin.display());
+    }
+    let ifindex = info[2] as u32;
+    Ok((ifindex != 0).then_some(ifindex))
 }
 
 /// Removes every link and map pinned under `pin_dir`: the program stops, the maps go.

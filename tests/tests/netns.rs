@@ -516,6 +516,56 @@ fn idle_metrics_connections_cannot_exhaust_the_daemon() {
     drop(idle);
 }
 
+/// Deletes the veth pair and makes it again, addresses and all (a VPN or container restart).
+fn recreate_link(lab: &Lab) {
+    lab.server.ip(&["link", "del", "sg0"]).unwrap();
+    veth(&lab.server, "sg0", &lab.client, "cl0").unwrap();
+    for a in ["198.51.100.1/24", "2001:db8:a::1/64", "2001:db8:b::1/64"] {
+        lab.server.addr("sg0", a).unwrap();
+    }
+    for a in ["198.51.100.10/24", "2001:db8:a::10/64", "2001:db8:b::10/64"] {
+        lab.client.addr("cl0", a).unwrap();
+    }
+}
+
+#[test]
+fn a_recreated_interface_is_protected_again_at_start_and_while_running() {
+    let lab = Lab::new();
+    let mut daemon = lab.start();
+    lab.cli(&["deny", "add", CLIENT_A6]);
+    assert!(!lab.connects(CLIENT_A6, SERVER_A6, 25));
+    // Down, interface made again, up: the old pinned link protects nothing any more.
+    daemon.kill9();
+    recreate_link(&lab);
+    let daemon = lab.start();
+    assert!(
+        daemon.log_text().contains("attaching again"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !lab.connects(CLIENT_A6, SERVER_A6, 25),
+        "deny after restart"
+    );
+    assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
+    // Made again while the daemon runs: it notices within a few seconds.
+    recreate_link(&lab);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !daemon.log_text().contains("protecting again") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        daemon.log_text().contains("protecting again"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !lab.connects(CLIENT_A6, SERVER_A6, 25),
+        "deny while running"
+    );
+    assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
+}
+
 #[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
