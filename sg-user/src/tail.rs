@@ -110,7 +110,20 @@ pub struct Tailer {
     start: Start,
     open: Option<Open>,
     lines: LineSplitter,
+    /// The file the path named before a rename + create rotation: the writer may go on
+    /// appending to it until it reopens the path (syslog's HUP), so it is read until it has
+    /// been idle for [`ROTATED_IDLE`].
+    rotated: Option<Rotated>,
 }
+
+struct Rotated {
+    open: Open,
+    lines: LineSplitter,
+    last_growth: std::time::Instant,
+}
+
+/// How long a rotated-away file is still read after the last line appended to it.
+pub const ROTATED_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Open {
     file: File,
@@ -129,6 +142,7 @@ impl Tailer {
             start,
             open: None,
             lines: LineSplitter::default(),
+            rotated: None,
         }
     }
 
@@ -147,7 +161,10 @@ impl Tailer {
         if self.open.is_none() && !self.reopen(false)? {
             return Ok(());
         }
-        self.read_open(line)?;
+        self.read_rotated(line);
+        if let Some(open) = self.open.as_mut() {
+            read_from(open, &mut self.lines, line)?;
+        }
         // Has the path moved on to another file (rename + create, delete + recreate)?
         let current = match std::fs::metadata(&self.path) {
             Ok(meta) => Some(identity(&meta)),
@@ -158,13 +175,45 @@ impl Tailer {
         if let Some(id) = current
             && Some(id) != open_id
         {
-            // The old file was drained above; a partial line there is complete now.
-            self.lines.flush(line);
-            if self.reopen(true)? {
-                self.read_open(line)?;
+            // Keep reading the old file: lines the writer still sends there before it reopens
+            // the path are not lost. (An older rotated file is done with.)
+            if let Some(mut done) = self.rotated.take() {
+                done.lines.flush(line);
+            }
+            if let Some(open) = self.open.take() {
+                self.rotated = Some(Rotated {
+                    open,
+                    lines: std::mem::take(&mut self.lines),
+                    last_growth: std::time::Instant::now(),
+                });
+            }
+            if self.reopen(true)?
+                && let Some(open) = self.open.as_mut()
+            {
+                read_from(open, &mut self.lines, line)?;
             }
         }
         Ok(())
+    }
+
+    /// Reads what was appended to the rotated-away file; lets it go once idle.
+    fn read_rotated(&mut self, line: &mut dyn FnMut(&[u8])) {
+        let Some(r) = self.rotated.as_mut() else {
+            return;
+        };
+        match read_from(&mut r.open, &mut r.lines, line) {
+            Ok(0) if r.last_growth.elapsed() >= ROTATED_IDLE => {}
+            Ok(0) => return,
+            Ok(_) => {
+                r.last_growth = std::time::Instant::now();
+                return;
+            }
+            Err(_) => {}
+        }
+        // Idle (or unreadable): its partial last line is complete now.
+        if let Some(mut done) = self.rotated.take() {
+            done.lines.flush(line);
+        }
     }
 
     /// Opens the path; `rotated` files are read from their start.
@@ -195,29 +244,33 @@ impl Tailer {
         self.open = Some(open);
         Ok(true)
     }
+}
 
-    fn read_open(&mut self, line: &mut dyn FnMut(&[u8])) -> io::Result<()> {
-        let Some(open) = self.open.as_mut() else {
-            return Ok(());
-        };
-        let len = open.file.metadata()?.len();
-        if len < open.offset {
-            // copytruncate: the file was emptied in place; its new content starts at 0.
-            open.offset = 0;
-            open.file.seek(SeekFrom::Start(0))?;
-            self.lines.clear();
-        }
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            let n = open.file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            open.offset += n as u64;
-            self.lines.push(&buf[..n], line);
-        }
-        Ok(())
+/// Reads everything appended to `open` since the last read into `lines`; the bytes read.
+fn read_from(
+    open: &mut Open,
+    lines: &mut LineSplitter,
+    line: &mut dyn FnMut(&[u8]),
+) -> io::Result<u64> {
+    let len = open.file.metadata()?.len();
+    if len < open.offset {
+        // copytruncate: the file was emptied in place; its new content starts at 0.
+        open.offset = 0;
+        open.file.seek(SeekFrom::Start(0))?;
+        lines.clear();
     }
+    let mut buf = [0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = open.file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        open.offset += n as u64;
+        total += n as u64;
+        lines.push(&buf[..n], line);
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -296,6 +349,35 @@ mod tests {
         assert_eq!(poll(&mut t), ["a", "b", "c", "d"]);
         append(&log, "e\n");
         assert_eq!(poll(&mut t), ["e"]);
+    }
+
+    #[test]
+    fn lines_the_writer_sends_to_the_renamed_file_until_it_reopens_are_read() {
+        let d = Dir::new("late");
+        let log = d.0.join("mail.log");
+        let old = d.0.join("mail.log.1");
+        append(&log, "");
+        let mut t = Tailer::new(&log, Start::End);
+        poll(&mut t);
+        std::fs::rename(&log, &old).unwrap();
+        append(&log, "new 0\n");
+        assert_eq!(poll(&mut t), ["new 0"]);
+        // syslog has not been told yet: it goes on writing to the old file, interleaved with
+        // polls, then part of a line, then reopens.
+        let mut want = Vec::new();
+        for i in 0..200 {
+            append(&old, &format!("late {i}\n"));
+            want.push(format!("late {i}"));
+            if i % 50 == 49 {
+                assert_eq!(poll(&mut t), want);
+                want.clear();
+            }
+        }
+        append(&old, "late partial");
+        append(&log, "new 1\n");
+        assert_eq!(poll(&mut t), ["new 1"]);
+        append(&old, " line\n");
+        assert_eq!(poll(&mut t), ["late partial line"]);
     }
 
     #[test]
