@@ -196,8 +196,17 @@ fn blame_of(format: Format, text: &str) -> Vec<(IpAddr, String)> {
     blamed
 }
 
+/// 256 cases in `cargo xtask test`; `cargo xtask fuzz` sets PROPTEST_CASES much higher.
+fn cases() -> ProptestConfig {
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    ProptestConfig::with_cases(n)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(cases())]
 
     #[test]
     fn client_text_never_moves_the_blame(

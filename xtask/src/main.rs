@@ -49,6 +49,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The parsers' property tests (hostile client text, arbitrary and damaged lines) with many
+    /// more cases than `test` runs: PROPTEST_CASES (default 20000).
+    Fuzz,
     /// Man pages and shell completions from the CLI definition, into target/man and
     /// target/completions.
     Man,
@@ -68,6 +71,7 @@ fn main() {
         Task::Test => test(),
         Task::Bench { what, args } => setup().and_then(|()| bench(&what, &args)),
         Task::Man => setup().and_then(|()| man()),
+        Task::Fuzz => fuzz(),
         Task::Lab { quick } => setup().and_then(|()| {
             let args: Vec<String> = if quick {
                 vec!["--quick".into()]
@@ -339,6 +343,21 @@ fn tests_binary(name: &str) -> Command {
     ])
     .env("SLOWGATE_BIN", workspace().join("target/release/slowgate"));
     cmd
+}
+
+fn fuzz() -> anyhow::Result<()> {
+    let cases = env::var("PROPTEST_CASES").unwrap_or_else(|_| "20000".into());
+    eprintln!("xtask: {cases} cases per property (PROPTEST_CASES)");
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "slowgate",
+            "--test",
+            "hostile_lines",
+        ])
+        .env("PROPTEST_CASES", cases))
 }
 
 fn man() -> anyhow::Result<()> {
