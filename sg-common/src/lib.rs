@@ -140,7 +140,16 @@ pub struct Slot {
     pub burst: u32,
     /// [`Slot::checksum`] of the fields above.
     pub check: u64,
+    /// Tick-clock time until which the slot's source counts as verified: a packet of it
+    /// matched an established TCP socket on a protected port, so the address is not spoofed.
+    /// A verified source is exempt from the default ceilings (never from lists and policies),
+    /// so SYNs spoofed with its address cannot lock it out; 0 = not verified. Cleared when
+    /// another source takes the slot.
+    pub verified_until_ns: u64,
 }
+
+/// How long a source stays verified after its last packet on an established connection.
+pub const VERIFIED_FOR_NS: u64 = 600 * 1_000_000_000;
 
 impl Slot {
     /// What `check` must hold for a slot whose fields were written by one writer. A torn slot
@@ -336,8 +345,12 @@ pub mod counter {
     /// IP packets whose transport header the program could not reach (an IPv6 chain past the
     /// walk, a header cut short), judged by their source as new connections.
     pub const OPAQUE: u32 = SERVICE_DROPPED + service::COUNT;
+    /// Sources marked verified (a packet of theirs matched an established socket).
+    pub const VERIFIED: u32 = OPAQUE + 1;
+    /// New connections of verified sources passed over an exhausted default ceiling.
+    pub const VERIFIED_OVER_CEILING: u32 = VERIFIED + 1;
     /// Number of counters.
-    pub const COUNT: u32 = OPAQUE + 1;
+    pub const COUNT: u32 = VERIFIED_OVER_CEILING + 1;
 }
 
 /// A sampled drop, sent to userspace through the DROP_EVENTS ring buffer.
@@ -397,7 +410,7 @@ const _: () = assert!(counter::SERVICE_NEW_CONN == counter::DROP_REASON + reason
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Policy>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<Slot>() == 48);
+const _: () = assert!(core::mem::size_of::<Slot>() == 56);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 24);
 

@@ -10,15 +10,18 @@
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action,
+        bindings::{
+            bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+            bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6, xdp_action,
+        },
         btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-        helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
+        helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_sk_release, bpf_skc_lookup_tcp},
         macros::{btf_map, xdp},
         programs::XdpContext,
     };
     use sg_common::{
-        Addr, Config, DropEvent, ListEntry, Policy, PolicyKey, Slot, action, apply_mask, capacity,
-        counter, flag, is_v4_mapped, reason, slot_hash, verdict,
+        Addr, Config, DropEvent, ListEntry, Policy, PolicyKey, Slot, VERIFIED_FOR_NS, action,
+        apply_mask, capacity, counter, flag, is_v4_mapped, reason, slot_hash, verdict,
     };
     use sg_ebpf::{
         bucket,
@@ -128,6 +131,7 @@ mod program {
         let now = tick_clock(config);
 
         if !tcp.new_connection {
+            verify(ctx, &tcp, config, now);
             // A session in progress is never cut, unless the operator asked for it.
             if config.flags & flag::DROP_ESTABLISHED_FROM_BLOCKED != 0
                 && is_blocked(&tcp.src, config, now)
@@ -209,16 +213,95 @@ mod program {
             _ => {}
         }
         let ceiling = config.source_ceiling;
-        if ceiling.interval_ns != 0 && !source.take(now, config, ceiling.interval_ns, ceiling.burst)
+        let over = if ceiling.interval_ns != 0
+            && !source.take(now, config, ceiling.interval_ns, ceiling.burst)
         {
-            return Some(reason::DEFAULT_SOURCE);
+            Some(reason::DEFAULT_SOURCE)
+        } else {
+            let ceiling = config.prefix_ceiling;
+            (ceiling.interval_ns != 0
+                && !prefix.take(now, config, ceiling.interval_ns, ceiling.burst))
+            .then_some(reason::DEFAULT_PREFIX)
+        };
+        if over.is_some() && source.verified(now) {
+            // Not spoofed (it completed handshakes): SYNs spoofed with its address, or from
+            // its prefix, must not lock it out. The stack's SYN cookies take the rest.
+            count(counter::VERIFIED_OVER_CEILING);
+            return None;
         }
-        let ceiling = config.prefix_ceiling;
-        if ceiling.interval_ns != 0 && !prefix.take(now, config, ceiling.interval_ns, ceiling.burst)
+        over
+    }
+
+    /// Marks the source of `tcp` (a packet of a connection, not a SYN) verified when the
+    /// packet belongs to a connection past its handshake: only a source that completed one has
+    /// such a socket, so the address is not spoofed. Looked up at most every half of
+    /// VERIFIED_FOR_NS per source, and only while the slot is the source's own.
+    #[inline(always)]
+    fn verify(ctx: &XdpContext, tcp: &parse::Tcp, config: &Config, now: u64) {
+        let (index, fingerprint) = slot_hash(&tcp.src, &config.seed, config.source_slots_mask);
+        let Some(slot) = SOURCES.get_ptr_mut(index) else {
+            return;
+        };
+        // SAFETY: a map value, valid for this program run.
+        let s = unsafe { &mut *slot };
+        if s.tag >> 32 != fingerprint >> 32
+            || s.verified_until_ns > now.saturating_add(VERIFIED_FOR_NS / 2)
         {
-            return Some(reason::DEFAULT_PREFIX);
+            return;
         }
-        None
+        if !established(ctx, tcp) {
+            return;
+        }
+        if s.verified_until_ns <= now {
+            count(counter::VERIFIED);
+        }
+        s.verified_until_ns = now.saturating_add(VERIFIED_FOR_NS);
+    }
+
+    /// True when the stack holds a socket past the handshake for this packet's 4-tuple.
+    #[inline(always)]
+    fn established(ctx: &XdpContext, tcp: &parse::Tcp) -> bool {
+        // SAFETY: the tuple is plain integers; all zeros is a valid value.
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        let size = if is_v4_mapped(&tcp.src) {
+            let v4 = |a: &Addr| u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            tuple.__bindgen_anon_1.ipv4 = TupleV4 {
+                saddr: v4(&tcp.src),
+                daddr: v4(&tcp.dst),
+                sport: tcp.sport.to_be(),
+                dport: tcp.dport.to_be(),
+            };
+            core::mem::size_of::<TupleV4>()
+        } else {
+            let v6 = |a: &Addr| {
+                let mut w = [0u32; 4];
+                for (i, word) in w.iter_mut().enumerate() {
+                    *word =
+                        u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+                }
+                w
+            };
+            tuple.__bindgen_anon_1.ipv6 = TupleV6 {
+                saddr: v6(&tcp.src),
+                daddr: v6(&tcp.dst),
+                sport: tcp.sport.to_be(),
+                dport: tcp.dport.to_be(),
+            };
+            core::mem::size_of::<TupleV6>()
+        };
+        // SAFETY: the tuple lives on the stack for the call; a found socket is released
+        // before returning, as the verifier requires. u64::MAX: the current netns.
+        unsafe {
+            let sk = bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size as u32, u64::MAX, 0);
+            if sk.is_null() {
+                return false;
+            }
+            let state = (*sk).state;
+            bpf_sk_release(sk.cast());
+            // ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING: past the
+            // handshake. Not LISTEN (the lookup falls back to the listener) nor NEW_SYN_RECV.
+            matches!(state, 1 | 4 | 5 | 6 | 8 | 9 | 11)
+        }
     }
 
     /// True when `src` is denied or blocked by policy (for the established-packets option).
@@ -379,6 +462,8 @@ mod program {
                 count(claimed_counter + u32::from(s.tag != 0));
                 // SAFETY: tat_ns is an aligned u64 inside the map value.
                 let _ = unsafe { bucket::compare_exchange(&mut s.tat_ns, seen_tat, 0) };
+                // Another source's verification is not this one's.
+                s.verified_until_ns = 0;
             }
             s.tag = tag;
             s.until_ns = until_ns;
@@ -386,6 +471,13 @@ mod program {
             s.verdict = self.verdict;
             s.burst = self.burst;
             s.check = s.checksum();
+        }
+
+        /// True while the slot's source is verified (see `verify`).
+        #[inline(always)]
+        fn verified(&self, now: u64) -> bool {
+            // SAFETY: the slot points to a map value, valid for this program run.
+            unsafe { (*self.slot).verified_until_ns > now }
         }
 
         /// Takes one token from the slot's bucket; false when the connection must be refused.

@@ -40,6 +40,10 @@ pub enum Packet {
 pub struct Tcp {
     /// Source in the mapped 16-byte form.
     pub src: Addr,
+    /// Destination, the same form (for socket lookups).
+    pub dst: Addr,
+    /// Source port, host byte order.
+    pub sport: u16,
     /// Destination port, host byte order.
     pub dport: u16,
     /// A connection opening: SYN without ACK. A first fragment too short to carry the flags
@@ -163,6 +167,7 @@ fn ipv4(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     let mapped = u64::from(u32::from_ne_bytes([0, 0, 0xff, 0xff])) | (u64::from(v4) << 32);
     // SAFETY: two u64 are 16 bytes; any bytes are a valid Addr.
     let src: Addr = unsafe { core::mem::transmute::<[u64; 2], Addr>([0, mapped]) };
+    let dst = sg_common::map_v4([ip[16], ip[17], ip[18], ip[19]]);
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     let more_fragments = frag & 0x2000 != 0;
     if frag & 0x1fff != 0 {
@@ -177,7 +182,13 @@ fn ipv4(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     if start + off + header_len > end {
         return Ok(Packet::Opaque(src));
     }
-    Ok(tcp(start, end, off + header_len, src, more_fragments))
+    Ok(tcp(
+        start,
+        end,
+        off + header_len,
+        (src, dst),
+        more_fragments,
+    ))
 }
 
 /// RFC 8200 sections 3 and 4.
@@ -191,12 +202,14 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
     let words: [u64; 2] = unsafe { load(ptr_at::<[u64; 2]>(start, end, off + 8)?) };
     // SAFETY: two u64 are 16 bytes; any bytes are a valid Addr.
     let src: Addr = unsafe { core::mem::transmute::<[u64; 2], Addr>(words) };
+    let mut dst: Addr = [0; 16];
+    dst.copy_from_slice(&ip[24..40]);
     let mut next = ip[6];
     let mut off = off + 40;
     let mut fragmented = false;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
-            IPPROTO_TCP => return Ok(tcp(start, end, off, src, fragmented)),
+            IPPROTO_TCP => return Ok(tcp(start, end, off, (src, dst), fragmented)),
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 // Hdr Ext Len is in 8-octet units, not counting the first 8 octets.
                 let Ok(ext) = read::<2>(start, end, off) else {
@@ -230,7 +243,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
         }
     }
     match next {
-        IPPROTO_TCP => Ok(tcp(start, end, off, src, fragmented)),
+        IPPROTO_TCP => Ok(tcp(start, end, off, (src, dst), fragmented)),
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
             Ok(Packet::Opaque(src))
         }
@@ -241,10 +254,11 @@ fn ipv6(start: usize, end: usize, off: usize) -> Result<Packet, ParseError> {
 /// RFC 9293 section 3.1. A header cut short is judged by its source ([`Packet::Opaque`]);
 /// in a first fragment, a header too short to show the flags is a new connection.
 #[inline(always)]
-fn tcp(start: usize, end: usize, off: usize, src: Addr, fragment: bool) -> Packet {
+fn tcp(start: usize, end: usize, off: usize, (src, dst): (Addr, Addr), fragment: bool) -> Packet {
     let Ok(ports) = read::<4>(start, end, off) else {
         return Packet::Opaque(src);
     };
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
     let dport = u16::from_be_bytes([ports[2], ports[3]]);
     let new_connection = match read::<TCP_HLEN>(start, end, off) {
         Ok(head) => head[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
@@ -253,6 +267,8 @@ fn tcp(start: usize, end: usize, off: usize, src: Addr, fragment: bool) -> Packe
     };
     Packet::Tcp(Tcp {
         src,
+        dst,
+        sport,
         dport,
         new_connection,
     })
@@ -301,6 +317,8 @@ mod tests {
             got,
             Packet::Tcp(Tcp {
                 src: map_v4([203, 0, 113, 9]),
+                dst: map_v4([0, 0, 0, 0]),
+                sport: 40000,
                 dport: 25,
                 new_connection: true
             })
@@ -381,6 +399,8 @@ mod tests {
             parse_bytes(&p),
             Ok(Packet::Tcp(Tcp {
                 src,
+                dst: [0; 16],
+                sport: 40000,
                 dport: 25,
                 new_connection: true
             }))

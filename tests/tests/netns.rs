@@ -567,6 +567,85 @@ fn a_recreated_interface_is_protected_again_at_start_and_while_running() {
 }
 
 #[test]
+fn spoofed_syns_cannot_lock_out_a_sender_that_completes_handshakes() {
+    use sg_tests::shapes::{Path, RawLink, syn_frame};
+    let lab = Lab::new();
+    let server_mac = [0x02, 0x5e, 0, 0, 2, 1];
+    let client_mac = [0x02, 0x5e, 0, 0, 2, 2];
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    lab.server
+        .ip(&["link", "set", "sg0", "address", &mac(server_mac)])
+        .unwrap();
+    lab.client
+        .ip(&["link", "set", "cl0", "address", &mac(client_mac)])
+        .unwrap();
+    // Tight default ceilings: 2 SYN/s per source (burst 4), 5/s per /24 (burst 10).
+    let config = "interfaces = [\"sg0\"]\nattach_mode = \"native\"\n\
+                  [ceiling.source]\nrate = \"2/s\"\nburst = 4\n\
+                  [ceiling.prefix]\nrate = \"5/s\"\nburst = 10\n\
+                  [capacity]\nlists = 1024\npolicies = 1024\nsources = 4096\nprefixes = 1024\n";
+    let _daemon = Daemon::start(&lab.server, config, &lab.pins.path).unwrap();
+    // The real sender connects a few times (a handshake, then its ACKs on the connection).
+    for _ in 0..3 {
+        assert!(lab.connects(CLIENT1_V4, SERVER_V4, 25));
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // Then a spoofer sends 60 SYN/s with the sender's address and 30/s from others of its /24,
+    // for 6 s (bounded: 540 frames), while the sender makes 20 connections over 5 s.
+    let path = Path {
+        src_mac: client_mac,
+        dst_mac: server_mac,
+        dst_v4: [198, 51, 100, 1],
+        dst_v6: [0; 16],
+        dport: 25,
+    };
+    let link = RawLink::open(&lab.client, "cl0").unwrap();
+    let spoofer = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        for i in 0..540u32 {
+            let due = start + Duration::from_secs_f64(f64::from(i) / 90.0);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let src = if i % 3 == 2 {
+                ip(&format!("198.51.100.{}", 100 + i % 50))
+            } else {
+                ip(CLIENT1_V4)
+            };
+            let _ = link.send(&syn_frame(&path, src, 30_000 + (i % 20_000) as u16));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = lab.attempts(CLIENT1_V4, SERVER_V4, 25);
+    spoofer.join().unwrap();
+    let maps = slowgate::kernel::Maps::open_pinned(&lab.pins.path).unwrap();
+    let c = maps.counters().unwrap();
+    let at = |i: u32| c[i as usize];
+    eprintln!(
+        "real sender: {got} of {ATTEMPTS}; verified {}, over the ceiling {}, source-ceiling drops {}, prefix-ceiling drops {}",
+        at(sg_common::counter::VERIFIED),
+        at(sg_common::counter::VERIFIED_OVER_CEILING),
+        at(sg_common::counter::DROP_REASON + u32::from(sg_common::reason::DEFAULT_SOURCE)),
+        at(sg_common::counter::DROP_REASON + u32::from(sg_common::reason::DEFAULT_PREFIX)),
+    );
+    assert!(
+        got >= ATTEMPTS - 1,
+        "the real sender got {got} of {ATTEMPTS} through"
+    );
+    assert!(at(sg_common::counter::VERIFIED) >= 1);
+    // The spoofed addresses that never completed a handshake still hit the ceilings.
+    let ceiling_drops =
+        at(sg_common::counter::DROP_REASON + u32::from(sg_common::reason::DEFAULT_SOURCE))
+            + at(sg_common::counter::DROP_REASON + u32::from(sg_common::reason::DEFAULT_PREFIX));
+    assert!(ceiling_drops > 50, "only {ceiling_drops} ceiling drops");
+}
+
+#[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
     // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
