@@ -268,6 +268,20 @@ fn read_everywhere(line: &str) {
 /// Lines the audit found to panic or overflow, and stamps at the edges of every clock.
 #[test]
 fn known_hostile_headers_are_refused_not_panicked_on() {
+    // Found by `cargo xtask fuzz`: an Exim HELO with spaces that imitates the host layout.
+    let honest: IpAddr = HONEST.parse().unwrap();
+    for helo in [
+        ") for [198.51.100.7]",
+        "x) [198.51.100.7]:1 (y",
+        "x) [198.51.100.7]:1 F=<a> rejected RCPT <b>: Unknown user (y",
+    ] {
+        let line = format!(
+            "2026-11-22 07:53:42 H=({helo}) [203.0.113.9]:5000 F=<a@b> rejected RCPT <c@d>: Unknown user"
+        );
+        for (source, _) in blame_of(Format::Exim, &line) {
+            assert_eq!(source, honest, "{line}");
+        }
+    }
     for line in [
         "2026-11-22 07:53:4é x",
         "2026-11-22 07:5é:40 x",

@@ -181,24 +181,73 @@ enum Host<'a> {
     Ambiguous,
 }
 
-/// `NAME (HELO) [ADDR]:PORT rest`, each of NAME and (HELO) optional.
+/// `NAME (HELO) [ADDR]:PORT rest`, each of NAME and (HELO) optional. NAME is a verified host
+/// name and ADDR the server's; the HELO is the client's text. A HELO with spaces (Exim refuses
+/// them unless `helo_accept_junk_hosts` or `helo_allow_chars` say otherwise) can imitate the
+/// whole layout, so: the HELO token must hold no parenthesis and be followed at once by the
+/// address token, the address token must be exactly `[ADDR]` or `[ADDR]:PORT`, and `) [` (what
+/// ends a HELO before an address) may appear once in the text; anything else is ambiguous.
 fn host(text: &str) -> Option<Host<'_>> {
-    let mut rest = text;
-    for _ in 0..3 {
-        let (tok, after) = rest.split_once(' ').unwrap_or((rest, ""));
-        if let Some(inner) = tok.strip_prefix('[') {
-            let (addr, _) = inner.split_once(']')?;
-            return Some(Host::At(addr.parse().ok()?, after));
-        }
-        if tok.starts_with('(') && !tok.ends_with(')') {
+    let (first, after) = text.split_once(' ').unwrap_or((text, ""));
+    if first.is_empty() {
+        return None;
+    }
+    if first.starts_with('[') {
+        return address(first, after);
+    }
+    let (helo, after) = if first.starts_with('(') {
+        (first, after)
+    } else {
+        // A host name: DNS characters only.
+        if !first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
             return Some(Host::Ambiguous);
         }
-        if tok.is_empty() {
+        let (next, after) = after.split_once(' ').unwrap_or((after, ""));
+        if next.starts_with('[') {
+            return address(next, after);
+        }
+        if !next.starts_with('(') {
             return None;
         }
-        rest = after;
+        (next, after)
+    };
+    let inner = helo.strip_prefix('(').and_then(|h| h.strip_suffix(')'));
+    let plain = inner.is_some_and(|h| !h.contains(['(', ')']));
+    if !plain || text.matches(") [").count() != 1 {
+        return Some(Host::Ambiguous);
     }
-    None
+    let (next, after) = after.split_once(' ').unwrap_or((after, ""));
+    if !next.starts_with('[') {
+        return Some(Host::Ambiguous);
+    }
+    address(next, after)
+}
+
+/// `[ADDR]` or `[ADDR]:PORT`, exactly.
+fn address<'a>(token: &str, after: &'a str) -> Option<Host<'a>> {
+    let inner = token.strip_prefix('[')?;
+    let (addr, tail) = inner.split_once(']')?;
+    let port_ok = tail.is_empty()
+        || tail
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    // A trailing `:` ends the host in "authenticator failed for HOST: 535 ...".
+    let port_ok = port_ok
+        || tail == ":"
+        || tail
+            .strip_prefix(':')
+            .and_then(|p| p.strip_suffix(':'))
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
+        return Some(Host::Ambiguous);
+    }
+    match addr.parse() {
+        Ok(addr) => Some(Host::At(addr, after)),
+        Err(_) => Some(Host::Ambiguous),
+    }
 }
 
 /// `1vXyZa-000123-AB` (Exim 4.97+) or `1abcDE-0001xy-Ab` (older): three dash-separated parts.
