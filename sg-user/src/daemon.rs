@@ -137,7 +137,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let mut maps = Maps::from_ebpf(&mut ebpf)?;
     let mut events = kernel::drop_events(&mut ebpf)?;
     let tick_ns = kernel::tick_ns(&mut ebpf)?;
-    maps.write_config(&config.kernel_config(), tick_ns)?;
+    let mut boot_offset = kernel::boot_offset_ns(&mut ebpf, tick_ns)?;
+    maps.write_config(&config.kernel_config(), tick_ns, boot_offset)?;
     maps.write_ports(&config.ports)?;
 
     let previous = maps.attachments().unwrap_or_default();
@@ -235,11 +236,22 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = sweep.tick() => match maps.sweep() {
-                Ok(0) => {}
-                Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
-                Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
-            },
+            _ = sweep.tick() => {
+                match maps.sweep() {
+                    Ok(0) => {}
+                    Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
+                    Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
+                }
+                // Keep the program's boot clock in step (a suspend moves CLOCK_BOOTTIME).
+                if let Ok(offset) = kernel::boot_offset_ns(&mut ebpf, tick_ns)
+                    && offset.abs_diff(boot_offset) > 2 * tick_ns
+                {
+                    boot_offset = offset;
+                    if let Err(e) = maps.write_config(&current.kernel_config(), tick_ns, offset) {
+                        eprintln!("slowgate: updating the program's clock failed: {e:#}");
+                    }
+                }
+            }
             _ = watchdog.tick() => {
                 let heartbeat = stats.lock().map_or(0, |s| s.heartbeat_ns);
                 let age = kernel::boot_time_ns().saturating_sub(heartbeat);
@@ -256,11 +268,11 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 notify("WATCHDOG=1");
             }
             _ = hangup.recv() => {
-                let _ = reload(&mut current, &mut maps, tick_ns, &brain_tx).await;
+                let _ = reload(&mut current, &mut maps, (tick_ns, boot_offset), &brain_tx).await;
             }
             Some((op, reply)) = ops_rx.recv() => {
                 let answer = match op {
-                    control::Op::Reload => reload(&mut current, &mut maps, tick_ns, &brain_tx).await,
+                    control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &brain_tx).await,
                     control::Op::Lists(change) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::apply(&mut maps, &store, &change))
                         .map(|said| {
@@ -305,7 +317,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
 async fn reload(
     current: &mut Config,
     maps: &mut Maps,
-    tick_ns: u64,
+    clock: (u64, u64),
     brain: &std::sync::mpsc::SyncSender<(
         brain::Request,
         tokio::sync::oneshot::Sender<brain::Reply>,
@@ -332,7 +344,7 @@ async fn reload(
             pin_dir: current.pin_dir.clone(),
             ..new
         };
-        maps.write_config(&new.kernel_config(), tick_ns)
+        maps.write_config(&new.kernel_config(), clock.0, clock.1)
             .map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
         apply_lists(maps, &new).map_err(|e| format!("{e:#}"))?;

@@ -33,6 +33,7 @@ pub const PROGRAM: &str = "slowgate";
 pub const EMPTY_PROGRAM: &str = "sg_empty";
 /// A program that returns jiffies, to measure the kernel's tick (see [`tick_ns`]).
 pub const CLOCK_PROGRAM: &str = "sg_clock";
+pub const CLOCK_HI_PROGRAM: &str = "sg_clock_hi";
 
 /// The length of one kernel tick (1 s / CONFIG_HZ), which the XDP program's bucket clock counts
 /// in. Measured once per process by reading jiffies twice, 200 ms apart, through the clock
@@ -69,6 +70,40 @@ pub fn tick_ns(ebpf: &mut Ebpf) -> anyhow::Result<u64> {
         .unwrap_or(250.0);
     let tick = (1e9 / hz) as u64;
     Ok(*TICK_NS.get_or_init(|| tick))
+}
+
+/// CLOCK_BOOTTIME minus the XDP program's tick clock (`jiffies * tick_ns`, wrapping), for
+/// `Config::boot_offset_ns`. Reads all 64 bits of jiffies through the two clock programs
+/// (again when the low half wrapped between the reads).
+pub fn boot_offset_ns(ebpf: &mut Ebpf, tick_ns: u64) -> anyhow::Result<u64> {
+    let frame = [0u8; 64];
+    let mut run = |name: &str| -> anyhow::Result<u32> {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the object has no {name} program"))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load().with_context(|| format!("load {name}"))?;
+        }
+        let result = program
+            .test_run(aya::programs::TestRunOptions {
+                data_in: Some(&frame),
+                ..Default::default()
+            })
+            .with_context(|| format!("run {name}"))?;
+        Ok(result.return_value)
+    };
+    for _ in 0..4 {
+        let lo = run(CLOCK_PROGRAM)?;
+        let hi = run(CLOCK_HI_PROGRAM)?;
+        let lo_again = run(CLOCK_PROGRAM)?;
+        let boot = boot_time_ns();
+        if lo_again >= lo {
+            let jiffies = (u64::from(hi) << 32) | u64::from(lo_again);
+            return Ok(boot.wrapping_sub(jiffies.wrapping_mul(tick_ns)));
+        }
+    }
+    bail!("jiffies kept wrapping while read")
 }
 
 /// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the
@@ -434,7 +469,12 @@ impl Maps {
     /// Writes the kernel's settings, completed with what only this side knows: the tick length
     /// (see [`tick_ns`]), the slot tables' sizes, and the slot hash's seed (the one already in
     /// force when there is one, so that a restart keeps every source in its slot).
-    pub fn write_config(&mut self, config: &KernelConfig, tick_ns: u64) -> anyhow::Result<()> {
+    pub fn write_config(
+        &mut self,
+        config: &KernelConfig,
+        tick_ns: u64,
+        boot_offset_ns: u64,
+    ) -> anyhow::Result<()> {
         let old = self.read_config()?;
         let seed = if old.seed != [0, 0] {
             old.seed
@@ -449,6 +489,7 @@ impl Maps {
         };
         let config = KernelConfig {
             tick_ns,
+            boot_offset_ns,
             seed,
             source_slots_mask: capacity(map_name::SOURCES) - 1,
             prefix_slots_mask: capacity(map_name::PREFIXES) - 1,

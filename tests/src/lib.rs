@@ -182,7 +182,8 @@ impl TestProgram {
         }
         let mut maps = kernel::Maps::from_ebpf(&mut ebpf)?;
         let tick_ns = kernel::tick_ns(&mut ebpf)?;
-        maps.write_config(&config.kernel_config(), tick_ns)?;
+        let offset = kernel::boot_offset_ns(&mut ebpf, tick_ns)?;
+        maps.write_config(&config.kernel_config(), tick_ns, offset)?;
         maps.write_ports(&config.ports)?;
         Ok(TestProgram { ebpf, maps })
     }
