@@ -24,9 +24,24 @@ fn main() {
     let embedded = out_dir.join("sg-ebpf.o");
     std::fs::copy(&object, &embedded)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", object.display(), embedded.display()));
+    // The tests' second object: a bucket whose compare-and-swap is not atomic, which the
+    // two-CPU test must catch (feature `test-objects`, enabled by the sg-tests crate only).
+    if env::var_os("CARGO_FEATURE_TEST_OBJECTS").is_some() {
+        let variant = build_ebpf_with(&["non-atomic-bucket"]);
+        let embedded = out_dir.join("sg-ebpf-non-atomic.o");
+        std::fs::copy(&variant, &embedded).unwrap_or_else(|e| {
+            panic!("copy {} to {}: {e}", variant.display(), embedded.display())
+        });
+        // The next plain build must not find the variant's binary in place of its own.
+        let _ = std::fs::remove_file(&variant);
+    }
 }
 
 fn build_ebpf() -> PathBuf {
+    build_ebpf_with(&[])
+}
+
+fn build_ebpf_with(features: &[&str]) -> PathBuf {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap();
     for dir in ["sg-ebpf/src", "sg-common/src"] {
@@ -54,6 +69,11 @@ fn build_ebpf() -> PathBuf {
             "--target",
             TARGET,
         ])
+        .args(if features.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--features".to_string(), features.join(",")]
+        })
         .args(["-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir)
         .env("RUSTC", BPF_RUSTC)

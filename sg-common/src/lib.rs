@@ -354,8 +354,11 @@ pub mod counter {
     pub const VERIFIED: u32 = OPAQUE + 1;
     /// New connections of verified sources passed over an exhausted default ceiling.
     pub const VERIFIED_OVER_CEILING: u32 = VERIFIED + 1;
+    /// New connections refused because every compare-and-swap on their bucket lost a race
+    /// with another CPU (the bucket never admits more than it holds).
+    pub const BUCKET_CONTENDED: u32 = VERIFIED_OVER_CEILING + 1;
     /// Number of counters.
-    pub const COUNT: u32 = VERIFIED_OVER_CEILING + 1;
+    pub const COUNT: u32 = BUCKET_CONTENDED + 1;
 }
 
 /// A sampled drop, sent to userspace through the DROP_EVENTS ring buffer.

@@ -8,7 +8,7 @@
 ///
 /// # Safety
 /// `dst` must point to a live, 8-byte aligned u64.
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "non-atomic-bucket")))]
 #[inline(always)]
 pub unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> Result<u64, u64> {
     use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
@@ -17,6 +17,25 @@ pub unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> Result<u64,
         (_, true) => Ok(old),
         (seen, false) => Err(seen),
     }
+}
+
+/// A deliberately broken compare-and-swap (a load, a compare, a store), built only into the
+/// test object that proves the two-CPU test fails without atomicity.
+///
+/// # Safety
+/// `dst` must point to a live, 8-byte aligned u64.
+#[cfg(all(target_arch = "bpf", feature = "non-atomic-bucket"))]
+#[inline(always)]
+pub unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> Result<u64, u64> {
+    // SAFETY: the caller guarantees `dst` is a live aligned u64.
+    unsafe {
+        let seen = core::ptr::read_volatile(dst);
+        if seen != old {
+            return Err(seen);
+        }
+        core::ptr::write_volatile(dst, new);
+    }
+    Ok(old)
 }
 
 /// Host version, for unit tests.
@@ -33,34 +52,47 @@ pub unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> Result<u64,
 
 /// Compare-and-swap attempts before giving up. With two CPUs racing on one source the second
 /// attempt succeeds; the bound keeps the verifier's loop analysis finite.
-const CAS_ATTEMPTS: usize = 8;
+pub const CAS_ATTEMPTS: usize = 8;
+
+/// What [`take`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A token was taken: the connection passes.
+    Yes,
+    /// The bucket is empty: refuse.
+    Empty,
+    /// Every compare-and-swap lost a race with another CPU: refused too, so the bucket never
+    /// admits more than it holds (the client's SYN retransmission tries again).
+    Contended,
+}
 
 // The arithmetic is in sg-common, so that `slowgate replay` judges connections exactly as this
 // program does.
 pub use sg_common::gcra::{MAX_BURST, MAX_INTERVAL_NS, conform};
 
-/// Takes one token from the bucket whose TAT lives at `tat`, shared by every CPU.
-/// Returns false when the connection must be refused. If every attempt loses a race the
-/// connection passes: a throttle fails open.
+/// Takes one token from the bucket whose TAT lives at `tat`, shared by every CPU. Exactly
+/// what holds: however many CPUs take from one bucket at once, it never admits more than
+/// `conform` allows, because a token is only taken by a successful compare-and-swap, and a
+/// connection whose every attempt loses a race is refused ([`Taken::Contended`]).
 ///
 /// # Safety
 /// `tat` must point to a live, 8-byte aligned u64 (a map value) for the duration of the call.
 #[inline(always)]
-pub unsafe fn take(tat: *mut u64, now: u64, step_ns: u64, interval_ns: u64, burst: u64) -> bool {
+pub unsafe fn take(tat: *mut u64, now: u64, step_ns: u64, interval_ns: u64, burst: u64) -> Taken {
     // A plain load is atomic for an aligned u64 on every BPF JIT; a stale value only costs one
     // more compare-and-swap round.
     let mut current = unsafe { core::ptr::read_volatile(tat) };
     for _ in 0..CAS_ATTEMPTS {
         let Some(next) = conform(current, now, interval_ns, burst, step_ns) else {
-            return false;
+            return Taken::Empty;
         };
         // SAFETY: the caller guarantees a live aligned u64.
         match unsafe { compare_exchange(tat, current, next) } {
-            Ok(_) => return true,
+            Ok(_) => return Taken::Yes,
             Err(seen) => current = seen,
         }
     }
-    true
+    Taken::Contended
 }
 
 #[cfg(test)]
@@ -73,7 +105,7 @@ mod tests {
         let mut tat = 0u64;
         times
             .iter()
-            .map(|&t| unsafe { take(&mut tat, t, 0, interval, burst) })
+            .map(|&t| unsafe { take(&mut tat, t, 0, interval, burst) } == Taken::Yes)
             .collect()
     }
 
@@ -101,7 +133,9 @@ mod tests {
         let mut passed = 0;
         for s in 1..=250u64 {
             for _ in 0..10 {
-                passed += u64::from(unsafe { take(&mut tat, s * step, step, 1_000_000, 1) });
+                passed += u64::from(
+                    unsafe { take(&mut tat, s * step, step, 1_000_000, 1) } == Taken::Yes,
+                );
             }
         }
         // One second of clock: 1000 at the rate, plus burst and step slack.

@@ -195,7 +195,7 @@ mod program {
                 let key = network_of(src, config);
                 let policy = POLICY.get_ptr_mut(&key)?;
                 // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
-                let ok = unsafe {
+                let ok = taken(unsafe {
                     bucket::take(
                         &mut (*policy).tat_ns,
                         now,
@@ -203,7 +203,7 @@ mod program {
                         prefix.interval_ns,
                         u64::from(prefix.burst),
                     )
-                };
+                });
                 return (!ok).then_some(reason::POLICY_RATE);
             }
             verdict::LIMIT => {
@@ -485,7 +485,20 @@ mod program {
         fn take(&self, now: u64, config: &Config, interval_ns: u64, burst: u64) -> bool {
             let tat = unsafe { &mut (*self.slot).tat_ns };
             // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
-            unsafe { bucket::take(tat, now, config.tick_ns, interval_ns, burst) }
+            taken(unsafe { bucket::take(tat, now, config.tick_ns, interval_ns, burst) })
+        }
+    }
+
+    /// Whether a token was taken; a bucket that lost every race is counted.
+    #[inline(always)]
+    fn taken(t: bucket::Taken) -> bool {
+        match t {
+            bucket::Taken::Yes => true,
+            bucket::Taken::Empty => false,
+            bucket::Taken::Contended => {
+                count(counter::BUCKET_CONTENDED);
+                false
+            }
         }
     }
 

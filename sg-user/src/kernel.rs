@@ -27,6 +27,12 @@ use crate::{
 /// The XDP program, built by build.rs and embedded so that the binary is all an operator installs.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));
 
+/// The same program with a compare-and-swap that is not atomic: only the tests load it, to
+/// show that the two-CPU bucket test fails without atomicity.
+#[cfg(feature = "test-objects")]
+pub static EBPF_OBJECT_NON_ATOMIC: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf-non-atomic.o"));
+
 /// The throttle program's name in the object.
 pub const PROGRAM: &str = "slowgate";
 /// An empty XDP program in the same object, the baseline of `cargo xtask bench xdp`.
@@ -177,6 +183,15 @@ fn is_bpffs(path: &Path) -> bool {
 /// Loads the embedded object with the configured capacities. With `pin_dir`, maps already pinned
 /// there are re-used (a restart keeps every list, limit and bucket) and new ones are pinned.
 pub fn load(capacity: &Capacity, pin_dir: Option<&Path>) -> anyhow::Result<Ebpf> {
+    load_object(EBPF_OBJECT, capacity, pin_dir)
+}
+
+/// [`load`] of another object built from sg-ebpf (the tests' variants).
+pub fn load_object(
+    object: &[u8],
+    capacity: &Capacity,
+    pin_dir: Option<&Path>,
+) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_name::ALLOW, capacity.lists)
@@ -192,7 +207,7 @@ pub fn load(capacity: &Capacity, pin_dir: Option<&Path>) -> anyhow::Result<Ebpf>
         loader.map_pin_path(name, path.as_path());
     }
     loader
-        .load(EBPF_OBJECT)
+        .load(object)
         .context("load the XDP program (is this root, on Linux >= 5.12 with BTF?)")
 }
 
@@ -772,6 +787,11 @@ impl Maps {
             .map(|s| all[at(counter::SERVICE_NEW_CONN + s)])
             .sum();
         Ok(all)
+    }
+
+    /// One counter, CPU by CPU.
+    pub fn counter_per_cpu(&self, index: u32) -> anyhow::Result<Vec<u64>> {
+        Ok(self.counters.get(&index, 0)?.iter().copied().collect())
     }
 
     /// (name, entries, capacity) of each bounded map.

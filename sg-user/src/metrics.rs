@@ -90,6 +90,27 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             "IP packets whose transport header was out of reach, judged by their source.",
             &[(String::new(), at(counter::OPAQUE))],
         );
+        metric(
+            &mut out,
+            "slowgate_sources_verified_total",
+            "counter",
+            "Sources marked verified: a packet of theirs matched an established socket.",
+            &[(String::new(), at(counter::VERIFIED))],
+        );
+        metric(
+            &mut out,
+            "slowgate_verified_over_ceiling_total",
+            "counter",
+            "New connections of verified sources passed over an exhausted default ceiling.",
+            &[(String::new(), at(counter::VERIFIED_OVER_CEILING))],
+        );
+        metric(
+            &mut out,
+            "slowgate_bucket_contended_total",
+            "counter",
+            "New connections refused because their bucket lost every compare-and-swap race.",
+            &[(String::new(), at(counter::BUCKET_CONTENDED))],
+        );
         let by_reason: Vec<(String, f64)> = reason::NAMES
             .iter()
             .enumerate()

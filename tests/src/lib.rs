@@ -175,7 +175,16 @@ impl TestProgram {
         config: &slowgate::config::Config,
         capacity: &Capacity,
     ) -> anyhow::Result<TestProgram> {
-        let mut ebpf = kernel::load(capacity, None)?;
+        TestProgram::load_object(kernel::EBPF_OBJECT, config, capacity)
+    }
+
+    /// Another object built from sg-ebpf (`kernel::EBPF_OBJECT_NON_ATOMIC`).
+    pub fn load_object(
+        object: &[u8],
+        config: &slowgate::config::Config,
+        capacity: &Capacity,
+    ) -> anyhow::Result<TestProgram> {
+        let mut ebpf = kernel::load_object(object, capacity, None)?;
         for name in [kernel::PROGRAM, kernel::EMPTY_PROGRAM] {
             let program: &mut Xdp = ebpf.program_mut(name).context("program")?.try_into()?;
             program.load().with_context(|| format!("load {name}"))?;
