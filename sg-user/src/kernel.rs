@@ -523,6 +523,11 @@ impl Maps {
             .context("write GENERATION")
     }
 
+    /// The current GENERATION (bumped after every change to ALLOW, DENY or POLICY).
+    pub fn generation(&self) -> anyhow::Result<u32> {
+        self.generation.get(&0, 0).context("read GENERATION")
+    }
+
     pub fn read_config(&self) -> anyhow::Result<KernelConfig> {
         self.config.get(&0, 0).context("read CONFIG")
     }

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     match what.as_str() {
         "xdp" => xdp(),
         "parse" => sg_tests::bench::parse(),
-        "reaction" => sg_tests::bench::reaction(),
+        "reaction" => sg_tests::bench::reaction(&std::env::args().skip(2).collect::<Vec<_>>()),
         "memory" => sg_tests::bench::memory(),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
         other => {
