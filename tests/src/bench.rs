@@ -108,44 +108,193 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `cargo xtask bench parse`: lines per second per core against fail2ban-regex.
-pub fn parse() -> anyhow::Result<()> {
+/// Which log a generated line belongs to (by its program).
+fn log_of(line: &str) -> Option<&'static str> {
+    if line.contains(" postfix/") {
+        Some("postfix")
+    } else if line.contains(" dovecot: ") {
+        Some("dovecot")
+    } else if line.contains(" sm-mta[") {
+        Some("sendmail")
+    } else {
+        None
+    }
+}
+
+/// Seconds `fail2ban-regex` takes for `filter` over `log`, and the addresses it matched.
+fn fail2ban(log: &std::path::Path, filter: &str) -> anyhow::Result<(f64, Vec<IpAddr>)> {
+    let start = Instant::now();
+    let out = Command::new("fail2ban-regex")
+        .args(["--print-no-missed", "--print-no-ignored", "--out", "ip"])
+        .arg(log)
+        .arg(filter)
+        .output()
+        .context("run fail2ban-regex (apt install fail2ban)")?;
+    let took = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "fail2ban-regex {filter}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ips = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    Ok((took, ips))
+}
+
+/// Seconds `slowgate replay` (the whole engine, on the log's clock) takes over `log`.
+fn replay_seconds(log: &std::path::Path) -> anyhow::Result<f64> {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/slowgate.toml");
+    let start = Instant::now();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("replay")
+        .arg(log)
+        .output()
+        .context("run slowgate replay")?;
+    let took = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("slowgate replay: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+/// Seconds the daemon's learning path takes over `log` in this process: the file followed from
+/// its start by the same tailer, every line parsed and recorded by the engine (no kernel).
+fn daemon_path_seconds(log: &std::path::Path) -> anyhow::Result<f64> {
+    let config = test_config("");
+    let start = Instant::now();
+    let mut tailer = slowgate::tail::Tailer::new(log, slowgate::tail::Start::Beginning);
+    let mut parsers = Parsers::default();
+    let mut engine = Engine::new(config.engine.clone());
+    let mut changes = 0usize;
+    tailer.poll(&mut |bytes| {
+        let line = String::from_utf8_lossy(bytes);
+        if let Outcome::Understood(events) = parsers.parse(Format::Auto, &line) {
+            for e in &events {
+                changes += engine.record(e, 1_000_000_000).len();
+            }
+        }
+    })?;
+    std::hint::black_box(changes);
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `cargo xtask bench parse`: lines per second on one core, slowgate end to end from the file
+/// (replay, and the daemon's learning path) against fail2ban-regex, each filter alone on the
+/// log it is for, in the same run.
+pub fn parse(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let (lines, runs, f2b_runs) = if quick {
+        (20_000, 1, 1)
+    } else {
+        (PARSE_LINES, PARSE_RUNS, FAIL2BAN_RUNS)
+    };
     let dir = std::env::temp_dir().join(unique("bench-parse"));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
-    let log = dir.join("mixed.log");
     let mut r = Lcg(42);
-    let mut text = String::with_capacity(PARSE_LINES * 150);
-    for i in 0..PARSE_LINES {
-        text += &mixed_line(&mut r, i);
-        text.push('\n');
-    }
-    std::fs::write(&log, &text)?;
-    eprintln!("generated {PARSE_LINES} lines ({} MB)", text.len() >> 20);
-
-    let mut rates = Vec::new();
-    for run in 0..PARSE_RUNS {
-        let mut parsers = Parsers::default();
-        let mut events = 0usize;
-        let start = Instant::now();
-        for line in text.lines() {
-            if let Outcome::Understood(found) = parsers.parse(Format::Auto, line) {
-                events += found.len();
-            }
+    let mut logs: Vec<(&str, String)> = ["mixed", "postfix", "dovecot", "sendmail"]
+        .into_iter()
+        .map(|n| (n, String::new()))
+        .collect();
+    for i in 0..lines {
+        let line = mixed_line(&mut r, i) + "\n";
+        if let Some(name) = log_of(&line) {
+            logs.iter_mut().find(|(n, _)| *n == name).unwrap().1 += &line;
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        std::hint::black_box(events);
-        rates.push(PARSE_LINES as f64 / elapsed);
-        eprintln!(
-            "slowgate run {}/{PARSE_RUNS}: {:.0} lines/s",
-            run + 1,
-            rates[run]
-        );
+        logs[0].1 += &line;
+    }
+    let mut files = Vec::new();
+    for (name, text) in &logs {
+        let path = dir.join(format!("{name}.log"));
+        std::fs::write(&path, text)?;
+        files.push((*name, path, text.lines().count()));
+    }
+    eprintln!("generated {lines} lines, split by program into the per-format logs");
+
+    let filters_of = |name: &str| -> Vec<&'static str> {
+        match name {
+            "postfix" => vec!["postfix[mode=aggressive]"],
+            "dovecot" => vec!["dovecot"],
+            "sendmail" => vec!["sendmail-reject", "sendmail-auth"],
+            _ => vec![
+                "postfix[mode=aggressive]",
+                "dovecot",
+                "sendmail-reject",
+                "sendmail-auth",
+            ],
+        }
+    };
+    println!(
+        "Lines per second on one core over generated logs ({lines} mixed lines, and the same lines \
+         split by program); slowgate end to end from the file, median of {runs} run(s); \
+         fail2ban-regex median of {f2b_runs} run(s), each filter alone on its log (the mixed log: \
+         the four filters one after the other, as fail2ban needs a pass per filter):"
+    );
+    println!();
+    println!(
+        "| log | lines | fail2ban-regex | fail2ban lines/s | slowgate replay lines/s | ratio | \
+         slowgate daemon path lines/s | ratio |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    let mut f2b_failing: HashSet<IpAddr> = HashSet::new();
+    for (name, path, n) in &files {
+        let n = *n as f64;
+        let mut replay = Vec::new();
+        let mut daemon = Vec::new();
+        for _ in 0..runs {
+            replay.push(n / replay_seconds(path)?);
+            daemon.push(n / daemon_path_seconds(path)?);
+        }
+        let (replay, daemon) = (median(replay), median(daemon));
+        let filters = filters_of(name);
+        let mut rows: Vec<(String, f64)> =
+            filters.iter().map(|f| ((*f).to_string(), 0.0)).collect();
+        if *name == "mixed" {
+            rows = vec![(format!("{} filters", filters.len()), 0.0)];
+        }
+        for (label, rate) in rows.iter_mut() {
+            let mut times = Vec::new();
+            for run in 0..f2b_runs {
+                let mut total = 0.0;
+                let chosen: Vec<&str> = if *name == "mixed" {
+                    filters.clone()
+                } else {
+                    vec![
+                        filters
+                            .iter()
+                            .copied()
+                            .find(|f| *f == label.as_str())
+                            .unwrap(),
+                    ]
+                };
+                for f in chosen {
+                    let (took, ips) = fail2ban(path, f)?;
+                    total += took;
+                    if run == 0 && *name == "mixed" {
+                        f2b_failing.extend(ips);
+                    }
+                }
+                times.push(total);
+            }
+            *rate = n / median(times);
+        }
+        for (label, rate) in rows {
+            println!(
+                "| {name} | {n:.0} | {label} | {rate:.0} | {replay:.0} | {:.0} | {daemon:.0} | {:.0} |",
+                replay / rate,
+                daemon / rate
+            );
+        }
     }
     // Who the events name, counted outside the timed runs.
     let mut ours = (0u64, HashSet::new(), HashSet::new());
     let mut parsers = Parsers::default();
-    for line in text.lines() {
+    for line in logs[0].1.lines() {
         if let Outcome::Understood(found) = parsers.parse(Format::Auto, line) {
             ours.0 += found.len() as u64;
             for e in found {
@@ -156,95 +305,17 @@ pub fn parse() -> anyhow::Result<()> {
             }
         }
     }
-    let ours_rate = median(rates);
-    if std::env::var_os("SLOWGATE_BENCH_NO_BASELINE").is_some() {
-        // For profiling the parsers alone; the benchmark's result needs the baseline.
-        println!("slowgate parse: {ours_rate:.0} lines/s (no baseline run)");
-        return Ok(());
-    }
-
-    // fail2ban-regex with the filters that read these logs, each over the whole file.
-    let filters = [
-        "postfix[mode=aggressive]",
-        "dovecot",
-        "sendmail-reject",
-        "sendmail-auth",
-    ];
-    let mut f2b_times = Vec::new();
-    let mut f2b_ips = HashSet::new();
-    let mut f2b_matched = Vec::new();
-    for run in 0..FAIL2BAN_RUNS {
-        let mut total = 0.0;
-        for filter in filters {
-            let start = Instant::now();
-            let out = Command::new("fail2ban-regex")
-                .args(["--print-no-missed", "--print-no-ignored", "--out", "ip"])
-                .arg(&log)
-                .arg(filter)
-                .output()
-                .context("run fail2ban-regex (apt install fail2ban)")?;
-            total += start.elapsed().as_secs_f64();
-            if !out.status.success() {
-                bail!(
-                    "fail2ban-regex {filter}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            if run == 0 {
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let ips: Vec<IpAddr> = stdout
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                f2b_matched.push((filter, ips.len()));
-                f2b_ips.extend(ips);
-            }
-        }
-        eprintln!(
-            "fail2ban-regex run {}/{FAIL2BAN_RUNS}: {total:.1} s for {} filters",
-            run + 1,
-            filters.len()
-        );
-        f2b_times.push(total);
-    }
-    let f2b_rate = PARSE_LINES as f64 / median(f2b_times);
-
-    println!(
-        "Parsing a generated {PARSE_LINES}-line mixed log (Postfix, Dovecot, sendmail), one core,"
-    );
-    println!("median of {PARSE_RUNS} runs (slowgate) and {FAIL2BAN_RUNS} runs (fail2ban-regex):");
     println!();
-    println!("| parser | lines/s | ratio |");
-    println!("|---|---:|---:|");
     println!(
-        "| fail2ban-regex, {} filters over the file | {f2b_rate:.0} | 1.0 |",
-        filters.len()
-    );
-    println!(
-        "| slowgate parse, all formats in one pass | {ours_rate:.0} | {:.0} |",
-        ours_rate / f2b_rate
-    );
-    println!();
-    let matched: Vec<String> = f2b_matched
-        .iter()
-        .map(|(f, n)| format!("{f}: {n}"))
-        .collect();
-    println!(
-        "Attributed sources: slowgate {} events from {} sources, {} of them with failures \
-         (rejects, auth failures); fail2ban {} distinct failing sources ({} matched lines: {}).",
+        "Attributed sources in the mixed log: slowgate {} events from {} sources, {} of them \
+         with failures (rejects, auth failures); fail2ban {} distinct failing sources. Failing \
+         sources only slowgate saw: {}; only fail2ban saw: {}.",
         ours.0,
         ours.1.len(),
         ours.2.len(),
-        f2b_ips.len(),
-        f2b_matched.iter().map(|(_, n)| n).sum::<usize>(),
-        matched.join(", ")
-    );
-    let only_ours: Vec<&IpAddr> = ours.2.difference(&f2b_ips).collect();
-    let only_f2b: Vec<&IpAddr> = f2b_ips.difference(&ours.2).collect();
-    println!(
-        "Failing sources only slowgate saw: {}; only fail2ban saw: {}.",
-        only_ours.len(),
-        only_f2b.len()
+        f2b_failing.len(),
+        ours.2.difference(&f2b_failing).count(),
+        f2b_failing.difference(&ours.2).count()
     );
     Ok(())
 }

@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
     match what.as_str() {
         "xdp" => xdp(),
-        "parse" => sg_tests::bench::parse(),
+        "parse" => sg_tests::bench::parse(&std::env::args().skip(2).collect::<Vec<_>>()),
         "reaction" => sg_tests::bench::reaction(&std::env::args().skip(2).collect::<Vec<_>>()),
         "memory" => sg_tests::bench::memory(),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
