@@ -146,6 +146,12 @@ pub struct Slot {
     /// so SYNs spoofed with its address cannot lock it out; 0 = not verified. Cleared when
     /// another source takes the slot.
     pub verified_until_ns: u64,
+    /// New connections of this source the program dropped by a list or a policy (deny, a
+    /// learned or operator limit or block), and by a default ceiling. Counted without atomics
+    /// (two CPUs may lose an increment): for reports, never for decisions. Cleared when another
+    /// source takes the slot.
+    pub dropped_by_rule: u32,
+    pub dropped_by_ceiling: u32,
 }
 
 /// How long a source stays verified after its last packet on an established connection.
@@ -420,7 +426,7 @@ const _: () = assert!((service::IMAP as u32) < service::COUNT);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Policy>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 8 + 16 + 8);
-const _: () = assert!(core::mem::size_of::<Slot>() == 56);
+const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 24);
 

@@ -462,8 +462,10 @@ mod program {
                 count(claimed_counter + u32::from(s.tag != 0));
                 // SAFETY: tat_ns is an aligned u64 inside the map value.
                 let _ = unsafe { bucket::compare_exchange(&mut s.tat_ns, seen_tat, 0) };
-                // Another source's verification is not this one's.
+                // Another source's verification and drops are not this one's.
                 s.verified_until_ns = 0;
+                s.dropped_by_rule = 0;
+                s.dropped_by_ceiling = 0;
             }
             s.tag = tag;
             s.until_ns = until_ns;
@@ -594,6 +596,7 @@ mod program {
     #[inline(always)]
     fn refuse(src: &Addr, port: u16, service: u8, why: u8, config: &Config) -> u32 {
         count(counter::DROP_REASON + u32::from(why));
+        note_drop(src, why, config);
         count(counter::SERVICE_DROPPED + u32::from(service));
         let sample = u64::from(config.event_sample);
         if sample != 0 && counter_value(counter::DROPPED) % sample == 0 {
@@ -610,6 +613,25 @@ mod program {
             }
         }
         xdp_action::XDP_DROP
+    }
+
+    /// Counts a drop in the source's own slot, by kind of reason, for per-sender reports.
+    #[inline(always)]
+    fn note_drop(src: &Addr, why: u8, config: &Config) {
+        let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
+        let Some(slot) = SOURCES.get_ptr_mut(index) else {
+            return;
+        };
+        // SAFETY: a map value, valid for this program run.
+        let s = unsafe { &mut *slot };
+        if s.tag >> 32 != fingerprint >> 32 {
+            return;
+        }
+        if why == reason::DEFAULT_SOURCE || why == reason::DEFAULT_PREFIX {
+            s.dropped_by_ceiling = s.dropped_by_ceiling.wrapping_add(1);
+        } else {
+            s.dropped_by_rule = s.dropped_by_rule.wrapping_add(1);
+        }
     }
 
     #[inline(always)]

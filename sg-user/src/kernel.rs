@@ -794,6 +794,17 @@ impl Maps {
         Ok(all)
     }
 
+    /// What the program counted of one source in its slot: (drops by a list or policy, drops
+    /// by a default ceiling); None when the source has no slot (never seen, or displaced).
+    pub fn source_drops(&self, net: Network) -> anyhow::Result<Option<(u32, u32)>> {
+        let config = self.read_config()?;
+        let (index, fingerprint) =
+            sg_common::slot_hash(&net.addr, &config.seed, config.source_slots_mask);
+        let slot = self.sources.get(&index, 0).context("read SOURCES")?;
+        Ok((slot.tag >> 32 == fingerprint >> 32)
+            .then_some((slot.dropped_by_rule, slot.dropped_by_ceiling)))
+    }
+
     /// One counter, CPU by CPU.
     pub fn counter_per_cpu(&self, index: u32) -> anyhow::Result<Vec<u64>> {
         Ok(self.counters.get(&index, 0)?.iter().copied().collect())

@@ -448,18 +448,23 @@ fn rss() -> anyhow::Result<u64> {
 }
 
 /// `cargo xtask bench memory`: RSS per tracked sender at 100k and 1M senders.
-pub fn memory() -> anyhow::Result<()> {
-    const RUNS: usize = 3;
+pub fn memory(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let (sizes, runs): (&[usize], usize) = if quick {
+        (&[10_000], 1)
+    } else {
+        (&[100_000, 300_000, 1_000_000], 3)
+    };
     println!(
-        "Engine memory (RSS delta), median of {RUNS}: each client address is tracked twice, as a \
+        "Engine memory (RSS delta), median of {runs}: each client address is tracked twice, as a \
          source and as its /64 prefix, so a client costs two table entries:"
     );
     println!();
     println!("| tracked entries | client addresses | bytes per entry | bytes per client address |");
     println!("|---:|---:|---:|---:|");
-    for target in [100_000usize, 300_000, 1_000_000] {
+    for &target in sizes {
         let mut per = Vec::new();
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             per.push(memory_run(target)?);
         }
         let per_entry = median(per);

@@ -189,7 +189,9 @@ pub fn flood(args: &[String]) -> anyhow::Result<()> {
         "| slowgate XDP + daemon | {xdp_ns:.0} | {:.2} | {daemon_ms:.0} ms, {daemon_share:.1}% of a core |",
         xdp_ns / nft_ns
     );
-    if daemon_share >= 5.0 {
+    // The short form (`cargo xtask test`, a debug build) checks that the benchmark works, not
+    // the goal.
+    if !quick && daemon_share >= 5.0 {
         bail!("the daemon used {daemon_share:.1}% of a core during the flood (goal: under 5%)");
     }
     Ok(())

@@ -84,6 +84,8 @@ const MTA_SMTP_V6: &str = "2001:db8:7::1";
 const FLOAT_ADDRESSES: u16 = 40;
 /// Connection attempts of the float probe: more than the mildest level's burst (5).
 const PROBES: u32 = 12;
+/// Connection attempts of each guesser, per protocol, once it is blocked.
+const GUESS_PROBES: u32 = 5;
 /// Parallel connections of each password guesser.
 const GUESSERS: usize = 10;
 /// The lab's block level (see `lab_config`).
@@ -333,8 +335,10 @@ fn chown_nobody(path: &Path) -> anyhow::Result<()> {
 /// What one client session came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
-    /// No connection: the SYN was dropped (or refused).
+    /// No connection: no answer to the SYN before the timeout, as when it is dropped.
     Refused,
+    /// No connection for another reason (a reset, a local error): never counted as a drop.
+    ConnectFailed,
     /// The message was queued.
     Accepted,
     /// Every recipient was rejected, or the server said no otherwise.
@@ -353,15 +357,19 @@ struct Session {
 }
 
 impl Session {
-    fn open(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Option<Session> {
-        let stream = tcp_connect(ns, src, dst, CONNECT_TIMEOUT).ok()?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
-        let writer = stream.try_clone().ok()?;
-        Some(Session {
-            reader: BufReader::new(stream),
-            writer,
-        })
+    /// A session, or the outcome of a connection that never opened.
+    fn open(ns: &Netns, src: IpAddr, dst: SocketAddr) -> Result<Session, Outcome> {
+        let stream = tcp_connect(ns, src, dst, CONNECT_TIMEOUT).map_err(|e| no_connection(&e))?;
+        let session = || -> Option<Session> {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+            stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+            let writer = stream.try_clone().ok()?;
+            Some(Session {
+                reader: BufReader::new(stream),
+                writer,
+            })
+        };
+        session().ok_or(Outcome::Broken)
     }
 
     /// An SMTP reply: the code of its last line.
@@ -398,6 +406,23 @@ impl Session {
     }
 }
 
+/// A connect error as an outcome: only no answer at all (a timeout) looks like a dropped SYN.
+fn no_connection(e: &std::io::Error) -> Outcome {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Outcome::Refused,
+        _ => Outcome::ConnectFailed,
+    }
+}
+
+/// One probe: true when the SYN got no answer (dropped), false when it was answered (or failed
+/// otherwise, which is not a drop either).
+fn probe_dropped(ns: &Netns, src: IpAddr, dst: SocketAddr) -> bool {
+    match tcp_connect(ns, src, dst, PROBE_TIMEOUT) {
+        Ok(_) => false,
+        Err(e) => no_connection(&e) == Outcome::Refused,
+    }
+}
+
 struct Mail<'a> {
     port: u16,
     rcpts: &'a [String],
@@ -406,8 +431,9 @@ struct Mail<'a> {
 }
 
 fn smtp(ns: &Netns, src: IpAddr, server: &str, mail: &Mail) -> Outcome {
-    let Some(mut s) = Session::open(ns, src, at(server, mail.port)) else {
-        return Outcome::Refused;
+    let mut s = match Session::open(ns, src, at(server, mail.port)) {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
     let mut run = || -> Option<Outcome> {
         if s.reply()? != 220 || s.command("EHLO client.example.org")? != 250 {
@@ -452,8 +478,9 @@ fn smtp(ns: &Netns, src: IpAddr, server: &str, mail: &Mail) -> Outcome {
 }
 
 fn imap_login(ns: &Netns, src: IpAddr, server: &str, user: &str, pass: &str) -> Outcome {
-    let Some(mut s) = Session::open(ns, src, at(server, 143)) else {
-        return Outcome::Refused;
+    let mut s = match Session::open(ns, src, at(server, 143)) {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
     let mut greeting = String::new();
     if s.reader.read_line(&mut greeting).unwrap_or(0) == 0 {
@@ -496,7 +523,10 @@ fn base64(bytes: &[u8]) -> String {
 #[derive(Default)]
 struct Tally {
     attempts: AtomicU64,
+    /// Connections whose SYN got no answer (what a drop looks like from the client).
     refused: AtomicU64,
+    /// Connections that failed otherwise (reset, local error), and sessions that broke.
+    failed: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
     auth_failed: AtomicU64,
@@ -530,8 +560,11 @@ impl Tally {
             Outcome::AuthFailed => {
                 self.auth_failed.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::Rejected | Outcome::Broken => {
+            Outcome::Rejected => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Broken | Outcome::ConnectFailed => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -604,6 +637,96 @@ impl Timing {
     }
 }
 
+/// The kernel's view of each sender, sampled from POLICY by the live loop: its level over time,
+/// read from the limit the daemon wrote there (the lab's levels: bursts 5 and 2, then a block),
+/// so a level counts only once it is in the kernel, not when the daemon logs it.
+#[derive(Default)]
+struct KernelView {
+    /// sender -> (ms since the start, level) at each change, starting at level 0.
+    paths: BTreeMap<String, Vec<(u64, usize)>>,
+}
+
+impl KernelView {
+    fn sample(&mut self, maps: &slowgate::kernel::Maps, start: Instant) {
+        let Ok(entries) = maps.limit_entries() else {
+            return;
+        };
+        let ms = start.elapsed().as_millis() as u64;
+        let now: BTreeMap<String, usize> = entries
+            .iter()
+            .map(|e| (sender_name(e.network), level_of_limit(e.value)))
+            .collect();
+        for (who, path) in self.paths.iter_mut() {
+            if !now.contains_key(who) && path.last().is_some_and(|p| p.1 > 0) {
+                path.push((ms, 0));
+            }
+        }
+        for (who, level) in now {
+            let path = self.paths.entry(who).or_insert_with(|| vec![(0, 0)]);
+            if path.last().is_some_and(|p| p.1 != level) {
+                path.push((ms, level));
+            }
+        }
+    }
+
+    fn level(&self, who: &str) -> usize {
+        self.paths
+            .get(who)
+            .and_then(|p| p.last())
+            .map_or(0, |p| p.1)
+    }
+
+    fn max_level(&self, who: &str) -> usize {
+        self.paths
+            .get(who)
+            .and_then(|p| p.iter().map(|p| p.1).max())
+            .unwrap_or(0)
+    }
+
+    /// When the kernel first held a limit for `who` (ms since the start).
+    fn first_limited_ms(&self, who: &str) -> Option<u64> {
+        self.paths.get(who)?.iter().find(|p| p.1 > 0).map(|p| p.0)
+    }
+
+    fn path(&self, who: &str) -> String {
+        self.paths.get(who).map_or("0".into(), |p| {
+            p.iter()
+                .map(|(_, l)| l.to_string())
+                .collect::<Vec<_>>()
+                .join("->")
+        })
+    }
+}
+
+/// A POLICY key as the lab names senders: an address alone, a network with its length.
+fn sender_name(net: slowgate::units::Network) -> String {
+    let n = net.to_ipnet();
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+/// The lab's level of a limit (see `lab_config`).
+fn level_of_limit(limit: slowgate::config::Limit) -> usize {
+    match limit {
+        slowgate::config::Limit::Block => BLOCK_LEVEL,
+        slowgate::config::Limit::Rate { burst: 5, .. } => 1,
+        slowgate::config::Limit::Rate { burst: 2, .. } => 2,
+        slowgate::config::Limit::Rate { .. } => 0,
+    }
+}
+
+/// What the kernel counted of `who`'s connections in its slot: (dropped by a rule, i.e. a
+/// list or a learned limit; dropped by a default ceiling).
+fn kernel_drops(maps: &slowgate::kernel::Maps, who: &str) -> (u64, u64) {
+    who.parse::<slowgate::units::Network>()
+        .ok()
+        .and_then(|net| maps.source_drops(net).ok().flatten())
+        .map_or((0, 0), |(r, c)| (u64::from(r), u64::from(c)))
+}
+
 fn lab_config(servers: &Servers, timing: &Timing) -> String {
     format!(
         "interfaces = [\"vl\", \"vb\", \"va\"]\nattach_mode = \"native\"\n\
@@ -672,11 +795,12 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     .collect();
     let start = Instant::now();
     let attack_end = start + timing.attack;
-    // The daemon's view (sender -> level, points), refreshed by the live loop from its log.
-    let levels: Arc<Mutex<BTreeMap<String, (usize, f64)>>> = Arc::default();
+    // The kernel's view (sender -> level over time), sampled by the live loop from POLICY.
+    let kernel: Arc<Mutex<KernelView>> = Arc::default();
+    let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
     let level_of = {
-        let levels = levels.clone();
-        move |who: &str| levels.lock().expect("levels").get(who).map_or(0, |l| l.0)
+        let kernel = kernel.clone();
+        move |who: &str| kernel.lock().expect("kernel view").level(who)
     };
     // Probes made while a sender is limited: (what, dropped, attempts).
     let probes: Arc<Mutex<Vec<(String, u32, u32)>>> = Arc::default();
@@ -719,9 +843,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                     if !probed && level_of(FLOAT_NET) > 0 {
                         probed = true;
                         let dropped = (0..PROBES)
-                            .filter(|_| {
-                                !connect(ns, ip(FLOAT_FRESH), at(MTA_FLOAT_V6, 25), PROBE_TIMEOUT)
-                            })
+                            .filter(|_| probe_dropped(ns, ip(FLOAT_FRESH), at(MTA_FLOAT_V6, 25)))
                             .count() as u32;
                         probes.lock().expect("probes").push((
                             "float-fresh".into(),
@@ -762,12 +884,14 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                         if level_of(who) >= BLOCK_LEVEL {
                             if worker == 0 {
                                 for (name, port) in [("imap", 143), ("smtp", 25)] {
-                                    let dropped =
-                                        !connect(ns, ip(who), at(server, port), PROBE_TIMEOUT);
+                                    let dropped = (0..GUESS_PROBES)
+                                        .filter(|_| probe_dropped(ns, ip(who), at(server, port)))
+                                        .count()
+                                        as u32;
                                     probes.lock().expect("probes").push((
                                         format!("{role}-{name}"),
-                                        u32::from(dropped),
-                                        1,
+                                        dropped,
+                                        GUESS_PROBES,
                                     ));
                                 }
                             }
@@ -871,22 +995,22 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         while Instant::now() < recovery_end && !interrupted() {
             thread::sleep(Duration::from_millis(200));
             let log = daemon.log_text();
-            *levels.lock().expect("levels") = latest_levels(&log);
+            kernel.lock().expect("kernel view").sample(&maps, start);
             let after_attack = Instant::now() > attack_end;
             let everyone_back = after_attack
                 && bulk_delivered.load(Ordering::Relaxed) as usize == timing.bulk_messages
-                && changes(&log)
-                    .iter()
-                    .fold(BTreeMap::new(), |mut m, (w, _, to, _)| {
-                        m.insert(w.clone(), *to);
-                        m
-                    })
+                && kernel
+                    .lock()
+                    .expect("kernel view")
+                    .paths
                     .values()
-                    .all(|&level| level == 0);
+                    .all(|p| p.last().is_some_and(|p| p.1 == 0));
             if options.live && last_print.elapsed() >= Duration::from_secs(1) {
                 last_print = Instant::now();
                 let mut line = format!("[{:>3}s]", start.elapsed().as_secs());
+                // Points as the daemon logs them; levels as the kernel holds them.
                 let levels = latest_levels(&log);
+                let kernel = kernel.lock().expect("kernel view");
                 for (role, who) in [
                     ("flood", FLOOD_V4),
                     ("float", FLOAT_NET),
@@ -898,7 +1022,8 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                     let t = &roles[role];
                     let now = (t.get(|t| &t.accepted), t.get(|t| &t.refused));
                     let before = previous.insert(role, now).unwrap_or((0, 0));
-                    let (level, points) = levels.get(who).copied().unwrap_or((0, 0.0));
+                    let points = levels.get(who).map_or(0.0, |l| l.1);
+                    let level = kernel.level(who);
                     let _ = write!(
                         line,
                         " | {role} L{level} {points:.0}p {}ok/{}drop",
@@ -926,9 +1051,9 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     {
         thread::sleep(Duration::from_millis(200));
     }
-    let log = daemon.log_text();
     let probes = probes.lock().expect("probes").clone();
-    let rows = verdicts(&roles, &servers, &log, &timing, &pins, &probes);
+    let kernel = std::mem::take(&mut *kernel.lock().expect("kernel view"));
+    let rows = verdicts(&roles, &servers, &kernel, &maps, &timing, &pins, &probes);
     drop(daemon);
     drop(servers);
     Ok(rows)
@@ -945,7 +1070,8 @@ fn latest_levels(log: &str) -> BTreeMap<String, (usize, f64)> {
 fn verdicts(
     roles: &BTreeMap<&str, Arc<Tally>>,
     servers: &Servers,
-    log: &str,
+    kernel: &KernelView,
+    maps: &slowgate::kernel::Maps,
     timing: &Timing,
     pins: &PinDir,
     probes: &[(String, u32, u32)],
@@ -956,51 +1082,56 @@ fn verdicts(
             .find(|(n, ..)| n == name)
             .map(|(_, dropped, of)| (*dropped, *of))
     };
+    let drops = |who: &str| kernel_drops(maps, who);
     let mut rows = Vec::new();
-    let changes = changes(log);
-    let first_limit = |who: &str| {
-        changes
-            .iter()
-            .any(|(w, from, to, _)| w == who && *from == 0 && *to > 0)
-    };
 
-    // 1. The flood sender: limited within seconds, then almost nothing accepted.
+    // 1. The flood sender: a learned limit in the kernel within seconds, the kernel dropping
+    // its connections by that limit, then almost nothing accepted.
     let flood = &roles["flood"];
-    let first_refused = flood.get(|t| &t.first_refused_ms);
+    let limited_ms = kernel.first_limited_ms(FLOOD_V4);
+    let (by_rule, by_ceiling) = drops(FLOOD_V4);
     let after = flood.get(|t| &t.accepted_after);
     let attack_min = timing.attack.as_secs_f64() / 60.0;
     rows.push(Row {
-        check: "flood sender limited within 5 s; afterwards at most 30 messages/min",
+        check: "flood sender limited within 5 s by what it did; afterwards at most 30 messages/min",
         measured: format!(
-            "first connection dropped after {:.1} s; {} messages accepted before, {} after \
-             ({:.1}/min); slowgate level {}",
-            first_refused as f64 / 1000.0,
+            "learned limit in the kernel after {}; kernel dropped {by_rule} of its SYNs by that \
+             limit ({by_ceiling} by the default ceiling); {} messages accepted before the first \
+             drop, {} after ({:.1}/min); level {}",
+            limited_ms.map_or("never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
             flood.get(|t| &t.accepted) - after,
             after,
             after as f64 / attack_min,
-            max_level(&changes, FLOOD_V4)
+            kernel.max_level(FLOOD_V4)
         ),
         // After, at most the mildest level's rate (30/min).
-        pass: first_refused > 0 && first_refused <= 5000 && (after as f64) / attack_min <= 30.0,
+        pass: limited_ms.is_some_and(|ms| ms <= 5000)
+            && by_rule > 0
+            && (after as f64) / attack_min <= 30.0,
     });
 
     // 2. The float flood: the /64 is limited as one sender, a fresh address of it too.
-    let float_limited = first_limit(FLOAT_NET);
     let single = (0..FLOAT_ADDRESSES)
-        .filter(|i| max_level(&changes, &format!("2001:db8:f::{:x}", 0x100 + i)) > 0)
+        .filter(|i| kernel.max_level(&format!("2001:db8:f::{:x}", 0x100 + i)) > 0)
         .count();
     let fresh = probe("float-fresh");
+    let (fresh_rule, _) = drops(FLOAT_FRESH);
     rows.push(Row {
         check: "the whole /64 limited as one sender",
         measured: format!(
-            "{FLOAT_NET} reached level {}; {single} of its {FLOAT_ADDRESSES} addresses limited on \
-             their own; a never-used address of it, while the /64 was limited: {}",
-            max_level(&changes, FLOAT_NET),
+            "{FLOAT_NET} reached level {} in the kernel; {single} of its {FLOAT_ADDRESSES} \
+             addresses limited on their own; a never-used address of it, while the /64 was \
+             limited: {} (kernel: {fresh_rule} by the /64's limit)",
+            kernel.max_level(FLOAT_NET),
             fresh.map_or("not probed".into(), |(d, of)| format!(
                 "{d} of {of} attempts dropped"
             ))
         ),
-        pass: float_limited && single == 0 && fresh.is_some_and(|(d, _)| d > 0),
+        // More than the mildest level's burst of 12 attempts: at least half dropped.
+        pass: kernel.max_level(FLOAT_NET) > 0
+            && single == 0
+            && fresh.is_some_and(|(d, of)| 2 * d >= of)
+            && fresh_rule > 0,
     });
 
     // 3. The guessers: blocked on their protocol and, because of it, on the other.
@@ -1019,112 +1150,99 @@ fn verdicts(
         let t = &roles[role];
         let imap = probe(&format!("{role}-imap"));
         let smtp = probe(&format!("{role}-smtp"));
-        let shown = |p: Option<(u32, u32)>| match p {
-            Some((1, 1)) => "dropped",
-            Some(_) => "open",
-            None => "not probed",
+        let (by_rule, _) = drops(who);
+        let shown = |p: Option<(u32, u32)>| {
+            p.map_or("not probed".into(), |(d, of)| {
+                format!("{d} of {of} dropped")
+            })
         };
+        let all = |p: Option<(u32, u32)>| p.is_some_and(|(d, of)| d == of && of > 0);
         rows.push(Row {
             check,
             measured: format!(
-                "{} failed logins from {GUESSERS} connections at a time; level {}; then IMAP {}, SMTP {}",
+                "{} failed logins from {GUESSERS} connections at a time; level {} in the kernel; \
+                 then IMAP {}, SMTP {}; kernel: {by_rule} dropped by the block",
                 t.get(|t| &t.auth_failed),
-                max_level(&changes, who),
+                kernel.max_level(who),
                 shown(imap),
                 shown(smtp),
             ),
-            pass: imap == Some((1, 1)) && smtp == Some((1, 1)),
+            pass: kernel.max_level(who) >= BLOCK_LEVEL && all(imap) && all(smtp) && by_rule > 0,
         });
     }
 
-    // 4. legit: every message delivered, no connection refused.
+    // 4. legit: every message delivered, no connection refused, nothing dropped by the kernel.
     let legit = &roles["legit"];
     let sent = legit.get(|t| &t.attempts);
     let delivered = servers.delivered("alice", "legit-");
+    let (rule, ceiling) = drops(LEGIT_V4);
     rows.push(Row {
         check: "legit: every message delivered, no connection refused",
         measured: format!(
-            "{sent} sent, {} accepted, {delivered} in the mailbox, {} refused",
+            "{sent} sent, {} accepted, {delivered} in the mailbox, {} unanswered, {} failed \
+             otherwise; kernel drops {}",
             legit.get(|t| &t.accepted),
-            legit.get(|t| &t.refused)
+            legit.get(|t| &t.refused),
+            legit.get(|t| &t.failed),
+            rule + ceiling
         ),
-        pass: sent > 0 && delivered as u64 == sent && legit.get(|t| &t.refused) == 0,
+        pass: sent > 0
+            && delivered as u64 == sent
+            && legit.get(|t| &t.refused) == 0
+            && legit.get(|t| &t.failed) == 0
+            && rule + ceiling == 0,
     });
 
-    // 5. The bulk sender: slowed, not lost.
+    // 5. The bulk sender: slowed by what it did (a learned limit), not lost.
     let bulk = &roles["bulk"];
     let bulk_delivered = servers.delivered("bob", "bulk-");
+    let (by_rule, by_ceiling) = drops(BULK_V6);
     rows.push(Row {
-        check: "bulk sender slowed, not lost: every message delivered after retries",
+        check: "bulk sender slowed by its learned limit, not lost: every message delivered after retries",
         measured: format!(
-            "{} messages; {} attempts refused and retried; {bulk_delivered} in the mailbox; level {}",
+            "{} messages; {} attempts unanswered, {} rejected or failed, all retried; \
+             {bulk_delivered} in the mailbox; level {} in the kernel; kernel dropped {by_rule} by \
+             the learned limit, {by_ceiling} by the default ceiling",
             timing.bulk_messages,
-            bulk.get(|t| &t.refused) + bulk.get(|t| &t.rejected),
-            max_level(&changes, BULK_V6)
+            bulk.get(|t| &t.refused),
+            bulk.get(|t| &t.rejected) + bulk.get(|t| &t.failed),
+            kernel.max_level(BULK_V6)
         ),
-        pass: bulk_delivered == timing.bulk_messages && bulk.get(|t| &t.refused) > 0,
+        pass: bulk_delivered == timing.bulk_messages && by_rule > 0,
     });
 
-    // 6. After the attack, every limited sender comes back one level at a time, to 0.
-    let mut senders: Vec<&str> = changes.iter().map(|(w, ..)| w.as_str()).collect();
-    senders.sort();
-    senders.dedup();
+    // 6. After the attack, every limited sender comes back one level at a time, to 0, as the
+    // kernel held it.
     let mut stepwise = 0;
     let mut back = 0;
-    let mut paths = Vec::new();
-    for who in &senders {
-        let downs: Vec<(usize, usize)> = changes
-            .iter()
-            .filter(|(w, from, to, _)| w == who && to < from)
-            .map(|(_, from, to, _)| (*from, *to))
-            .collect();
-        if downs.iter().all(|(from, to)| from - to == 1) {
+    for path in kernel.paths.values() {
+        let downs_by_one = path
+            .windows(2)
+            .filter(|w| w[1].1 < w[0].1)
+            .all(|w| w[0].1 - w[1].1 == 1);
+        if downs_by_one {
             stepwise += 1;
         }
-        let last = changes
-            .iter()
-            .rev()
-            .find(|(w, ..)| w == who)
-            .map_or(0, |c| c.2);
-        if last == 0 {
+        if path.last().is_some_and(|p| p.1 == 0) {
             back += 1;
         }
-        if [FLOOD_V4, FLOAT_NET].contains(who) {
-            let path: Vec<String> = std::iter::once("0".to_string())
-                .chain(
-                    changes
-                        .iter()
-                        .filter(|(w, ..)| w == who)
-                        .map(|c| c.2.to_string()),
-                )
-                .collect();
-            paths.push(format!("{who} {}", path.join("->")));
-        }
     }
+    let paths: Vec<String> = [FLOOD_V4, FLOAT_NET]
+        .iter()
+        .map(|who| format!("{who} {}", kernel.path(who)))
+        .collect();
     let still = slowgate_limits(pins);
+    let senders = kernel.paths.len();
     rows.push(Row {
         check: "after the attack, each limited sender returns to normal level by level",
         measured: format!(
-            "{back} of {} senders back to level 0, {stepwise} of them one level at a time ({}); \
-             limits left in the kernel: {still}",
-            senders.len(),
+            "{back} of {senders} senders back to level 0 in the kernel, {stepwise} of them one \
+             level at a time ({}); limits left in the kernel: {still}",
             paths.join(", ")
         ),
-        pass: !senders.is_empty()
-            && back == senders.len()
-            && stepwise == senders.len()
-            && still == 0,
+        pass: senders > 0 && back == senders && stepwise == senders && still == 0,
     });
     rows
-}
-
-fn max_level(changes: &[(String, usize, usize, f64)], who: &str) -> usize {
-    changes
-        .iter()
-        .filter(|(w, ..)| w == who)
-        .map(|c| c.2)
-        .max()
-        .unwrap_or(0)
 }
 
 /// Limits left in the kernel (the engine removes each when its sender is back to level 0).

@@ -305,7 +305,23 @@ fn test() -> anyhow::Result<()> {
     let bin = workspace().join("target/debug/slowgate");
     run(cargo()
         .args(["test", "--package", "sg-tests", "--", "--test-threads=1"])
-        .env("SLOWGATE_BIN", bin))
+        .env("SLOWGATE_BIN", &bin))?;
+    // Every benchmark once in its short form (a debug build: it shows the benchmark works, its
+    // figures mean nothing), so a broken benchmark fails the tests.
+    apt_install(
+        &BENCH_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    for what in ["xdp", "parse", "reaction", "memory", "flood"] {
+        run(cargo()
+            .args(["run", "--package", "sg-tests", "--bin", "sg-bench", "--"])
+            .args([what, "--quick"])
+            .env("SLOWGATE_BIN", &bin))
+        .with_context(|| format!("the short form of `cargo xtask bench {what}`"))?;
+    }
+    Ok(())
 }
 
 /// Debian packages of the benchmarks' baselines.

@@ -11,18 +11,42 @@ use slowgate::{
     units::{Network, Rate},
 };
 
-const REPEAT: u32 = 1_000_000;
-const RUNS: usize = 7;
-const TRACKED_SOURCES: u32 = 1_000_000;
-const LIST_ENTRIES: u32 = 100_000;
+/// The benchmark's sizes: the full run, or the short form `cargo xtask test` runs once.
+struct Sizes {
+    repeat: u32,
+    runs: usize,
+    tracked_sources: u32,
+    list_entries: u32,
+    ring: u32,
+}
+
+const FULL: Sizes = Sizes {
+    repeat: 1_000_000,
+    runs: 7,
+    tracked_sources: 1_000_000,
+    list_entries: 100_000,
+    ring: 200_000,
+};
+
+const QUICK: Sizes = Sizes {
+    repeat: 10_000,
+    runs: 1,
+    tracked_sources: 10_000,
+    list_entries: 1_000,
+    ring: 2_000,
+};
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "xdp".into());
     match what.as_str() {
-        "xdp" => xdp(),
+        "xdp" => xdp(if std::env::args().any(|a| a == "--quick") {
+            &QUICK
+        } else {
+            &FULL
+        }),
         "parse" => sg_tests::bench::parse(&std::env::args().skip(2).collect::<Vec<_>>()),
         "reaction" => sg_tests::bench::reaction(&std::env::args().skip(2).collect::<Vec<_>>()),
-        "memory" => sg_tests::bench::memory(),
+        "memory" => sg_tests::bench::memory(&std::env::args().skip(2).collect::<Vec<_>>()),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
         other => {
             anyhow::bail!("unknown benchmark {other} (known: xdp, parse, reaction, memory, flood)")
@@ -30,7 +54,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn xdp() -> anyhow::Result<()> {
+fn xdp(sizes: &Sizes) -> anyhow::Result<()> {
+    let Sizes {
+        repeat,
+        runs,
+        tracked_sources,
+        list_entries,
+        ring: ring_len,
+    } = *sizes;
     require_root();
 
     // Generous ceilings so that an unknown source passes through both buckets every time.
@@ -46,8 +77,8 @@ fn xdp() -> anyhow::Result<()> {
         prefixes: 262_144,
     };
     let mut p = TestProgram::load_with(&config, &capacity)?;
-    eprintln!("filling maps: {TRACKED_SOURCES} tracked sources, {LIST_ENTRIES} list entries ...");
-    fill(&mut p)?;
+    eprintln!("filling maps: {tracked_sources} tracked sources, {list_entries} list entries ...");
+    fill(&mut p, tracked_sources, list_entries)?;
     let slots_used = p.counter(counter::SOURCE_SLOT_CLAIMED);
 
     let limited = [198, 51, 100, 7];
@@ -101,13 +132,13 @@ fn xdp() -> anyhow::Result<()> {
     let mut empty = Vec::new();
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    for run in 0..RUNS {
+    for run in 0..runs {
         let base = ns(p
-            .run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, REPEAT)
+            .run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, repeat)
             .1);
         empty.push(base);
         for (i, (name, pkt, want)) in cases.iter().enumerate() {
-            let (verdict, mean) = p.run_program(slowgate::kernel::PROGRAM, pkt, REPEAT);
+            let (verdict, mean) = p.run_program(slowgate::kernel::PROGRAM, pkt, repeat);
             anyhow::ensure!(
                 verdict == *want,
                 "{name}: verdict {verdict}, expected {want}"
@@ -115,24 +146,24 @@ fn xdp() -> anyhow::Result<()> {
             samples[i].push(ns(mean));
             ratios[i].push(ns(mean) / base);
         }
-        eprintln!("run {}/{RUNS} done", run + 1);
+        eprintln!("run {}/{runs} done", run + 1);
     }
     // A random-source flood: every packet from a source (and a /64) never seen before, inside
     // the listed 2001:db8::/32, so every list and policy lookup walks the filled tries.
-    let ring = first_contact_ring(RING);
+    let ring = first_contact_ring(ring_len);
     let mut first_empty = Vec::new();
     let mut first = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let base = ring_ns(&p, slowgate::kernel::EMPTY_PROGRAM, &ring);
         let cost = ring_ns(&p, slowgate::kernel::PROGRAM, &ring);
         first_empty.push(base);
         first.push(cost);
     }
     let first_ratio: Vec<f64> = first.iter().zip(&first_empty).map(|(c, b)| c / b).collect();
-    println!("XDP per-packet cost, BPF_PROG_TEST_RUN repeat={REPEAT}, median of {RUNS} runs");
+    println!("XDP per-packet cost, BPF_PROG_TEST_RUN repeat={repeat}, median of {runs} runs");
     println!(
-        "maps: {TRACKED_SOURCES} sources seen ({slots_used} of {} SOURCES slots in use), \
-         {LIST_ENTRIES} list entries (ALLOW+DENY)",
+        "maps: {tracked_sources} sources seen ({slots_used} of {} SOURCES slots in use), \
+         {list_entries} list entries (ALLOW+DENY)",
         capacity.sources
     );
     println!();
@@ -150,8 +181,29 @@ fn xdp() -> anyhow::Result<()> {
         );
     }
     println!();
+    println!("What each case exercises (one packet repeated, so from the second run on it is");
+    println!("decided from its source's slot, a verdict cached for the current generation):");
+    for (name, what) in [
+        ("non-mail packet", "parsing, the PORTS lookup; no slot"),
+        (
+            "unknown source",
+            "both slots (source and /24), both default ceilings' buckets",
+        ),
+        ("unknown IPv6 source", "the same for a /64"),
+        (
+            "limited source",
+            "the source's slot and its policy bucket (a limit set for it)",
+        ),
+        (
+            "dropped by a limit",
+            "the same, bucket empty: a drop, counters",
+        ),
+    ] {
+        println!("- {name}: {what}");
+    }
+    println!();
     println!(
-        "First contact: {RING} distinct packets, each run once (repeat=1), every source and /64 \
+        "First contact: {ring_len} distinct packets, each run once (repeat=1), every source and /64 \
          never seen before, inside the listed /32; against the empty program over the same ring:"
     );
     println!();
@@ -176,9 +228,6 @@ fn xdp() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Packets in the first-contact ring.
-const RING: u32 = 200_000;
-
 /// SYNs from `n` distinct IPv6 sources, each in a /64 of its own (a multiplicative walk over
 /// 32 bits, so no two share a prefix), none of them seen by `fill`.
 fn first_contact_ring(n: u32) -> Vec<Vec<u8>> {
@@ -186,7 +235,7 @@ fn first_contact_ring(n: u32) -> Vec<Vec<u8>> {
         .map(|i| {
             let mut pkt = v6_tcp("2001:db8::", 25, TCP_SYN);
             let word = i.wrapping_mul(2_654_435_761).wrapping_add(0x9e37_79b9);
-            // Bytes 4..8 of the address: the /64 (the fill used 0..LIST_ENTRIES with ::/64
+            // Bytes 4..8 of the address: the /64 (the fill used 0..list_entries with ::/64
             // entries at the same place, so lookups walk the same trie).
             pkt[22 + 4..22 + 8].copy_from_slice(&word.to_be_bytes());
             pkt[22 + 15] = 0x77;
@@ -220,18 +269,20 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Sends one SYN from each of `TRACKED_SOURCES` distinct IPv6 sources through the program (so
+/// Sends one SYN from each of `tracked_sources` distinct IPv6 sources through the program (so
 /// the slot tables hold what they would in production), and fills the lists with distinct
 /// networks.
-fn fill(p: &mut TestProgram) -> anyhow::Result<()> {
+fn fill(p: &mut TestProgram, sources: u32, lists: u32) -> anyhow::Result<()> {
     let mut pkt = v6_tcp("2001:db8::", 25, TCP_SYN);
-    // Ethernet (14) + the IPv6 header's first 8 bytes: the source address starts at 22.
-    const SRC_LOW_WORD: std::ops::Range<usize> = 22 + 8..22 + 12;
-    for i in 0..TRACKED_SOURCES {
-        pkt[SRC_LOW_WORD].copy_from_slice(&i.to_be_bytes());
+    // Ethernet (14) + the IPv6 header's first 8 bytes: the source address starts at 22. Bytes
+    // 4..8 of the address vary, so every source sits in a /64 of its own (the PREFIXES table
+    // fills too) and the lists' /64 entries sit among them.
+    const SRC_PREFIX_WORD: std::ops::Range<usize> = 22 + 4..22 + 8;
+    for i in 0..sources {
+        pkt[SRC_PREFIX_WORD].copy_from_slice(&i.to_be_bytes());
         p.run(&pkt);
     }
-    for i in 0..LIST_ENTRIES {
+    for i in 0..lists {
         let mut addr = [0u8; 16];
         addr[0..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         addr[4..8].copy_from_slice(&i.to_be_bytes());
