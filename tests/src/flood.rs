@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     Daemon, Netns, PinDir, cli, require_root,
-    shapes::{Path, RawLink, syn_frame},
+    shapes::{Path, RawLink, mac_text, syn_frame},
     veth,
 };
 
@@ -21,13 +21,6 @@ const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 1, 1];
 const CLIENT_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 1, 2];
 /// Distinct frames cycled through: 254 spoofed sources times 16 source ports.
 const DISTINCT: usize = 254 * 16;
-
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// CPU time (user + system) of process `pid` so far.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
@@ -71,8 +64,8 @@ pub fn flood(args: &[String]) -> anyhow::Result<()> {
     let server = Netns::new("fls")?;
     let client = Netns::new("flc")?;
     veth(&server, "fl0", &client, "flc0")?;
-    server.ip(&["link", "set", "fl0", "address", &mac(&SERVER_MAC)])?;
-    client.ip(&["link", "set", "flc0", "address", &mac(&CLIENT_MAC)])?;
+    server.ip(&["link", "set", "fl0", "address", &mac_text(&SERVER_MAC)])?;
+    client.ip(&["link", "set", "flc0", "address", &mac_text(&CLIENT_MAC)])?;
     server.addr("fl0", "198.51.100.1/24")?;
     let _listener = crate::Listeners::start(&server, &[25])?;
     let path = Path {

@@ -23,6 +23,14 @@ const FRAGMENT: u8 = 44;
 const AH: u8 = 51;
 const DSTOPTS: u8 = 60;
 
+/// A MAC address as `ip link` takes it.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// One shape: a name for failure messages and the frames that make it (several for fragments).
 pub struct Shape {
     pub name: String,

@@ -568,21 +568,15 @@ fn a_recreated_interface_is_protected_again_at_start_and_while_running() {
 
 #[test]
 fn spoofed_syns_cannot_lock_out_a_sender_that_completes_handshakes() {
-    use sg_tests::shapes::{Path, RawLink, syn_frame};
+    use sg_tests::shapes::{Path, RawLink, mac_text, syn_frame};
     let lab = Lab::new();
     let server_mac = [0x02, 0x5e, 0, 0, 2, 1];
     let client_mac = [0x02, 0x5e, 0, 0, 2, 2];
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
     lab.server
-        .ip(&["link", "set", "sg0", "address", &mac(server_mac)])
+        .ip(&["link", "set", "sg0", "address", &mac_text(&server_mac)])
         .unwrap();
     lab.client
-        .ip(&["link", "set", "cl0", "address", &mac(client_mac)])
+        .ip(&["link", "set", "cl0", "address", &mac_text(&client_mac)])
         .unwrap();
     // Tight default ceilings: 2 SYN/s per source (burst 4), 5/s per /24 (burst 10).
     let config = "interfaces = [\"sg0\"]\nattach_mode = \"native\"\n\

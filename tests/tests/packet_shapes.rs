@@ -12,20 +12,13 @@ use std::{
 };
 
 use sg_tests::{
-    shapes::{Path, RawLink, Shape, shapes},
+    shapes::{Path, RawLink, Shape, mac_text, shapes},
     *,
 };
 
 const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 2];
 const SMTP: u16 = 25;
-
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// (role, source): an unlisted source first, then the ones that must never get a SYN-ACK.
 const SOURCES: [(&str, &str); 7] = [
@@ -45,10 +38,10 @@ fn no_packet_shape_gets_a_denied_blocked_or_limited_source_a_syn_ack() {
     let client = Netns::new("shc").unwrap();
     veth(&server, "sh0", &client, "shc0").unwrap();
     server
-        .ip(&["link", "set", "sh0", "address", &mac(&SERVER_MAC)])
+        .ip(&["link", "set", "sh0", "address", &mac_text(&SERVER_MAC)])
         .unwrap();
     client
-        .ip(&["link", "set", "shc0", "address", &mac(&CLIENT_MAC)])
+        .ip(&["link", "set", "shc0", "address", &mac_text(&CLIENT_MAC)])
         .unwrap();
     server.addr("sh0", "198.51.100.1/24").unwrap();
     server.addr("sh0", "2001:db8:1::1/64").unwrap();
@@ -61,7 +54,7 @@ fn no_packet_shape_gets_a_denied_blocked_or_limited_source_a_syn_ack() {
                 "replace",
                 src,
                 "lladdr",
-                &mac(&CLIENT_MAC),
+                &mac_text(&CLIENT_MAC),
                 "dev",
                 "sh0",
                 "nud",

@@ -308,12 +308,7 @@ fn test() -> anyhow::Result<()> {
         .env("SLOWGATE_BIN", &bin))?;
     // Every benchmark once in its short form (a debug build: it shows the benchmark works, its
     // figures mean nothing), so a broken benchmark fails the tests.
-    apt_install(
-        &BENCH_PACKAGES
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    )?;
+    install_bench_packages()?;
     for what in ["xdp", "parse", "reaction", "memory", "flood"] {
         run(cargo()
             .args(["run", "--package", "sg-tests", "--bin", "sg-bench", "--"])
@@ -327,18 +322,22 @@ fn test() -> anyhow::Result<()> {
 /// Debian packages of the benchmarks' baselines.
 const BENCH_PACKAGES: &[&str] = &["fail2ban", "nftables"];
 
+fn install_bench_packages() -> anyhow::Result<()> {
+    apt_install(
+        &BENCH_PACKAGES
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    )
+}
+
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
     const KNOWN: [&str; 5] = ["xdp", "parse", "reaction", "memory", "flood"];
     if !KNOWN.contains(&what) {
         bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));
     }
     if what == "parse" || what == "flood" {
-        apt_install(
-            &BENCH_PACKAGES
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )?;
+        install_bench_packages()?;
     }
     // The reaction benchmark runs the daemon binary.
     build(true)?;
