@@ -173,7 +173,16 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     // The learning loop: sources -> parsers -> engine -> limits, in threads of their own.
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
-    let readers = sources::spawn(&config.sources, Start::End, tx, stop.clone());
+    // Files resume where the last run stopped reading: lines written while the daemon was down
+    // are learned from too.
+    let positions = sources::Positions::new(config.state_dir.join("positions"));
+    let readers = sources::spawn(
+        &config.sources,
+        Start::End,
+        Some(positions),
+        tx,
+        stop.clone(),
+    );
     let stats = brain::SharedStats::default();
     let (brain_tx, brain_rx) = std::sync::mpsc::sync_channel(64);
     let brain = {

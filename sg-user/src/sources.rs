@@ -19,7 +19,7 @@ use std::{
 use crate::{
     config::Source,
     parsers::Format,
-    tail::{Start, Tailer},
+    tail::{Position, Start, Tailer},
 };
 
 /// One line for the parsers.
@@ -48,14 +48,75 @@ pub static SOURCE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 /// Longest a file reader sleeps when inotify is unavailable or silent.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How often a file source's read position is saved (while it changes).
+const POSITION_EVERY: Duration = Duration::from_secs(1);
+
 /// The `journalctl` to run (tests point it at a stand-in).
 pub const JOURNALCTL_ENV: &str = "SLOWGATE_JOURNALCTL";
 
+/// Where each file source's read position is kept, so that a restarted daemon reads the lines
+/// written while it was down (and none twice): one small file per source, rewritten (write,
+/// rename) at most once a second while the source is read. Losing the last write costs at most
+/// a second of lines read twice.
+#[derive(Clone)]
+pub struct Positions {
+    dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPosition {
+    path: PathBuf,
+    #[serde(flatten)]
+    position: Position,
+}
+
+impl Positions {
+    pub fn new(dir: PathBuf) -> Positions {
+        Positions { dir }
+    }
+
+    fn file_of(&self, path: &Path) -> PathBuf {
+        // FNV-1a of the path: a stable file name per source.
+        let hash = path
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        self.dir.join(format!("{hash:016x}.json"))
+    }
+
+    /// The position saved for `path`, if any (a damaged file counts as none).
+    pub fn load(&self, path: &Path) -> Option<Position> {
+        let text = std::fs::read(self.file_of(path)).ok()?;
+        let saved: SavedPosition = serde_json::from_slice(&text).ok()?;
+        (saved.path == path).then_some(saved.position)
+    }
+
+    pub fn save(&self, path: &Path, position: Position) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let file = self.file_of(path);
+        let tmp = file.with_extension("tmp");
+        let saved = SavedPosition {
+            path: path.to_path_buf(),
+            position,
+        };
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &file)
+    }
+}
+
 /// Starts a reader thread per source. They stop soon after `stop` is set. Files that exist are
-/// opened (at `start`) before this returns, so a line written after it is never skipped.
+/// opened (at `start`, or where `positions` says the last run stopped) before this returns, so
+/// a line written after it is never skipped.
 pub fn spawn(
     sources: &[Source],
     start: Start,
+    positions: Option<Positions>,
     tx: SyncSender<Line>,
     stop: Arc<AtomicBool>,
 ) -> Vec<JoinHandle<()>> {
@@ -63,10 +124,11 @@ pub fn spawn(
         .iter()
         .cloned()
         .map(|source| {
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let (tx, stop, positions) = (tx.clone(), stop.clone(), positions.clone());
             let mut tailer = match &source {
                 Source::File { path, .. } => {
-                    let mut tailer = Tailer::new(path, start);
+                    let resume = positions.as_ref().and_then(|p| p.load(path));
+                    let mut tailer = Tailer::new(path, resume.map_or(start, Start::Resume));
                     let mut early = Vec::new();
                     // Opens the file; with Start::Beginning the lines are kept for the thread.
                     let _ = tailer.poll(&mut |l| early.push(l.to_vec()));
@@ -83,7 +145,7 @@ pub fn spawn(
                             return;
                         }
                     }
-                    follow_file(&path, tailer, format, &tx, &stop)
+                    follow_file(&path, tailer, format, &tx, &stop, positions.as_ref())
                 }
                 Source::Journald {
                     units,
@@ -101,10 +163,27 @@ fn follow_file(
     format: Format,
     tx: &SyncSender<Line>,
     stop: &AtomicBool,
+    positions: Option<&Positions>,
 ) {
     let mut wake = Inotify::watch_dir(path.parent().unwrap_or(Path::new("/")));
     let mut reported = false;
+    let mut saved: Option<Position> = None;
+    let mut last_save = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // The position of what the previous turns handed to the parsers (sent down the channel:
+        // the learning loop has them or will).
+        if let Some(positions) = positions
+            && last_save.elapsed() >= POSITION_EVERY
+            && tailer.position() != saved
+        {
+            last_save = std::time::Instant::now();
+            saved = tailer.position();
+            if let Some(p) = saved
+                && positions.save(path, p).is_err()
+            {
+                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let mut closed = false;
         let result = tailer.poll(&mut |bytes| {
             let text = String::from_utf8_lossy(bytes).into_owned();
@@ -133,6 +212,10 @@ fn follow_file(
             Some(inotify) => inotify.wait(IDLE_POLL),
             None => std::thread::sleep(IDLE_POLL / 5),
         }
+    }
+    // Stopping: the last position, so a restart neither skips nor repeats.
+    if let (Some(positions), Some(p)) = (positions, tailer.position()) {
+        let _ = positions.save(path, p);
     }
 }
 

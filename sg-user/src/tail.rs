@@ -89,6 +89,12 @@ impl LineSplitter {
         self.discarding = false;
     }
 
+    /// Bytes held of a line whose newline has not come yet, and whether the splitter is
+    /// discarding the rest of a cut line.
+    pub fn pending(&self) -> (usize, bool) {
+        (self.partial.len(), self.discarding)
+    }
+
     /// Forgets the partial line (the file was truncated in place).
     pub fn clear(&mut self) {
         self.partial.clear();
@@ -103,7 +109,27 @@ pub enum Start {
     End,
     /// At its beginning (replays, tests).
     Beginning,
+    /// Where a previous run stopped reading, when the path still names that file: the lines
+    /// written while the daemon was down are read, none twice. A file that is not the one the
+    /// position names (rotated while down) is new: read whole when at most
+    /// [`MAX_BACKLOG`] long, else from its end.
+    Resume(Position),
 }
+
+/// How far a tailer has read a file: its identity and the offset of the first byte not yet
+/// handed out as part of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    /// The offset is inside the discarded rest of a line cut at MAX_LINE.
+    #[serde(default)]
+    pub discarding: bool,
+}
+
+/// The most of a file written while the daemon was down that is read back at start.
+pub const MAX_BACKLOG: u64 = 64 << 20;
 
 pub struct Tailer {
     path: PathBuf,
@@ -149,6 +175,19 @@ impl Tailer {
     /// Lines this tailer cut at MAX_LINE.
     pub fn overlong(&self) -> u64 {
         self.lines.overlong
+    }
+
+    /// How far the file the path names has been read (not counting a partial line held), to
+    /// resume there after a restart; None before the file exists.
+    pub fn position(&self) -> Option<Position> {
+        let open = self.open.as_ref()?;
+        let (held, discarding) = self.lines.pending();
+        Some(Position {
+            dev: open.id.0,
+            ino: open.id.1,
+            offset: open.offset - held as u64,
+            discarding,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -231,6 +270,13 @@ impl Tailer {
         let meta = file.metadata()?;
         let offset = match (rotated, self.start) {
             (false, Start::End) => meta.len(),
+            (false, Start::Resume(p))
+                if (p.dev, p.ino) == identity(&meta) && p.offset <= meta.len() =>
+            {
+                self.lines.discarding = p.discarding;
+                p.offset
+            }
+            (false, Start::Resume(_)) if meta.len() > MAX_BACKLOG => meta.len(),
             _ => 0,
         };
         // Files that appear after the first look are new: read them whole.
@@ -378,6 +424,39 @@ mod tests {
         assert_eq!(poll(&mut t), ["new 1"]);
         append(&old, " line\n");
         assert_eq!(poll(&mut t), ["late partial line"]);
+    }
+
+    #[test]
+    fn a_resumed_tailer_reads_what_was_written_while_it_was_away_and_nothing_twice() {
+        let d = Dir::new("resume");
+        let log = d.0.join("mail.log");
+        append(&log, "old\n");
+        let mut t = Tailer::new(&log, Start::End);
+        poll(&mut t);
+        append(&log, "a\nhalf");
+        assert_eq!(poll(&mut t), ["a"]);
+        let saved = t.position().unwrap();
+        drop(t);
+        // Down: the half line is finished and more lines come.
+        append(&log, " line\nb\n");
+        let mut t = Tailer::new(&log, Start::Resume(saved));
+        assert_eq!(poll(&mut t), ["half line", "b"]);
+        // A position of another file (rotated while down): the new file is read whole.
+        std::fs::rename(&log, d.0.join("mail.log.1")).unwrap();
+        append(&log, "new\n");
+        let mut t = Tailer::new(&log, Start::Resume(saved));
+        assert_eq!(poll(&mut t), ["new"]);
+        // Resumed inside the discarded rest of a cut line: the rest stays discarded.
+        let long = d.0.join("long.log");
+        append(&long, &"x".repeat(MAX_LINE + 10));
+        let mut t = Tailer::new(&long, Start::Beginning);
+        assert_eq!(poll(&mut t).len(), 1);
+        let saved = t.position().unwrap();
+        assert!(saved.discarding);
+        drop(t);
+        append(&long, " rest of the cut line\nnext\n");
+        let mut t = Tailer::new(&long, Start::Resume(saved));
+        assert_eq!(poll(&mut t), ["next"]);
     }
 
     #[test]

@@ -640,6 +640,46 @@ fn spoofed_syns_cannot_lock_out_a_sender_that_completes_handshakes() {
 }
 
 #[test]
+fn lines_written_while_the_daemon_was_down_are_learned_at_restart() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("down");
+    let (log, config) = postfix_log_in(&tmp.path);
+    let mut daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    append(
+        &log,
+        "Nov 22 07:53:40 mx1 postfix/smtpd[1]: connect from unknown[203.0.113.10]\n",
+    );
+    // The reader saves its position once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.kill9();
+    // While it is down, a harvester works: five rejects, enough for a block.
+    let text: String = (0..5).map(|n| harvest_line(CLIENT1_V4, n)).collect();
+    append(&log, &text);
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    assert!(
+        wait_for_limit(&lab, CLIENT1_V4),
+        "the lines written while the daemon was down were not learned: {}",
+        daemon.log_text()
+    );
+    assert!(!lab.connects(CLIENT1_V4, SERVER_V4, 25));
+    // And nothing was read twice: this run read the five lines, not the connect line before
+    // the crash (the figures refresh every second: ask for 5 s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics")
+            .unwrap_or_default();
+        if m.contains("slowgate_lines_total{") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        metrics.contains("slowgate_lines_total{format=\"postfix\"} 5\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn journald_entries_are_a_source_too() {
     // A stand-in for journalctl that prints what `journalctl --follow --output=json` would for
     // Dovecot's failed logins, then follows (sleeps). The daemon finds it through
