@@ -64,6 +64,12 @@ pub struct Positions {
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
+struct SavedCursor {
+    key: String,
+    cursor: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SavedPosition {
     path: PathBuf,
     #[serde(flatten)]
@@ -94,18 +100,41 @@ impl Positions {
         (saved.path == path).then_some(saved.position)
     }
 
+    /// The journald cursor saved under `key` (one per journald source).
+    pub fn load_cursor(&self, key: &str) -> Option<String> {
+        let text = std::fs::read(self.file_of(Path::new(key))).ok()?;
+        let saved: SavedCursor = serde_json::from_slice(&text).ok()?;
+        (saved.key == key).then_some(saved.cursor)
+    }
+
+    pub fn save_cursor(&self, key: &str, cursor: &str) -> std::io::Result<()> {
+        let saved = SavedCursor {
+            key: key.to_string(),
+            cursor: cursor.to_string(),
+        };
+        self.write(
+            Path::new(key),
+            &serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+        )
+    }
+
     pub fn save(&self, path: &Path, position: Position) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let file = self.file_of(path);
-        let tmp = file.with_extension("tmp");
         let saved = SavedPosition {
             path: path.to_path_buf(),
             position,
         };
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
-        )?;
+        self.write(
+            path,
+            &serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Writes a position file whole (write, rename).
+    fn write(&self, key: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let file = self.file_of(key);
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &file)
     }
 }
@@ -151,7 +180,7 @@ pub fn spawn(
                     units,
                     identifiers,
                     format,
-                } => follow_journal(&units, &identifiers, format, &tx, &stop),
+                } => follow_journal(&units, &identifiers, format, &tx, &stop, positions.as_ref()),
             })
         })
         .collect()
@@ -274,13 +303,28 @@ fn follow_journal(
     format: Format,
     tx: &SyncSender<Line>,
     stop: &AtomicBool,
+    positions: Option<&Positions>,
 ) {
     let program: PathBuf = std::env::var_os(JOURNALCTL_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| "journalctl".into());
+    // The journal's own position: after a restart (of the daemon or of journalctl), the
+    // entries since the last one read, not only new ones.
+    let key = format!(
+        "journald:units={}:identifiers={}",
+        units.join(","),
+        identifiers.join(",")
+    );
+    let mut cursor = positions.and_then(|p| p.load_cursor(&key));
+    let mut saved_cursor = cursor.clone();
+    let mut last_save = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let mut cmd = Command::new(&program);
-        cmd.args(["--follow", "--output=json", "--lines=0", "--no-pager"]);
+        cmd.args(["--follow", "--output=json", "--no-pager"]);
+        match &cursor {
+            Some(c) => cmd.arg(format!("--after-cursor={c}")),
+            None => cmd.arg("--lines=0"),
+        };
         for u in units {
             cmd.arg(format!("--unit={u}"));
         }
@@ -320,20 +364,48 @@ fn follow_journal(
         let mut buf = vec![0u8; 64 * 1024];
         let mut gone = false;
         while !gone && !stop.load(Ordering::Relaxed) {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
+            // Wait for output at most IDLE_POLL, so that a cursor read before a quiet spell is
+            // saved, and `stop` is seen, even while journalctl says nothing.
+            let n = if readable(&stdout, IDLE_POLL) {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                }
+            } else {
+                0
             };
             splitter.push(&buf[..n], &mut |bytes| {
                 if gone {
                     return;
                 }
-                if let Some(text) = std::str::from_utf8(bytes).ok().and_then(journal_entry)
-                    && tx.send(Line { format, text }).is_err()
-                {
+                let Some((text, at)) = std::str::from_utf8(bytes).ok().and_then(journal_record)
+                else {
+                    return;
+                };
+                if tx.send(Line { format, text }).is_err() {
                     gone = true;
                 }
+                if at.is_some() {
+                    cursor = at;
+                }
             });
+            if let Some(p) = positions
+                && cursor != saved_cursor
+                && last_save.elapsed() >= POSITION_EVERY
+                && let Some(c) = &cursor
+            {
+                last_save = std::time::Instant::now();
+                saved_cursor = cursor.clone();
+                if p.save_cursor(&key, c).is_err() {
+                    SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let (Some(p), Some(c)) = (positions, &cursor)
+            && cursor != saved_cursor
+        {
+            saved_cursor = cursor.clone();
+            let _ = p.save_cursor(&key, c);
         }
         if gone {
             let _ = child.kill();
@@ -348,6 +420,17 @@ fn follow_journal(
     }
 }
 
+/// True when `pipe` has something to read (or has ended) within `timeout`.
+fn readable(pipe: &impl std::os::fd::AsRawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) > 0 }
+}
+
 fn sleep_unless(stop: &AtomicBool, total: Duration) {
     let step = Duration::from_millis(100);
     let mut slept = Duration::ZERO;
@@ -360,7 +443,16 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) {
 /// A journal entry in `journalctl --output=json` form. MESSAGE is a string, or an array of
 /// bytes when it is not valid UTF-8.
 pub fn journal_entry(json: &str) -> Option<Text> {
+    journal_record(json).map(|(text, _)| text)
+}
+
+/// The entry and its `__CURSOR` (the journal's position after it).
+fn journal_record(json: &str) -> Option<(Text, Option<String>)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let cursor = v["__CURSOR"]
+        .as_str()
+        .filter(|c| c.len() <= 512 && !c.contains(['\n', '\0']))
+        .map(str::to_string);
     let message = match &v["MESSAGE"] {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Array(bytes) => {
@@ -377,11 +469,14 @@ pub fn journal_entry(json: &str) -> Option<Text> {
         .as_str()
         .and_then(|t| t.parse::<u64>().ok())
         .and_then(|us| us.checked_mul(1000));
-    Some(Text::Journal {
-        program,
-        message,
-        time_ns,
-    })
+    Some((
+        Text::Journal {
+            program,
+            message,
+            time_ns,
+        },
+        cursor,
+    ))
 }
 
 #[cfg(test)]

@@ -649,8 +649,8 @@ fn lines_written_while_the_daemon_was_down_are_learned_at_restart() {
         &log,
         "Nov 22 07:53:40 mx1 postfix/smtpd[1]: connect from unknown[203.0.113.10]\n",
     );
-    // The reader saves its position once a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The reader saves its position once a second (a margin for a loaded machine).
+    std::thread::sleep(Duration::from_millis(2500));
     daemon.kill9();
     // While it is down, a harvester works: five rejects, enough for a block.
     let text: String = (0..5).map(|n| harvest_line(CLIENT1_V4, n)).collect();
@@ -715,6 +715,59 @@ fn journald_entries_are_a_source_too() {
     );
     assert_eq!(lab.attempts(CLIENT_A6, SERVER_A6, 25), 0);
     assert!(lab.connects(CLIENT_B6, SERVER_B6, 25));
+    drop(daemon);
+}
+
+#[test]
+fn journald_entries_written_while_the_daemon_was_down_are_learned_at_restart() {
+    // A stand-in for journalctl with cursors: the first run sees two failed logins arrive
+    // (c1, c2); while the daemon is down four more are written (c3..c6), which journalctl gives
+    // only to a reader that asks `--after-cursor=c2`; without a cursor it gives nothing old.
+    let lab = Lab::new();
+    let tmp = TempDir::new("cursor");
+    let dir = tmp.path.clone();
+    let entry = |n: u32| {
+        format!(
+            "echo '{{\"__CURSOR\":\"c{n}\",\"__REALTIME_TIMESTAMP\":\"1795334020{n:06}\",\
+             \"SYSLOG_IDENTIFIER\":\"dovecot\",\"MESSAGE\":\"imap-login: Disconnected: (auth failed, \
+             1 attempts in 2 secs): user=<admin>, method=PLAIN, rip={CLIENT_A6}, lip={SERVER_A6}, \
+             session=<s{n}>\"}}'\n"
+        )
+    };
+    let phase2 = dir.join("phase2");
+    let mut script = String::from("#!/bin/sh\ncase \"$*\" in\n*--after-cursor=c2*)\n");
+    for n in 3..=6 {
+        script += &entry(n);
+    }
+    script += ";;\n*--after-cursor=*) ;;\n*)\n";
+    script += &format!("if [ ! -e {} ]; then\n", phase2.display());
+    for n in 1..=2 {
+        script += &entry(n);
+    }
+    script += "fi\n;;\nesac\nexec sleep 60\n";
+    let fake = dir.join("journalctl");
+    std::fs::write(&fake, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = learning_config(
+        "[[sources]]\njournald_units = [\"dovecot.service\"]\nformat = \"dovecot\"\n",
+    );
+    // SAFETY (of the environment): tests in this file run one at a time (--test-threads=1).
+    unsafe { std::env::set_var("SLOWGATE_JOURNALCTL", &fake) };
+    let mut daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    // Two failures (6 points): below the block. The cursor is saved within a second (a
+    // margin for a loaded machine).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!lab.cli(&["limit", "list"]).contains(CLIENT_A6));
+    daemon.kill9();
+    std::fs::write(&phase2, "").unwrap();
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    unsafe { std::env::remove_var("SLOWGATE_JOURNALCTL") };
+    assert!(
+        wait_for_limit(&lab, CLIENT_A6),
+        "the entries written while the daemon was down were not learned: {}",
+        daemon.log_text()
+    );
     drop(daemon);
 }
 
