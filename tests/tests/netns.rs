@@ -771,6 +771,93 @@ fn journald_entries_written_while_the_daemon_was_down_are_learned_at_restart() {
     drop(daemon);
 }
 
+/// Appends `entries` (export format) to a real journal file in `dir`, as journald would write
+/// them (systemd-journal-remote, from Debian's package).
+fn journal_append(dir: &std::path::Path, entries: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/lib/systemd/systemd-journal-remote")
+        .arg("-o")
+        .arg(dir.join("remote.journal"))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-journal-remote (apt install systemd-journal-remote)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(entries.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A failed IMAP login of `client` as Dovecot's unit logs it, in journal export format.
+fn dovecot_failure_entry(client: &str, n: u64) -> String {
+    format!(
+        "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={n}\n\
+         _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT=dovecot.service\n\
+         SYSLOG_IDENTIFIER=dovecot\nMESSAGE=imap-login: Disconnected: (auth failed, 1 attempts in \
+         2 secs): user=<admin>, method=PLAIN, rip={client}, lip={SERVER_A6}, session=<s{n}>\n\n",
+        1_795_334_020_000_000 + n
+    )
+}
+
+#[test]
+fn a_real_journal_is_followed_and_resumed_from_its_cursor() {
+    // Real journal files and the real journalctl: the daemon's journalctl (through a wrapper
+    // that points it at a directory) follows entries that systemd-journal-remote appends.
+    let lab = Lab::new();
+    let tmp = TempDir::new("realjournal");
+    let journal = tmp.path.join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    // One entry from before the daemon starts (the first run reads only new ones).
+    journal_append(&journal, &dovecot_failure_entry(CLIENT_A6_OTHER, 1));
+    let wrapper = tmp.path.join("journalctl");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec journalctl --directory={} \"$@\"\n",
+            journal.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = learning_config(
+        "[[sources]]\njournald_units = [\"dovecot.service\"]\nformat = \"dovecot\"\n",
+    );
+    // SAFETY (of the environment): tests in this file run one at a time (--test-threads=1).
+    unsafe { std::env::set_var("SLOWGATE_JOURNALCTL", &wrapper) };
+    let mut daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let entries: String = (10..14)
+        .map(|n| dovecot_failure_entry(CLIENT_A6, n))
+        .collect();
+    journal_append(&journal, &entries);
+    assert!(
+        wait_for_limit(&lab, CLIENT_A6),
+        "no limit from the real journal: {}",
+        daemon.log_text()
+    );
+    // Down, four failures of another client are written, then up: read from the cursor.
+    std::thread::sleep(Duration::from_millis(2500));
+    daemon.kill9();
+    let entries: String = (20..24)
+        .map(|n| dovecot_failure_entry(CLIENT_A6_OTHER, n))
+        .collect();
+    journal_append(&journal, &entries);
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    unsafe { std::env::remove_var("SLOWGATE_JOURNALCTL") };
+    assert!(
+        wait_for_limit(&lab, CLIENT_A6_OTHER),
+        "the journal entries written while the daemon was down were not learned: {}",
+        daemon.log_text()
+    );
+    drop(daemon);
+}
+
 #[test]
 fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
     // The unit as installed, pointed at the binary under test.

@@ -16,7 +16,15 @@ const BPF_RUSTC: &str = "/usr/bin/rustc";
 /// Debian packages the build needs. The LLVM ones are completed with rustc's LLVM major.
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "libzstd-dev", "zlib1g-dev"];
 /// Debian packages the tests and the lab use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "util-linux", "procps", "systemd"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "util-linux",
+    "procps",
+    "systemd",
+    // Real journal files for the journald source's test.
+    "systemd-journal-remote",
+];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];
 
