@@ -19,12 +19,13 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    config::{Config, Limit},
+    config::Config,
+    domain::Limit,
+    domain::Network,
     engine::{Change, Engine, Geo, Sender},
     kernel::{self, ListKind, Maps},
     parsers::{Outcome, Parsers},
     sources::{Line, Text},
-    units::Network,
 };
 
 /// Lines handled per batch before the changes are written out.

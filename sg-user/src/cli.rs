@@ -11,9 +11,10 @@ use serde_json::json;
 use sg_common::{V4_MAPPED_BITS, counter, reason, service};
 
 use crate::{
-    config::{self, Config, Limit, check_burst},
+    config::{self, Config, check_burst},
+    domain::Limit,
+    domain::{Network, Rate, parse_duration},
     kernel::{self, ListKind, Maps},
-    units::{Network, Rate, parse_duration},
 };
 
 #[derive(Debug, Parser)]
@@ -539,20 +540,6 @@ fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
         ),
         LimitCommand::List { json } => list_rows(cli, "limit", *json),
     }
-}
-
-/// A stored limit (`block`, `30/min burst 10`) back to a [`Limit`].
-pub fn parse_limit(text: &str) -> anyhow::Result<Limit> {
-    if text == "block" || text == "blocked" {
-        return Ok(Limit::Block);
-    }
-    let (rate, burst) = text
-        .split_once(" burst ")
-        .with_context(|| format!("{text:?} is not a limit"))?;
-    Ok(Limit::Rate {
-        rate: rate.parse()?,
-        burst: burst.parse()?,
-    })
 }
 
 fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use sg_common::{Bucket, service};
 
 use crate::{
+    domain::{Limit, Network, Rate, parse_duration},
     engine::{EngineConfig, LevelRow, Weights},
     parsers::Format,
-    units::{Network, Rate, parse_duration},
 };
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/slowgate/slowgate.toml";
@@ -380,22 +380,6 @@ pub enum AttachMode {
     Auto,
     Native,
     Skb,
-}
-
-/// A limit as the kernel applies it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Limit {
-    Rate { rate: Rate, burst: u32 },
-    Block,
-}
-
-impl std::fmt::Display for Limit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Limit::Block => write!(f, "blocked"),
-            Limit::Rate { rate, burst } => write!(f, "{rate} burst {burst}"),
-        }
-    }
 }
 
 /// Validated runtime settings.
@@ -908,9 +892,9 @@ fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::R
     if value < min || value > max {
         bail!(
             "key `{key}`: {} is outside {}..={}",
-            crate::units::format_duration(value),
-            crate::units::format_duration(min),
-            crate::units::format_duration(max)
+            crate::domain::format_duration(value),
+            crate::domain::format_duration(min),
+            crate::domain::format_duration(max)
         );
     }
     Ok(())

@@ -49,7 +49,7 @@ impl DropLog {
     }
 
     pub fn record(&mut self, e: &DropEvent) {
-        let addr = crate::units::Network {
+        let addr = crate::domain::Network {
             addr: e.addr,
             prefix_len: 128,
         }

@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    config::Limit,
+    domain::Limit,
     events::{Event, EventKind, RejectKind},
 };
 

@@ -20,8 +20,9 @@ use sg_common::{
 };
 
 use crate::{
-    config::{AttachMode, Capacity, Limit},
-    units::{Network, Rate},
+    config::{AttachMode, Capacity},
+    domain::Limit,
+    domain::{Network, Rate},
 };
 
 /// The XDP program, built by build.rs and embedded so that the binary is all an operator installs.

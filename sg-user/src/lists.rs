@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    config::Limit,
+    domain::Limit,
+    domain::{Network, format_duration},
     kernel::{Entry, ListKind, Maps},
     store::{ListOp, Store, unix_now},
-    units::{Network, format_duration},
 };
 
 /// One change an operator asks for.
@@ -97,7 +97,7 @@ impl Change {
             },
             ("limit", true) => Change::LimitSet {
                 network,
-                limit: crate::cli::parse_limit(op.limit.as_deref().unwrap_or(""))?,
+                limit: op.limit.as_deref().unwrap_or("").parse()?,
                 ttl,
                 comment,
             },
@@ -277,7 +277,10 @@ pub fn from_json(v: &Value) -> Result<Change, String> {
         (Some("del"), Some(kind)) => Ok(Change::Del { kind, network }),
         (Some("set"), None) => Ok(Change::LimitSet {
             network,
-            limit: crate::cli::parse_limit(v["limit"].as_str().unwrap_or(""))
+            limit: v["limit"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
                 .map_err(|e| format!("{e:#}"))?,
             ttl,
             comment,

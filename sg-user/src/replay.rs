@@ -13,11 +13,12 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    config::{Config, Limit},
+    config::Config,
+    domain::Limit,
+    domain::format_duration,
     engine::{Change, Engine, Geo, Sender},
     events::{Event, EventKind},
     parsers::{Format, Outcome, Parsers},
-    units::format_duration,
 };
 
 /// Log time between two steps of the engine's clock.

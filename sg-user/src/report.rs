@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::{history::Record, replay::format_time, units::format_duration};
+use crate::{domain::format_duration, history::Record, replay::format_time};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SenderRow {

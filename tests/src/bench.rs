@@ -409,7 +409,7 @@ fn reaction_run(events: usize, run: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
              550 5.1.1 <u@example.net>: Recipient address rejected: User unknown in local recipient \
              table; from=<x@example.com> to=<u@example.net> proto=ESMTP helo=<x>\n"
         );
-        let net: slowgate::units::Network = client.parse()?;
+        let net: slowgate::domain::Network = client.parse()?;
         let generation = maps.generation()?;
         let start = Instant::now();
         file.write_all(line.as_bytes())?;

@@ -757,7 +757,7 @@ impl KernelView {
 }
 
 /// A POLICY key as the lab names senders: an address alone, a network with its length.
-fn sender_name(net: slowgate::units::Network) -> String {
+fn sender_name(net: slowgate::domain::Network) -> String {
     let n = net.to_ipnet();
     if n.prefix_len() == n.max_prefix_len() {
         n.addr().to_string()
@@ -767,19 +767,19 @@ fn sender_name(net: slowgate::units::Network) -> String {
 }
 
 /// The lab's level of a limit (see `lab_config`).
-fn level_of_limit(limit: slowgate::config::Limit) -> usize {
+fn level_of_limit(limit: slowgate::domain::Limit) -> usize {
     match limit {
-        slowgate::config::Limit::Block => BLOCK_LEVEL,
-        slowgate::config::Limit::Rate { burst: 5, .. } => 1,
-        slowgate::config::Limit::Rate { burst: 2, .. } => 2,
-        slowgate::config::Limit::Rate { .. } => 0,
+        slowgate::domain::Limit::Block => BLOCK_LEVEL,
+        slowgate::domain::Limit::Rate { burst: 5, .. } => 1,
+        slowgate::domain::Limit::Rate { burst: 2, .. } => 2,
+        slowgate::domain::Limit::Rate { .. } => 0,
     }
 }
 
 /// What the kernel counted of `who`'s connections in its slot: (dropped by a rule, i.e. a
 /// list or a learned limit; dropped by a default ceiling).
 fn kernel_drops(maps: &slowgate::kernel::Maps, who: &str) -> (u64, u64) {
-    who.parse::<slowgate::units::Network>()
+    who.parse::<slowgate::domain::Network>()
         .ok()
         .and_then(|net| maps.source_drops(net).ok().flatten())
         .map_or((0, 0), |(r, c)| (u64::from(r), u64::from(c)))

@@ -1054,7 +1054,9 @@ fn control_socket_top_show_release_reload_and_who_may_use_it() {
 
 /// A network as slowgate writes it.
 fn canonical(net: &str) -> String {
-    net.parse::<slowgate::units::Network>().unwrap().to_string()
+    net.parse::<slowgate::domain::Network>()
+        .unwrap()
+        .to_string()
 }
 
 #[test]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use sg_common::{counter, map_v4};
 use sg_tests::*;
 use slowgate::{
-    config::{Capacity, Limit},
+    config::Capacity,
+    domain::{Limit, Network, Rate},
     kernel::ListKind,
-    units::{Network, Rate},
 };
 
 /// The benchmark's sizes: the full run, or the short form `cargo xtask test` runs once.

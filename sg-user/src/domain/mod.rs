@@ -1,0 +1,28 @@
+//! The words of the domain, with no I/O, no aya and no clap: durations, rates and limits,
+//! networks, written the way people write them (`90s`, `1h30m`, `30/min`, `198.51.100.0/24`,
+//! `2001:db8::1`, `30/min burst 10`). Every other module builds on these; they import nothing
+//! of the crate.
+
+pub mod limit;
+pub mod network;
+pub mod time;
+
+use std::time::Duration;
+
+pub use limit::{Limit, Rate};
+pub use network::Network;
+pub use time::{format_duration, parse_duration};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnitError {
+    #[error("`{0}` is not a duration (write it like 90s, 15m, 1h30m, 7d)")]
+    Duration(String),
+    #[error("`{0}` is not a rate (write it like 10/s, 30/min, 100/h, 500/d)")]
+    Rate(String),
+    #[error("`{0}` is not an address or network (write it like 198.51.100.0/24 or 2001:db8::/64)")]
+    Network(String),
+    #[error("rate `{0}` is too slow: one connection per {1:?} at most (use a block instead)")]
+    RateTooSlow(String, Duration),
+    #[error("`{0}` is not a limit (write it like `30/min burst 10` or `blocked`)")]
+    Limit(String),
+}
