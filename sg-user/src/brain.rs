@@ -22,7 +22,8 @@ use crate::{
     config::Config,
     domain::Limit,
     domain::Network,
-    engine::{Change, Engine, Geo, Sender},
+    domain::Sender,
+    engine::{Change, Engine, Geo},
     kernel::{self, ListKind, Maps},
     parsers::{Outcome, Parsers},
     sources::{Line, Text},
@@ -294,7 +295,7 @@ pub fn run(
                 if let Some(n) = stats.senders_by_level.get_mut(level) {
                     *n += 1;
                 }
-                stats.limited_points.push((sender_kind(&sender), points));
+                stats.limited_points.push((sender.kind(), points));
             }
             stats.tracked = engine.tracked() as u64;
             stats.senders_by_level[0] =
@@ -487,16 +488,6 @@ fn format_name(format: crate::parsers::Format) -> &'static str {
         Format::Exim => "exim",
         Format::Dovecot => "dovecot",
         Format::Rspamd => "rspamd",
-    }
-}
-
-fn sender_kind(sender: &Sender) -> &'static str {
-    match sender {
-        Sender::Source(_) => "source",
-        Sender::Prefix(_) => "prefix",
-        Sender::Network(_) => "network",
-        Sender::User(_) => "user",
-        Sender::Country(_) => "country",
     }
 }
 

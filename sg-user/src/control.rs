@@ -9,7 +9,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::IpAddr,
     os::unix::net::UnixStream,
     path::Path,
     sync::mpsc::SyncSender,
@@ -17,13 +16,13 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::{
     brain::{Reply, Request},
-    engine::{EngineConfig, Sender},
+    domain::Sender,
+    engine::EngineConfig,
 };
 
 pub const VERSION: u64 = 1;
@@ -36,36 +35,6 @@ pub enum Op {
 }
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
-
-/// `ADDR`, `CIDR` (of the prefix or network length) or `user:NAME`.
-pub fn parse_who(text: &str, engine: &EngineConfig) -> anyhow::Result<Sender> {
-    if let Some(user) = text.strip_prefix("user:") {
-        if user.is_empty() {
-            bail!("user: needs a name");
-        }
-        return Ok(Sender::User(user.into()));
-    }
-    if let Ok(addr) = text.parse::<IpAddr>() {
-        return Ok(Sender::Source(addr));
-    }
-    let net: IpNet = text
-        .parse()
-        .with_context(|| format!("{text:?} is not an address, a network or user:NAME"))?;
-    let (prefix, network) = if net.addr().is_ipv4() {
-        (engine.prefix_v4, engine.network_v4)
-    } else {
-        (engine.prefix_v6, engine.network_v6)
-    };
-    let net = net.trunc();
-    match net.prefix_len() {
-        n if n == net.max_prefix_len() => Ok(Sender::Source(net.addr())),
-        n if n == prefix => Ok(Sender::Prefix(net)),
-        n if n == network => Ok(Sender::Network(net)),
-        n => bail!(
-            "/{n}: senders are tracked per address, per /{prefix} prefix and per /{network} network"
-        ),
-    }
-}
 
 /// What the daemon gives the server to work with.
 pub struct Handles {
@@ -167,7 +136,7 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
     }
     let who = || -> Result<Sender, String> {
         let text = request["who"].as_str().ok_or("`who` is missing")?;
-        parse_who(text, &handles.engine).map_err(|e| format!("{e:#}"))
+        Sender::parse(text, handles.engine.lengths()).map_err(|e| e.to_string())
     };
     let (reply, wait) = tokio::sync::oneshot::channel();
     match request["command"].as_str() {
@@ -248,36 +217,6 @@ pub fn call(socket: &Path, request: Value) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn engine() -> EngineConfig {
-        crate::config::Config::parse("interfaces = [\"x\"]", Path::new("t.toml"))
-            .unwrap()
-            .engine
-    }
-
-    #[test]
-    fn who_is_an_address_a_prefix_a_network_or_a_user() {
-        let e = engine();
-        assert_eq!(
-            parse_who("203.0.113.9", &e).unwrap(),
-            Sender::Source("203.0.113.9".parse().unwrap())
-        );
-        assert_eq!(
-            parse_who("203.0.113.0/24", &e).unwrap(),
-            Sender::Prefix("203.0.113.0/24".parse().unwrap())
-        );
-        assert_eq!(
-            parse_who("2001:db8:a::/48", &e).unwrap(),
-            Sender::Network("2001:db8:a::/48".parse().unwrap())
-        );
-        assert_eq!(
-            parse_who("user:alice", &e).unwrap(),
-            Sender::User("alice".into())
-        );
-        assert!(parse_who("203.0.0.0/8", &e).is_err());
-        assert!(parse_who("nonsense", &e).is_err());
-        assert!(parse_who("user:", &e).is_err());
-    }
 
     #[test]
     fn only_root_and_the_group_are_allowed() {

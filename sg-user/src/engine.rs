@@ -30,39 +30,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    domain::Limit,
+    domain::{Limit, PrefixLengths, Sender, country_name},
     events::{Event, EventKind, RejectKind},
 };
-
-/// Who points are counted for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Sender {
-    Source(IpAddr),
-    /// The source's prefix (IPv4 /24, IPv6 /64 by default).
-    Prefix(IpNet),
-    /// A larger network (IPv4 /16, IPv6 /48 by default), limited when several of its prefixes
-    /// are.
-    Network(IpNet),
-    /// A SASL (or IMAP/POP) user name, as the client gave it.
-    User(Box<str>),
-    /// An ISO 3166 country code, from the GeoIP database. Points only, for reports.
-    Country([u8; 2]),
-}
-
-impl std::fmt::Display for Sender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Sender::Source(a) => write!(f, "{a}"),
-            Sender::Prefix(n) | Sender::Network(n) => write!(f, "{n}"),
-            Sender::User(u) => write!(f, "user:{u}"),
-            Sender::Country(c) => write!(f, "country:{}", country_name(*c)),
-        }
-    }
-}
-
-pub fn country_name(code: [u8; 2]) -> String {
-    String::from_utf8_lossy(&code).into_owned()
-}
 
 /// Points per event kind (`[points.weights]` in the config).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -209,6 +179,18 @@ pub struct EngineConfig {
     pub network_after: usize,
     /// Senders tracked at most; when full, the one with the fewest points is forgotten.
     pub max_tracked: usize,
+}
+
+impl EngineConfig {
+    /// The lengths senders are tracked at, for [`Sender::parse`].
+    pub fn lengths(&self) -> PrefixLengths {
+        PrefixLengths {
+            v4: self.prefix_v4,
+            v6: self.prefix_v6,
+            network_v4: self.network_v4,
+            network_v6: self.network_v6,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Change, KIND_NAMES, Sender};
+use crate::engine::{Change, KIND_NAMES};
 
 const MAX_BYTES: u64 = 64 << 20;
 
@@ -48,13 +48,7 @@ impl Record {
     }
 
     pub fn change(t: u64, c: &Change) -> Record {
-        let kind = match c.sender {
-            Sender::Source(_) => "source",
-            Sender::Prefix(_) => "prefix",
-            Sender::Network(_) => "network",
-            Sender::User(_) => "user",
-            Sender::Country(_) => "country",
-        };
+        let kind = c.sender.kind();
         Record::Change {
             t,
             sender: c.sender.to_string(),
@@ -62,7 +56,7 @@ impl Record {
             from: c.from,
             to: c.to,
             points: c.points,
-            country: c.country.map(crate::engine::country_name),
+            country: c.country.map(crate::domain::country_name),
         }
     }
 }

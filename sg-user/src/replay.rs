@@ -15,8 +15,9 @@ use anyhow::Context;
 use crate::{
     config::Config,
     domain::Limit,
+    domain::Sender,
     domain::format_duration,
-    engine::{Change, Engine, Geo, Sender},
+    engine::{Change, Engine, Geo},
     events::{Event, EventKind},
     parsers::{Format, Outcome, Parsers},
 };

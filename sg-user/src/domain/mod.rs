@@ -1,16 +1,18 @@
 //! The words of the domain, with no I/O, no aya and no clap: durations, rates and limits,
-//! networks, written the way people write them (`90s`, `1h30m`, `30/min`, `198.51.100.0/24`,
+//! networks, senders, written the way people write them (`90s`, `1h30m`, `30/min`, `198.51.100.0/24`,
 //! `2001:db8::1`, `30/min burst 10`). Every other module builds on these; they import nothing
 //! of the crate.
 
 pub mod limit;
 pub mod network;
+pub mod sender;
 pub mod time;
 
 use std::time::Duration;
 
 pub use limit::{Limit, Rate};
 pub use network::Network;
+pub use sender::{PrefixLengths, Sender, country_name};
 pub use time::{format_duration, parse_duration};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
