@@ -20,11 +20,9 @@ use ipnet::IpNet;
 
 use crate::{
     config::Config,
-    domain::Limit,
-    domain::Network,
-    domain::Sender,
+    domain::{Limit, Network, Sender},
     engine::{Change, Engine, Geo},
-    kernel::{self, ListKind, Maps},
+    kernel::{ListKind, Maps},
     parsers::{Outcome, Parsers},
     sources::{Line, Text},
 };
@@ -208,7 +206,7 @@ pub fn run(
     if let Some(store) = &store {
         match store.load_senders() {
             Ok(rows) if !rows.is_empty() => {
-                let back = engine.import(&rows, kernel::boot_time_ns());
+                let back = engine.import(&rows, crate::domain::boot_time_ns());
                 eprintln!(
                     "slowgate: restored {} senders, {} of them limited",
                     rows.len(),
@@ -233,7 +231,7 @@ pub fn run(
         maps.counters()
             .map_or(0, |c| c[sg_common::counter::DROPPED as usize])
     };
-    let mut minute_start = crate::store::unix_now() / 60 * 60;
+    let mut minute_start = crate::domain::unix_now() / 60 * 60;
     let mut last_dropped = dropped_now(&maps);
     let mut last_events = [0u64; crate::engine::KIND_NAMES.len()];
     let mut dirty = false;
@@ -245,7 +243,7 @@ pub fn run(
         let mut changes = Vec::new();
         let mut arrived = None;
         while let Ok((request, reply)) = requests.try_recv() {
-            let now = kernel::boot_time_ns();
+            let now = crate::domain::boot_time_ns();
             let answer = match request {
                 Request::Top { n } => {
                     serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
@@ -270,7 +268,7 @@ pub fn run(
         match lines.recv_timeout(TICK / 4) {
             Ok(line) => {
                 arrived = Some(Instant::now());
-                let now = kernel::boot_time_ns();
+                let now = crate::domain::boot_time_ns();
                 dirty = true;
                 check(&line);
                 changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
@@ -286,7 +284,7 @@ pub fn run(
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
-            let now = kernel::boot_time_ns();
+            let now = crate::domain::boot_time_ns();
             changes.extend(engine.tick(now));
             let levels = config.engine.levels.len() + 1;
             stats.senders_by_level = vec![0; levels.max(8)];
@@ -308,7 +306,7 @@ pub fn run(
             }
             enforcer.refresh(&mut maps);
         }
-        let unix = crate::store::unix_now();
+        let unix = crate::domain::unix_now();
         if let Some(h) = &mut history
             && unix >= minute_start + 60
         {
@@ -322,7 +320,7 @@ pub fn run(
                 drops: dropped.saturating_sub(last_dropped),
                 events,
             };
-            let limited = engine.limited(kernel::boot_time_ns()).len() as u64;
+            let limited = engine.limited(crate::domain::boot_time_ns()).len() as u64;
             if let Err(e) = h.write(&[minute.record(limited)]) {
                 eprintln!("slowgate: writing history failed: {e:#}");
             }
@@ -382,7 +380,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes the snapshot; false (and a log line) when it failed.
 fn save(store: &crate::store::Store, engine: &Engine) -> bool {
-    let rows = engine.export(kernel::boot_time_ns(), SAVE_MAX);
+    let rows = engine.export(crate::domain::boot_time_ns(), SAVE_MAX);
     match store.save_senders(&rows) {
         Ok(()) => true,
         Err(e) => {

@@ -12,8 +12,7 @@ use sg_common::{V4_MAPPED_BITS, counter, reason, service};
 
 use crate::{
     config::{self, Config, check_burst},
-    domain::Limit,
-    domain::{Network, Rate, parse_duration},
+    domain::{Limit, Network, Rate, parse_duration},
     kernel::{self, ListKind, Maps},
 };
 
@@ -334,7 +333,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
             for c in result["changes"].as_array().into_iter().flatten() {
                 println!(
                     "  {} level {} -> {} ({:.1} points; {})",
-                    crate::replay::format_time(
+                    crate::domain::format_time(
                         c["unix_time"].as_u64().unwrap_or(0) * 1_000_000_000
                     ),
                     c["from"],
@@ -401,12 +400,12 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Report { since, html, top } => {
             let since = parse_duration(since).context("--since")?;
-            let from = crate::store::unix_now().saturating_sub(since.as_secs());
+            let from = crate::domain::unix_now().saturating_sub(since.as_secs());
             let records = crate::history::read(&cli.state_dir_path()?, from)?;
             if records.is_empty() {
                 anyhow::bail!(
                     "no history since {} (the daemon writes it under its state_dir)",
-                    crate::replay::format_time(from * 1_000_000_000)
+                    crate::domain::format_time(from * 1_000_000_000)
                 );
             }
             let report = crate::report::build(&records);

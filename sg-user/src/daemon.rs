@@ -263,7 +263,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             }
             _ = watchdog.tick() => {
                 let heartbeat = stats.lock().map_or(0, |s| s.heartbeat_ns);
-                let age = kernel::boot_time_ns().saturating_sub(heartbeat);
+                let age = crate::domain::boot_time_ns().saturating_sub(heartbeat);
                 if brain.is_finished() {
                     anyhow::bail!("the learning loop ended; exiting so that the supervisor restarts us");
                 }

@@ -436,7 +436,7 @@ impl Engine {
     /// at most `max`, the most important first; times on the wall clock.
     pub fn export(&self, now_ns: u64, max: usize) -> Vec<crate::store::SavedSender> {
         let now = secs(now_ns);
-        let offset = crate::store::unix_now().saturating_sub(u64::from(now));
+        let offset = crate::domain::unix_now().saturating_sub(u64::from(now));
         let mut rows: Vec<(&Sender, &Tracked, f64)> = self
             .tracked
             .iter()
@@ -472,7 +472,7 @@ impl Engine {
     /// enforcer. Rows that do not parse are skipped.
     pub fn import(&mut self, rows: &[crate::store::SavedSender], now_ns: u64) -> Vec<Change> {
         let now = secs(now_ns);
-        let unix = crate::store::unix_now();
+        let unix = crate::domain::unix_now();
         let mut changes = Vec::new();
         for row in rows {
             let sender = match row.kind.as_str() {

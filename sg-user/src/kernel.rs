@@ -21,7 +21,7 @@ use sg_common::{
 
 use crate::{
     config::{AttachMode, Capacity},
-    domain::Limit,
+    domain::{Limit, boot_time_ns},
     domain::{Network, Rate},
 };
 
@@ -128,17 +128,6 @@ const PINNED_MAPS: [&str; 11] = [
     map_name::COUNTERS,
     map_name::ATTACHMENTS,
 ];
-
-/// CLOCK_BOOTTIME, the kernel's `bpf_ktime_get_boot_ns`: expiry times are in this clock.
-pub fn boot_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Expiry time for a time-to-live; 0 (never) without one.
 pub fn expiry(ttl: Option<Duration>) -> u64 {

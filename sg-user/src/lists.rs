@@ -8,10 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    domain::Limit,
-    domain::{Network, format_duration},
+    domain::{Limit, Network, format_duration, unix_now},
     kernel::{Entry, ListKind, Maps},
-    store::{ListOp, Store, unix_now},
+    store::{ListOp, Store},
 };
 
 /// One change an operator asks for.

@@ -271,7 +271,7 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
     let age = if stats.store_last_save_unix == 0 {
         -1.0
     } else {
-        crate::store::unix_now().saturating_sub(stats.store_last_save_unix) as f64
+        crate::domain::unix_now().saturating_sub(stats.store_last_save_unix) as f64
     };
     metric(
         &mut out,

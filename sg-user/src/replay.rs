@@ -14,9 +14,7 @@ use anyhow::Context;
 
 use crate::{
     config::Config,
-    domain::Limit,
-    domain::Sender,
-    domain::format_duration,
+    domain::{Limit, Sender, format_duration, format_time},
     engine::{Change, Engine, Geo},
     events::{Event, EventKind},
     parsers::{Format, Outcome, Parsers},
@@ -262,28 +260,6 @@ pub fn print(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         report.events,
         report.not_understood,
         report.senders.len()
-    )
-}
-
-/// `2026-11-22 07:53:40` (UTC) from Unix nanoseconds.
-pub fn format_time(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
     )
 }
 

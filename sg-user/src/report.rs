@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::{domain::format_duration, history::Record, replay::format_time};
+use crate::{
+    domain::{format_duration, format_time},
+    history::Record,
+};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SenderRow {

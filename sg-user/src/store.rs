@@ -19,6 +19,8 @@ use std::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::unix_now;
+
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/slowgate";
 /// Journal lines beyond which the journal is rewritten with only the live entries.
 const COMPACT_AFTER: usize = 10_000;
@@ -58,12 +60,6 @@ pub struct SavedSender {
 
 pub struct Store {
     dir: PathBuf,
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Store {

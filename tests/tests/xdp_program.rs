@@ -6,8 +6,8 @@ use std::{net::Ipv6Addr, time::Duration};
 use sg_common::{counter, reason, service};
 use sg_tests::*;
 use slowgate::{
-    domain::{Limit, Network, Rate},
-    kernel::{ListKind, boot_time_ns},
+    domain::{Limit, Network, Rate, boot_time_ns},
+    kernel::ListKind,
 };
 
 const DENIED_V4: [u8; 4] = [203, 0, 113, 66];

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use limit::{Limit, Rate};
 pub use network::Network;
 pub use sender::{PrefixLengths, Sender, country_name};
-pub use time::{format_duration, parse_duration};
+pub use time::{boot_time_ns, format_duration, format_time, parse_duration, unix_now};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitError {
