@@ -238,15 +238,10 @@ mod program {
     /// VERIFIED_FOR_NS per source, and only while the slot is the source's own.
     #[inline(always)]
     fn verify(ctx: &XdpContext, tcp: &parse::Tcp, config: &Config, now: u64) {
-        let (index, fingerprint) = slot_hash(&tcp.src, &config.seed, config.source_slots_mask);
-        let Some(slot) = SOURCES.get_ptr_mut(index) else {
+        let Some(s) = own_slot(&tcp.src, config) else {
             return;
         };
-        // SAFETY: a map value, valid for this program run.
-        let s = unsafe { &mut *slot };
-        if s.tag >> 32 != fingerprint >> 32
-            || s.verified_until_ns > now.saturating_add(VERIFIED_FOR_NS / 2)
-        {
+        if s.verified_until_ns > now.saturating_add(VERIFIED_FOR_NS / 2) {
             return;
         }
         if !established(ctx, tcp) {
@@ -615,18 +610,24 @@ mod program {
         xdp_action::XDP_DROP
     }
 
+    /// The slot of `src` when it holds `src` (not another source that took it over, nor
+    /// nobody yet), for what the program notes about a source outside its decision.
+    #[inline(always)]
+    fn own_slot(src: &Addr, config: &Config) -> Option<&'static mut Slot> {
+        let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
+        let slot = SOURCES.get_ptr_mut(index)?;
+        // SAFETY: a map value, valid for this program run; XDP runs to completion, so the
+        // reference does not outlive it.
+        let s = unsafe { &mut *slot };
+        (s.tag >> 32 == fingerprint >> 32).then_some(s)
+    }
+
     /// Counts a drop in the source's own slot, by kind of reason, for per-sender reports.
     #[inline(always)]
     fn note_drop(src: &Addr, why: u8, config: &Config) {
-        let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
-        let Some(slot) = SOURCES.get_ptr_mut(index) else {
+        let Some(s) = own_slot(src, config) else {
             return;
         };
-        // SAFETY: a map value, valid for this program run.
-        let s = unsafe { &mut *slot };
-        if s.tag >> 32 != fingerprint >> 32 {
-            return;
-        }
         if why == reason::DEFAULT_SOURCE || why == reason::DEFAULT_PREFIX {
             s.dropped_by_ceiling = s.dropped_by_ceiling.wrapping_add(1);
         } else {

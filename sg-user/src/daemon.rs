@@ -85,7 +85,7 @@ fn reattach_lost(
 /// says which process holds it. A second `slowgate run` stops here, before it touches the
 /// pins, the state directory or the control socket of the first.
 fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::{io::Write, os::fd::AsRawFd};
+    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -96,8 +96,7 @@ fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("open the lock {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !try_lock(&file) {
         let holder = std::fs::read_to_string(path).unwrap_or_default();
         anyhow::bail!(
             "another slowgate run (pid {}) holds {}: stop it first",
@@ -110,17 +109,23 @@ fn lock(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// The same for a directory (the pins' directory on bpffs holds no other files).
 fn lock_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(dir).with_context(|| format!("open {}", dir.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !try_lock(&file) {
         anyhow::bail!(
             "another slowgate run uses the pins under {}: stop it first",
             dir.display()
         );
     }
     Ok(file)
+}
+
+/// An exclusive `flock` on `file`, without waiting; false when another process holds it.
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 async fn run_async(config: &Config) -> anyhow::Result<()> {

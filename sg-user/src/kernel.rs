@@ -50,26 +50,11 @@ pub fn tick_ns(ebpf: &mut Ebpf) -> anyhow::Result<u64> {
     if let Some(&t) = TICK_NS.get() {
         return Ok(t);
     }
-    let program: &mut Xdp = ebpf
-        .program_mut(CLOCK_PROGRAM)
-        .context("the object has no clock program")?
-        .try_into()?;
-    if program.fd().is_err() {
-        program.load().context("load the clock program")?;
-    }
-    let frame = [0u8; 64];
-    let jiffies = || -> anyhow::Result<(u32, std::time::Instant)> {
-        let result = program
-            .test_run(aya::programs::TestRunOptions {
-                data_in: Some(&frame),
-                ..Default::default()
-            })
-            .context("run the clock program")?;
-        Ok((result.return_value, std::time::Instant::now()))
-    };
-    let (j0, t0) = jiffies()?;
+    let j0 = run_clock(ebpf, CLOCK_PROGRAM)?;
+    let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(200));
-    let (j1, t1) = jiffies()?;
+    let j1 = run_clock(ebpf, CLOCK_PROGRAM)?;
+    let t1 = std::time::Instant::now();
     let measured = f64::from(j1.wrapping_sub(j0)) / (t1 - t0).as_secs_f64();
     let hz = [100.0, 250.0, 300.0, 1000.0]
         .into_iter()
@@ -83,27 +68,10 @@ pub fn tick_ns(ebpf: &mut Ebpf) -> anyhow::Result<u64> {
 /// `Config::boot_offset_ns`. Reads all 64 bits of jiffies through the two clock programs
 /// (again when the low half wrapped between the reads).
 pub fn boot_offset_ns(ebpf: &mut Ebpf, tick_ns: u64) -> anyhow::Result<u64> {
-    let frame = [0u8; 64];
-    let mut run = |name: &str| -> anyhow::Result<u32> {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .with_context(|| format!("the object has no {name} program"))?
-            .try_into()?;
-        if program.fd().is_err() {
-            program.load().with_context(|| format!("load {name}"))?;
-        }
-        let result = program
-            .test_run(aya::programs::TestRunOptions {
-                data_in: Some(&frame),
-                ..Default::default()
-            })
-            .with_context(|| format!("run {name}"))?;
-        Ok(result.return_value)
-    };
     for _ in 0..4 {
-        let lo = run(CLOCK_PROGRAM)?;
-        let hi = run(CLOCK_HI_PROGRAM)?;
-        let lo_again = run(CLOCK_PROGRAM)?;
+        let lo = run_clock(ebpf, CLOCK_PROGRAM)?;
+        let hi = run_clock(ebpf, CLOCK_HI_PROGRAM)?;
+        let lo_again = run_clock(ebpf, CLOCK_PROGRAM)?;
         let boot = boot_time_ns();
         if lo_again >= lo {
             let jiffies = (u64::from(hi) << 32) | u64::from(lo_again);
@@ -111,6 +79,26 @@ pub fn boot_offset_ns(ebpf: &mut Ebpf, tick_ns: u64) -> anyhow::Result<u64> {
         }
     }
     bail!("jiffies kept wrapping while read")
+}
+
+/// Runs one of the clock programs (loading it the first time) and returns what it returned:
+/// the low or the high half of jiffies.
+fn run_clock(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<u32> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the object has no {name} program"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load().with_context(|| format!("load {name}"))?;
+    }
+    let frame = [0u8; 64];
+    let result = program
+        .test_run(aya::programs::TestRunOptions {
+            data_in: Some(&frame),
+            ..Default::default()
+        })
+        .with_context(|| format!("run {name}"))?;
+    Ok(result.return_value)
 }
 
 /// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the

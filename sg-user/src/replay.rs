@@ -75,6 +75,18 @@ impl Bucket {
     }
 }
 
+/// Runs the engine's clock on from `clock`, a step at a time, until nobody is limited (for
+/// DRAIN_NS at most): each step's time and level changes.
+fn drain(engine: &mut Engine, clock: &mut u64) -> Vec<(u64, Vec<Change>)> {
+    let end = clock.saturating_add(DRAIN_NS);
+    let mut steps = Vec::new();
+    while *clock < end && !engine.limited(*clock).is_empty() {
+        *clock += STEP_NS;
+        steps.push((*clock, engine.tick(*clock)));
+    }
+    steps
+}
+
 /// Reads `logs` (each in time order), merges their events by time and runs the engine.
 pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<Report> {
     let mut report = Report::default();
@@ -151,10 +163,8 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
         if t.saturating_sub(clock) > DRAIN_NS {
             // A long quiet gap (or a stamp far in the future): let everyone come back to
             // normal, then jump, so replay time follows the lines, not the calendar.
-            let end = clock.saturating_add(DRAIN_NS);
-            while clock < end && !engine.limited(clock).is_empty() {
-                clock += STEP_NS;
-                note(engine.tick(clock), clock, &mut rows);
+            for (at, changes) in drain(&mut engine, &mut clock) {
+                note(changes, at, &mut rows);
             }
             clock = clock.max(t - (t - clock) % STEP_NS);
         }
@@ -182,10 +192,8 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
     }
     minutes.push(minute.record(engine.limited(clock).len() as u64));
     // Let the clock run on until everyone is back to normal.
-    let end = clock.saturating_add(DRAIN_NS);
-    while clock < end && !engine.limited(clock).is_empty() {
-        clock += STEP_NS;
-        note(engine.tick(clock), clock, &mut rows);
+    for (at, changes) in drain(&mut engine, &mut clock) {
+        note(changes, at, &mut rows);
     }
     for row in rows.values_mut() {
         if let Some(since) = row.since_ns.take() {

@@ -139,6 +139,35 @@ impl Positions {
     }
 }
 
+/// When a reader saves where it is: only when that moved since the last save, and at most
+/// once a POSITION_EVERY (or at once, when the reader stops).
+struct Saves<T> {
+    saved: Option<T>,
+    last: std::time::Instant,
+}
+
+impl<T: Clone + PartialEq> Saves<T> {
+    fn new(saved: Option<T>) -> Saves<T> {
+        Saves {
+            saved,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// `current`, marked as saved, when it is to be saved now; else None.
+    fn due(&mut self, current: Option<T>, now: bool) -> Option<T> {
+        if current.is_none()
+            || current == self.saved
+            || !(now || self.last.elapsed() >= POSITION_EVERY)
+        {
+            return None;
+        }
+        self.last = std::time::Instant::now();
+        self.saved = current.clone();
+        current
+    }
+}
+
 /// Starts a reader thread per source. They stop soon after `stop` is set. Files that exist are
 /// opened (at `start`, or where `positions` says the last run stopped) before this returns, so
 /// a line written after it is never skipped.
@@ -196,22 +225,15 @@ fn follow_file(
 ) {
     let mut wake = Inotify::watch_dir(path.parent().unwrap_or(Path::new("/")));
     let mut reported = false;
-    let mut saved: Option<Position> = None;
-    let mut last_save = std::time::Instant::now();
+    let mut saves = Saves::new(None);
     while !stop.load(Ordering::Relaxed) {
         // The position of what the previous turns handed to the parsers (sent down the channel:
         // the learning loop has them or will).
         if let Some(positions) = positions
-            && last_save.elapsed() >= POSITION_EVERY
-            && tailer.position() != saved
+            && let Some(p) = saves.due(tailer.position(), false)
+            && positions.save(path, p).is_err()
         {
-            last_save = std::time::Instant::now();
-            saved = tailer.position();
-            if let Some(p) = saved
-                && positions.save(path, p).is_err()
-            {
-                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
-            }
+            SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
         }
         let mut closed = false;
         let result = tailer.poll(&mut |bytes| {
@@ -243,7 +265,9 @@ fn follow_file(
         }
     }
     // Stopping: the last position, so a restart neither skips nor repeats.
-    if let (Some(positions), Some(p)) = (positions, tailer.position()) {
+    if let Some(positions) = positions
+        && let Some(p) = saves.due(tailer.position(), true)
+    {
         let _ = positions.save(path, p);
     }
 }
@@ -316,8 +340,7 @@ fn follow_journal(
         identifiers.join(",")
     );
     let mut cursor = positions.and_then(|p| p.load_cursor(&key));
-    let mut saved_cursor = cursor.clone();
-    let mut last_save = std::time::Instant::now();
+    let mut saves = Saves::new(cursor.clone());
     while !stop.load(Ordering::Relaxed) {
         let mut cmd = Command::new(&program);
         cmd.args(["--follow", "--output=json", "--no-pager"]);
@@ -390,22 +413,16 @@ fn follow_journal(
                 }
             });
             if let Some(p) = positions
-                && cursor != saved_cursor
-                && last_save.elapsed() >= POSITION_EVERY
-                && let Some(c) = &cursor
+                && let Some(c) = saves.due(cursor.clone(), false)
+                && p.save_cursor(&key, &c).is_err()
             {
-                last_save = std::time::Instant::now();
-                saved_cursor = cursor.clone();
-                if p.save_cursor(&key, c).is_err() {
-                    SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
-                }
+                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if let (Some(p), Some(c)) = (positions, &cursor)
-            && cursor != saved_cursor
+        if let Some(p) = positions
+            && let Some(c) = saves.due(cursor.clone(), true)
         {
-            saved_cursor = cursor.clone();
-            let _ = p.save_cursor(&key, c);
+            let _ = p.save_cursor(&key, &c);
         }
         if gone {
             let _ = child.kill();

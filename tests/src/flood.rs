@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use crate::{
-    Daemon, Netns, PinDir, cli, require_root,
+    Daemon, Netns, PinDir, cli, cpu_time, require_root,
     shapes::{Path, RawLink, mac_text, syn_frame},
     veth,
 };
@@ -21,23 +21,6 @@ const SERVER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 1, 1];
 const CLIENT_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 1, 2];
 /// Distinct frames cycled through: 254 spoofed sources times 16 source ports.
 const DISTINCT: usize = 254 * 16;
-
-/// CPU time (user + system) of process `pid` so far.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
-}
-
-/// The daemon's pid: `Daemon` runs it under nsenter, which execs it (same pid).
-fn daemon_pid(d: &Daemon) -> u32 {
-    d.child.id()
-}
 
 struct Run {
     wall: Duration,
@@ -97,7 +80,8 @@ pub fn flood(args: &[String]) -> anyhow::Result<()> {
                 bail!("deny add: {out}");
             }
             let before_drops = drops(&pins)?;
-            let pid = daemon_pid(&daemon);
+            // `Daemon` runs it under nsenter, which execs it: the same pid.
+            let pid = daemon.child.id();
             let cpu0 = cpu_time(pid)?;
             let wall = send_all(&link, &frames, count)?;
             // Let the daemon drain what the flood left in the ring buffer.

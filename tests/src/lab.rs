@@ -415,23 +415,26 @@ fn no_connection(e: &std::io::Error) -> Outcome {
 }
 
 /// The level the kernel holds for `who` right now (read from POLICY, not the sampled view).
+fn kernel_level(maps: &slowgate::kernel::Maps, who: &str) -> usize {
+    maps.limit_entries().map_or(0, |entries| {
+        entries
+            .iter()
+            .filter(|e| sender_name(e.network) == who)
+            .map(|e| level_of_limit(e.value))
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+/// The same, opening the pinned maps.
 fn level_of_now(pins: &Path, who: &str) -> usize {
-    slowgate::kernel::Maps::open_pinned(pins)
-        .and_then(|m| m.limit_entries())
-        .map_or(0, |entries| {
-            entries
-                .iter()
-                .filter(|e| sender_name(e.network) == who)
-                .map(|e| level_of_limit(e.value))
-                .max()
-                .unwrap_or(0)
-        })
+    slowgate::kernel::Maps::open_pinned(pins).map_or(0, |m| kernel_level(&m, who))
 }
 
 /// Waits until the kernel blocks `who`, then probes it on IMAP and SMTP in turn, GUESS_PROBES
-/// times each, counting a probe only when the kernel held the block both before and after it (the block steps down
-/// after its hold, and a probe then says nothing about the block): (dropped, counted) per
-/// protocol, IMAP first.
+/// times each, counting a probe only when the kernel held the block both before and after it
+/// (the block steps down after its hold, and a probe then says nothing about the block):
+/// (dropped, counted) per protocol, IMAP first.
 fn probe_when_blocked(
     ns: &Netns,
     pins: &Path,
@@ -442,13 +445,7 @@ fn probe_when_blocked(
     let Ok(maps) = slowgate::kernel::Maps::open_pinned(pins) else {
         return [(0, 0); 2];
     };
-    let blocked = || {
-        maps.limit_entries().is_ok_and(|entries| {
-            entries
-                .iter()
-                .any(|e| sender_name(e.network) == who && level_of_limit(e.value) == BLOCK_LEVEL)
-        })
-    };
+    let blocked = || kernel_level(&maps, who) == BLOCK_LEVEL;
     // Bounded wait: until the attack ends.
     while !blocked() {
         if Instant::now() >= until || interrupted() {
