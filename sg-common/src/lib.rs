@@ -30,6 +30,9 @@ pub mod map_name {
     pub const COUNTERS: &str = "COUNTERS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const ATTACHMENTS: &str = "ATTACHMENTS";
+    pub const FILTER: &str = "FILTER";
+    pub const SHORT_KEYS: &str = "SHORT_KEYS";
+    pub const LIST_LENGTHS: &str = "LIST_LENGTHS";
 }
 
 /// Default capacities. Userspace may change them at load time (see `[capacity]` in the config).
@@ -184,6 +187,146 @@ pub fn slot_hash(addr: &Addr, seed: &[u64; 2], mask: u32) -> (u32, u64) {
     (index, fingerprint)
 }
 
+/// The first contact path: Bloom filters that let a new connection from a prefix nobody has
+/// seen lately pass without reading a slot (a random-source SYN flood would otherwise cost
+/// two cache misses in tables of many megabytes per packet). What the program asks about one
+/// source lives in one cache line, the [`FilterLine`] its prefix hashes to:
+///
+/// - **seen**: three generations of `1 << Config::seen_epoch_shift` ns each, one word each.
+///   The program sets the prefix's bits in the current generation, reads the current and the
+///   previous one, and clears the next one in every line it visits: a prefix stays seen for
+///   at least one epoch. Next to them, the slot fingerprint of the source that last passed on
+///   first contact. A lost or cleared bit costs at most one connection that the buckets do
+///   not see; a bit left by someone else only sends a packet down the slot path.
+/// - **present**: every key of ALLOW, DENY and POLICY at least as long as its family's prefix
+///   length (exact sources, prefixes, longer list entries), in the line of the prefix it is
+///   in. Shorter keys (networks, short list entries) go to SHORT_KEYS, a small filter that
+///   stays in cache. Userspace sets a key's bits before it inserts the entry and rebuilds the
+///   filters from the maps when entries go: a key absent from the filters is absent from the
+///   maps, a negative answer is exact, a positive one is checked in the maps as before.
+///   LIST_LENGTHS names the list lengths present, so the program probes only those.
+pub mod filter {
+    use super::Addr;
+    /// FILTER lines (64 bytes each; 1 MiB: 1 Mi seen bits per generation, 4 Mi present bits).
+    pub const LINES: u32 = 1 << 14;
+    /// SHORT_KEYS words (32 KiB: the kernel allocates a map this small from its linear
+    /// mapping, which costs no TLB entries of its own).
+    pub const SHORT_WORDS: u32 = 1 << 12;
+    pub const SEEN_GENERATIONS: u64 = 3;
+    /// The word of a [`super::FilterLine`] that holds the first-contact source's fingerprint.
+    pub const FIRST_SOURCE: usize = 3;
+    /// The words of a [`super::FilterLine`] that hold present bits.
+    pub const PRESENT_FROM: usize = 4;
+    /// Distinct list prefix lengths the program probes; more and it looks every source up.
+    pub const MAX_LIST_LENGTHS: usize = 16;
+    /// `ListLengths::count` when the lists hold more lengths than the program probes.
+    pub const TOO_MANY_LENGTHS: u32 = u32::MAX;
+
+    /// `addr` masked to `prefix_len` leading bits, as the two native words of [`super::words`].
+    #[inline(always)]
+    pub fn masked_words(addr: &Addr, prefix_len: u32) -> [u64; 2] {
+        let [a0, a1] = super::words(addr);
+        let high = |bits: u32| -> u64 {
+            if bits >= 64 {
+                u64::MAX
+            } else if bits == 0 {
+                0
+            } else {
+                u64::MAX << (64 - bits)
+            }
+        };
+        let m0 = high(prefix_len).to_be();
+        let m1 = high(prefix_len.saturating_sub(64)).to_be();
+        [a0 & m0, a1 & m1]
+    }
+
+    /// A keyed multiply-xor hash of a key (masked words and length).
+    #[inline(always)]
+    pub fn hash(words: [u64; 2], prefix_len: u32, seed: &[u64; 2]) -> u64 {
+        let [a, b] = words;
+        let mut h = (a ^ seed[0] ^ u64::from(prefix_len).wrapping_mul(0xd6e8_feb8_6659_fd93))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = (h.rotate_left(29) ^ b ^ seed[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 31;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 29)
+    }
+
+    /// Three bits of a 64-bit word, from bits 32.. of a hash.
+    #[inline(always)]
+    fn word_bits(h: u64) -> u64 {
+        (1u64 << ((h >> 32) & 63)) | (1u64 << ((h >> 40) & 63)) | (1u64 << ((h >> 48) & 63))
+    }
+
+    /// The FILTER line of a prefix, from its [`hash`].
+    #[inline(always)]
+    pub fn line(prefix_hash: u64) -> u32 {
+        prefix_hash as u32 & (LINES - 1)
+    }
+
+    /// A prefix's seen bits, from its [`hash`].
+    #[inline(always)]
+    pub fn seen_bits(prefix_hash: u64) -> u64 {
+        word_bits(prefix_hash)
+    }
+
+    /// A key's present bits, three positions among a line's 256, from its [`hash`] (bits
+    /// 40..64, apart from those that pick the line and the seen bits' first two).
+    #[inline(always)]
+    pub fn present_bits(key_hash: u64) -> [u32; 3] {
+        [
+            (key_hash >> 40) as u32 & 255,
+            (key_hash >> 48) as u32 & 255,
+            (key_hash >> 56) as u32 & 255,
+        ]
+    }
+
+    /// Whether a line holds all of a key's present bits.
+    #[inline(always)]
+    pub fn holds(line: &super::FilterLine, bits: [u32; 3]) -> bool {
+        bits.iter()
+            .all(|&b| line.words[PRESENT_FROM + ((b >> 6) as usize & 3)] & (1u64 << (b & 63)) != 0)
+    }
+
+    /// Sets a key's present bits in a line.
+    #[inline(always)]
+    pub fn set(line: &mut super::FilterLine, bits: [u32; 3]) {
+        for b in bits {
+            line.words[PRESENT_FROM + ((b >> 6) as usize & 3)] |= 1u64 << (b & 63);
+        }
+    }
+
+    /// The SHORT_KEYS word of a key shorter than its family's prefix, and its three bits,
+    /// from its [`hash`].
+    #[inline(always)]
+    pub fn short(key_hash: u64) -> (u32, u64) {
+        (key_hash as u32 & (SHORT_WORDS - 1), word_bits(key_hash))
+    }
+}
+
+/// One line of FILTER (see [`filter`]). Words 0..3 are the seen generations (indexed with
+/// `& 3` so the verifier sees the bound; a generation is never 3), word 3 the first-contact
+/// source's fingerprint, words 4..8 present bits. The program writes words 0..4, userspace
+/// words 4..8 (its read-modify-write of a line may lose a seen bit: one connection more).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterLine {
+    pub words: [u64; 8],
+}
+
+/// The prefix lengths present in ALLOW and DENY, and whether SHORT_KEYS holds any key (the
+/// single entry of LIST_LENGTHS; the program skips what is empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListLengths {
+    /// The first `count` are in use, over the mapped 128-bit form.
+    pub lengths: [u8; filter::MAX_LIST_LENGTHS],
+    /// Lengths in use, or [`filter::TOO_MANY_LENGTHS`].
+    pub count: u32,
+    /// Non-zero once a key went to SHORT_KEYS (since the last rebuild).
+    pub short_keys: u32,
+}
+
 /// GCRA token buckets (the "generic cell rate algorithm", ITU-T I.371): the whole state is one
 /// u64, the theoretical arrival time (TAT). The XDP program updates it with compare-and-swap
 /// (sg-ebpf `bucket.rs`); `slowgate replay` runs the same arithmetic on a log's clock.
@@ -283,6 +426,13 @@ pub struct Config {
     pub source_slots_mask: u32,
     /// PREFIXES capacity minus one.
     pub prefix_slots_mask: u32,
+    /// Length of one generation of the SEEN filter, `1 << seen_epoch_shift` ns of the tick
+    /// clock: a prefix stays "seen" at least this long after its last new connection.
+    /// Userspace makes it at least the longest default-ceiling interval (and a tick), so the
+    /// one connection a forgotten prefix gets without its buckets is one they would have
+    /// refilled anyway. 0 = no first contact path (every new connection reads its slots).
+    pub seen_epoch_shift: u32,
+    pub _pad: u32,
 }
 
 /// Services, the values of PORTS (indexed by destination port in host order).
@@ -363,8 +513,11 @@ pub mod counter {
     /// New connections refused because every compare-and-swap on their bucket lost a race
     /// with another CPU (the bucket never admits more than it holds).
     pub const BUCKET_CONTENDED: u32 = VERIFIED_OVER_CEILING + 1;
+    /// New connections decided on first contact (see `filter`): no list or policy can match
+    /// and the prefix was not seen lately; passed without touching a slot.
+    pub const FIRST_CONTACT: u32 = BUCKET_CONTENDED + 1;
     /// Number of counters.
-    pub const COUNT: u32 = BUCKET_CONTENDED + 1;
+    pub const COUNT: u32 = FIRST_CONTACT + 1;
 }
 
 /// A sampled drop, sent to userspace through the DROP_EVENTS ring buffer.
@@ -414,6 +567,8 @@ mod pod {
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Attachment {}
     unsafe impl aya::Pod for super::Slot {}
+    unsafe impl aya::Pod for super::ListLengths {}
+    unsafe impl aya::Pod for super::FilterLine {}
 }
 
 // Counter ranges do not overlap.
@@ -425,7 +580,8 @@ const _: () = assert!((service::IMAP as u32) < service::COUNT);
 // No implicit padding anywhere: a key's padding bytes would be hashed.
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Policy>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 8 + 16 + 8 + 8);
+const _: () = assert!(core::mem::size_of::<ListLengths>() == 24);
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Attachment>() == 24);

@@ -20,8 +20,9 @@ mod program {
         programs::XdpContext,
     };
     use sg_common::{
-        Addr, Config, DropEvent, ListEntry, Policy, PolicyKey, Slot, VERIFIED_FOR_NS, action,
-        apply_mask, capacity, counter, flag, is_v4_mapped, reason, slot_hash, verdict,
+        Addr, Config, DropEvent, FilterLine, ListEntry, ListLengths, Policy, PolicyKey, Slot,
+        VERIFIED_FOR_NS, action, apply_mask, capacity, counter, filter, flag, is_v4_mapped, reason,
+        slot_hash, verdict, words,
     };
     use sg_ebpf::{
         bucket,
@@ -57,6 +58,25 @@ mod program {
     /// The same for prefixes.
     #[btf_map]
     static PREFIXES: Array<Slot, { capacity::PREFIXES as usize }> = Array::new();
+
+    /// The first contact path's filter: per prefix, whether it was seen lately and which keys
+    /// of ALLOW, DENY and POLICY it holds (see `sg_common::filter`). Fixed size: it never
+    /// fills, it only answers "maybe" more often, and more packets take the slot path.
+    /// Mmapable only for the page-aligned values: each line is one cache line.
+    #[btf_map]
+    static FILTER: Array<FilterLine, { filter::LINES as usize }, { BPF_F_MMAPABLE }> = Array::new();
+
+    /// Keys of ALLOW, DENY and POLICY shorter than their family's prefix (networks, short
+    /// list entries), as a Bloom filter small enough to stay in cache. Userspace writes it.
+    #[btf_map]
+    static SHORT_KEYS: Array<u64, { filter::SHORT_WORDS as usize }> = Array::new();
+
+    /// The prefix lengths present in ALLOW and DENY. Written by userspace only.
+    #[btf_map]
+    static LIST_LENGTHS: Array<ListLengths, 1> = Array::new();
+
+    /// `BPF_F_MMAPABLE`.
+    const BPF_F_MMAPABLE: usize = 1 << 10;
 
     /// Bumped by userspace after every change to ALLOW, DENY or POLICY: cached verdicts of
     /// another generation are stale.
@@ -128,9 +148,9 @@ mod program {
         let Some(config) = CONFIG.get(0) else {
             return Ok(xdp_action::XDP_PASS);
         };
-        let now = tick_clock(config);
 
         if !tcp.new_connection {
+            let now = tick_clock(config);
             verify(ctx, &tcp, config, now);
             // A session in progress is never cut, unless the operator asked for it.
             if config.flags & flag::DROP_ESTABLISHED_FROM_BLOCKED != 0
@@ -147,8 +167,10 @@ mod program {
             return Ok(xdp_action::XDP_PASS);
         }
 
+        let ahead = Lookahead::of(&tcp.src, config);
+        let now = tick_clock(config);
         count(counter::SERVICE_NEW_CONN + u32::from(service));
-        match decide(&tcp.src, config, now) {
+        match decide(&tcp.src, config, now, &ahead) {
             None => Ok(xdp_action::XDP_PASS),
             Some(why) => Ok(refuse(&tcp.src, tcp.dport, service, why, config)),
         }
@@ -163,18 +185,56 @@ mod program {
         let Some(config) = CONFIG.get(0) else {
             return xdp_action::XDP_PASS;
         };
+        let ahead = Lookahead::of(src, config);
         let now = tick_clock(config);
-        match decide(src, config, now) {
+        match decide(src, config, now, &ahead) {
             None => xdp_action::XDP_PASS,
             Some(why) => refuse(src, 0, sg_common::service::NONE, why, config),
         }
     }
 
+    /// The source's prefix and its FILTER line, worked out before anything else so that the
+    /// line (the one cache line a first contact reads, cold under a random-source flood) is
+    /// on its way while the program reads the clock and counts.
+    struct Lookahead {
+        prefix: PolicyKey,
+        prefix_hash: u64,
+        line: *mut FilterLine,
+    }
+
+    impl Lookahead {
+        #[inline(always)]
+        fn of(src: &Addr, config: &Config) -> Self {
+            let prefix = prefix_of(src, config);
+            let prefix_hash = filter::hash(words(&prefix.addr), prefix.prefix_len, &config.seed);
+            let line = FILTER
+                .get_ptr_mut(filter::line(prefix_hash))
+                .unwrap_or(core::ptr::null_mut());
+            if !line.is_null() {
+                // SAFETY: a map value for this program run. Only the load matters: its value
+                // is read again where it is used.
+                let _ = unsafe { core::ptr::read_volatile(&(*line).words[0]) };
+            }
+            Lookahead {
+                prefix,
+                prefix_hash,
+                line,
+            }
+        }
+    }
+
     /// Returns the drop reason for a new connection from `src`, or None to pass it.
     #[inline(always)]
-    fn decide(src: &Addr, config: &Config, now: u64) -> Option<u8> {
+    fn decide(src: &Addr, config: &Config, now: u64, ahead: &Lookahead) -> Option<u8> {
+        let seen = match first_contact(src, config, now, ahead) {
+            Contact::First => {
+                count(counter::FIRST_CONTACT);
+                return None;
+            }
+            Contact::Seen(seen) => seen,
+        };
         let generation = GENERATION.get(0).copied().unwrap_or(0);
-        let source = Remembered::of_source(src, config, generation, now)?;
+        let source = Remembered::of_source(src, config, generation, now, seen.first_source)?;
         match source.verdict {
             verdict::ALLOW => {
                 count(counter::ALLOWED);
@@ -188,7 +248,7 @@ mod program {
             }
             _ => {}
         }
-        let prefix = Remembered::of_prefix(src, config, generation, now)?;
+        let prefix = Remembered::of_prefix(src, config, generation, now, seen.prefix)?;
         match prefix.verdict {
             verdict::BLOCK => return Some(reason::POLICY_BLOCK),
             verdict::NETWORK_LIMIT => {
@@ -230,6 +290,137 @@ mod program {
             return None;
         }
         over
+    }
+
+    /// What the first contact path knows of a new connection that goes on to the slots.
+    #[derive(Clone, Copy)]
+    struct Seen {
+        /// The prefix was seen lately: it passed a connection on first contact, whose token
+        /// a freshly claimed prefix slot spends.
+        prefix: bool,
+        /// Filter hash of the source that passed on first contact in this prefix's line; when
+        /// it is this source, its freshly claimed slot spends that token too.
+        first_source: u64,
+    }
+
+    enum Contact {
+        /// The prefix was not seen lately, and no list or policy entry can match: the
+        /// connection passes (a full bucket always has a token) without touching a slot.
+        First,
+        /// Decide from the slots.
+        Seen(Seen),
+    }
+
+    /// The first contact path (see `sg_common::filter`): reads one FILTER line (and
+    /// SHORT_KEYS, which stays in cache), nothing of the size of the slot tables.
+    #[inline(always)]
+    fn first_contact(src: &Addr, config: &Config, now: u64, ahead: &Lookahead) -> Contact {
+        let none = Contact::Seen(Seen {
+            prefix: false,
+            first_source: 0,
+        });
+        if config.seen_epoch_shift == 0 {
+            return none;
+        }
+        let (prefix, prefix_hash) = (ahead.prefix, ahead.prefix_hash);
+        let bits = filter::seen_bits(prefix_hash);
+        if ahead.line.is_null() {
+            return none;
+        }
+        // SAFETY: a map value for this program run. Two CPUs may lose one's bit: that prefix
+        // looks new once more (see `sg_common::filter`).
+        let line = unsafe { &mut *ahead.line };
+        let epoch = now >> (config.seen_epoch_shift & 63);
+        let generation = |ahead: u64| {
+            let g = ((epoch + ahead) % filter::SEEN_GENERATIONS) as usize;
+            // SAFETY: a local. The volatile read hides the bound from LLVM, which would
+            // otherwise drop the `& 3` that shows the verifier the index stays in the line.
+            unsafe { core::ptr::read_volatile(&g) & 3 }
+        };
+        let (current, next, previous) = (generation(0), generation(1), generation(2));
+        let (now_bits, before_bits) = (line.words[current], line.words[previous]);
+        if now_bits & bits != bits {
+            line.words[current] = now_bits | bits;
+        }
+        if line.words[next] != 0 {
+            line.words[next] = 0;
+        }
+        if now_bits & bits == bits || before_bits & bits == bits {
+            return Contact::Seen(Seen {
+                prefix: true,
+                first_source: line.words[filter::FIRST_SOURCE],
+            });
+        }
+        let source_hash = filter::hash(words(src), 128, &config.seed);
+        let keys = SourceKeys {
+            prefix,
+            prefix_hash,
+            source_hash,
+        };
+        if may_match(src, &keys, line, config) {
+            return Contact::Seen(Seen {
+                prefix: false,
+                first_source: 0,
+            });
+        }
+        line.words[filter::FIRST_SOURCE] = source_hash;
+        Contact::First
+    }
+
+    /// A source's prefix and the filter hashes of both.
+    struct SourceKeys {
+        prefix: PolicyKey,
+        prefix_hash: u64,
+        source_hash: u64,
+    }
+
+    /// False only when no ALLOW, DENY or POLICY entry can apply to `src` (the filters lack
+    /// every key of it); true means "look it up".
+    #[inline(always)]
+    fn may_match(src: &Addr, keys: &SourceKeys, line: &FilterLine, config: &Config) -> bool {
+        let seed = &config.seed;
+        let prefix = &keys.prefix;
+        // A key as long as the prefix or longer is in the prefix's line, a shorter one in
+        // SHORT_KEYS.
+        let present = |key_hash: u64, len: u32| {
+            if len >= prefix.prefix_len {
+                filter::holds(line, filter::present_bits(key_hash))
+            } else {
+                let (index, bits) = filter::short(key_hash);
+                SHORT_KEYS.get(index).is_none_or(|word| word & bits == bits)
+            }
+        };
+        if present(keys.source_hash, 128) || present(keys.prefix_hash, prefix.prefix_len) {
+            return true;
+        }
+        let Some(lengths) = LIST_LENGTHS.get(0) else {
+            return true;
+        };
+        let network = network_of(src, config);
+        if (lengths.short_keys != 0 || network.prefix_len >= prefix.prefix_len)
+            && present(
+                filter::hash(words(&network.addr), network.prefix_len, seed),
+                network.prefix_len,
+            )
+        {
+            return true;
+        }
+        if lengths.count > filter::MAX_LIST_LENGTHS as u32 {
+            return true;
+        }
+        for i in 0..filter::MAX_LIST_LENGTHS {
+            if i as u32 >= lengths.count {
+                break;
+            }
+            let len = u32::from(lengths.lengths[i]);
+            if len == 128 || len == prefix.prefix_len || len == network.prefix_len {
+                continue; // probed above (the network when SHORT_KEYS has keys, and this is one)
+            }
+            if present(filter::hash(filter::masked_words(src, len), len, seed), len) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Marks the source of `tcp` (a packet of a connection, not a SYN) verified when the
@@ -303,12 +494,12 @@ mod program {
     #[inline(always)]
     fn is_blocked(src: &Addr, config: &Config, now: u64) -> bool {
         let generation = GENERATION.get(0).copied().unwrap_or(0);
-        let Some(source) = Remembered::of_source(src, config, generation, now) else {
+        let Some(source) = Remembered::of_source(src, config, generation, now, 0) else {
             return false;
         };
         match source.verdict {
             verdict::DENY | verdict::BLOCK => true,
-            verdict::NEXT => Remembered::of_prefix(src, config, generation, now)
+            verdict::NEXT => Remembered::of_prefix(src, config, generation, now, false)
                 .is_some_and(|p| p.verdict == verdict::BLOCK),
             _ => false,
         }
@@ -326,7 +517,13 @@ mod program {
         /// The slot of `src`, with the verdict of the allow and deny lists and of the policy
         /// for the exact address.
         #[inline(always)]
-        fn of_source(src: &Addr, config: &Config, generation: u32, now: u64) -> Option<Self> {
+        fn of_source(
+            src: &Addr,
+            config: &Config,
+            generation: u32,
+            now: u64,
+            first_source: u64,
+        ) -> Option<Self> {
             let (index, fingerprint) = slot_hash(src, &config.seed, config.source_slots_mask);
             let slot = SOURCES.get_ptr_mut(index)?;
             let tag = fingerprint | u64::from(generation);
@@ -358,7 +555,7 @@ mod program {
                 interval_ns: policy.map_or(0, |p| p.interval_ns),
             };
             // SAFETY: as above.
-            unsafe {
+            let claimed = unsafe {
                 fresh.store(
                     tag,
                     seen_tat,
@@ -366,13 +563,26 @@ mod program {
                     counter::SOURCE_SLOT_CLAIMED,
                 )
             };
+            if claimed
+                && verdict == verdict::NEXT
+                && first_source != 0
+                && first_source == filter::hash(words(src), 128, &config.seed)
+            {
+                fresh.spend_first_contact(now, config, &config.source_ceiling);
+            }
             Some(fresh)
         }
 
         /// The slot of `src`'s prefix, with the verdict of the policy for that prefix, else for
         /// its network.
         #[inline(always)]
-        fn of_prefix(src: &Addr, config: &Config, generation: u32, now: u64) -> Option<Self> {
+        fn of_prefix(
+            src: &Addr,
+            config: &Config,
+            generation: u32,
+            now: u64,
+            seen: bool,
+        ) -> Option<Self> {
             let key = prefix_of(src, config);
             let (index, fingerprint) = slot_hash(&key.addr, &config.seed, config.prefix_slots_mask);
             let slot = PREFIXES.get_ptr_mut(index)?;
@@ -399,7 +609,7 @@ mod program {
             };
             let expires_ns = policy.map_or(0, |p| p.expires_ns);
             // SAFETY: as above.
-            unsafe {
+            let claimed = unsafe {
                 fresh.store(
                     tag,
                     seen_tat,
@@ -407,6 +617,9 @@ mod program {
                     counter::PREFIX_SLOT_CLAIMED,
                 )
             };
+            if claimed && seen && verdict == verdict::NEXT {
+                fresh.spend_first_contact(now, config, &config.prefix_ceiling);
+            }
             Some(fresh)
         }
 
@@ -447,12 +660,21 @@ mod program {
         /// took the slot over meanwhile and already spent tokens, the reset must not refund
         /// them, so it only happens if the bucket is still what was seen.
         ///
+        /// Returns true when the slot was another address's (or nobody's) and is now this one's.
+        ///
         /// # Safety
         /// As for `cached`.
         #[inline(always)]
-        unsafe fn store(&self, tag: u64, seen_tat: u64, until_ns: u64, claimed_counter: u32) {
+        unsafe fn store(
+            &self,
+            tag: u64,
+            seen_tat: u64,
+            until_ns: u64,
+            claimed_counter: u32,
+        ) -> bool {
             let s = unsafe { &mut *self.slot };
-            if s.tag >> 32 != tag >> 32 {
+            let claimed = s.tag >> 32 != tag >> 32;
+            if claimed {
                 // The REPLACED counter follows each CLAIMED counter.
                 count(claimed_counter + u32::from(s.tag != 0));
                 // SAFETY: tat_ns is an aligned u64 inside the map value.
@@ -468,6 +690,16 @@ mod program {
             s.verdict = self.verdict;
             s.burst = self.burst;
             s.check = s.checksum();
+            claimed
+        }
+
+        /// Spends, in a freshly claimed slot, the token of the connection that passed on first
+        /// contact without one (see `first_contact`).
+        #[inline(always)]
+        fn spend_first_contact(&self, now: u64, config: &Config, ceiling: &sg_common::Bucket) {
+            if ceiling.interval_ns != 0 {
+                let _ = self.take(now, config, ceiling.interval_ns, ceiling.burst);
+            }
         }
 
         /// True while the slot's source is verified (see `verify`).

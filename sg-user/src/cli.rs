@@ -571,6 +571,7 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         ("sources_verified", counter::VERIFIED),
         ("verified_over_ceiling", counter::VERIFIED_OVER_CEILING),
         ("bucket_contended", counter::BUCKET_CONTENDED),
+        ("first_contacts", counter::FIRST_CONTACT),
         ("new_connections", counter::NEW_CONN),
         ("allowed_by_list", counter::ALLOWED),
         ("verdicts_worked_out", counter::VERDICT_WORKED_OUT),

@@ -15,8 +15,8 @@ use aya::{
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use sg_common::{
-    Addr, Attachment, Config as KernelConfig, ListEntry, Policy, PolicyKey, Slot, action, capacity,
-    counter, map_name, mode, service,
+    Addr, Attachment, Config as KernelConfig, FilterLine, ListEntry, ListLengths, Policy,
+    PolicyKey, Slot, action, capacity, counter, filter, map_name, mode, service,
 };
 
 use crate::{
@@ -103,7 +103,7 @@ fn run_clock(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<u32> {
 
 /// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the
 /// running program uses.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 14] = [
     map_name::DROP_EVENTS,
     map_name::CONFIG,
     map_name::PORTS,
@@ -115,7 +115,21 @@ const PINNED_MAPS: [&str; 11] = [
     map_name::GENERATION,
     map_name::COUNTERS,
     map_name::ATTACHMENTS,
+    map_name::FILTER,
+    map_name::SHORT_KEYS,
+    map_name::LIST_LENGTHS,
 ];
+
+/// Serialises every change to the present bits of FILTER, SHORT_KEYS and LIST_LENGTHS in this
+/// process (the learning loop and
+/// the daemon task each hold a `Maps`): setting a key's bits is a read-modify-write of a word,
+/// and a rebuild must not overwrite bits set by an insert it did not see. Other processes only
+/// write the maps while no daemon runs (the CLI's offline path; the daemon holds the pin
+/// directory's lock).
+static FILTER_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How often a sweep rebuilds the present bits from the maps (dropping those of entries gone).
+const FILTER_REBUILD_EVERY: Duration = Duration::from_secs(600);
 
 /// Expiry time for a time-to-live; 0 (never) without one.
 pub fn expiry(ttl: Option<Duration>) -> u64 {
@@ -398,8 +412,14 @@ pub struct Maps {
     pub generation: Array<MapData, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     pub attachments: Array<MapData, Attachment>,
+    filter: Array<MapData, FilterLine>,
+    short_keys: Array<MapData, u64>,
+    list_lengths: Array<MapData, ListLengths>,
     /// max_entries of each bounded map, read from the kernel.
     capacities: Vec<(&'static str, u32)>,
+    /// When this handle last rebuilt the present bits (None: not yet, so the first
+    /// `write_config` does).
+    filter_rebuilt: Option<std::time::Instant>,
 }
 
 impl Maps {
@@ -455,19 +475,27 @@ impl Maps {
             generation: get(map_name::GENERATION)?.try_into()?,
             counters: get(map_name::COUNTERS)?.try_into()?,
             attachments: get(map_name::ATTACHMENTS)?.try_into()?,
+            filter: get(map_name::FILTER)?.try_into()?,
+            short_keys: get(map_name::SHORT_KEYS)?.try_into()?,
+            list_lengths: get(map_name::LIST_LENGTHS)?.try_into()?,
             capacities,
+            filter_rebuilt: None,
         })
     }
 
     /// Writes the kernel's settings, completed with what only this side knows: the tick length
     /// (see [`tick_ns`]), the slot tables' sizes, and the slot hash's seed (the one already in
-    /// force when there is one, so that a restart keeps every source in its slot).
+    /// force when there is one, so that a restart keeps every source in its slot). The first
+    /// call of a handle, and any call that changes the seed or the prefix lengths, rebuilds the
+    /// present bits first: the
+    /// filter is keyed with the seed, and maps pinned by an older version may lack it.
     pub fn write_config(
         &mut self,
         config: &KernelConfig,
         tick_ns: u64,
         boot_offset_ns: u64,
     ) -> anyhow::Result<()> {
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.read_config()?;
         let seed = if old.seed != [0, 0] {
             old.seed
@@ -486,9 +514,117 @@ impl Maps {
             seed,
             source_slots_mask: capacity(map_name::SOURCES) - 1,
             prefix_slots_mask: capacity(map_name::PREFIXES) - 1,
+            seen_epoch_shift: seen_epoch_shift(config, tick_ns),
             ..*config
         };
+        let keying = [Keying::of(&old), Keying::of(&config)];
+        if self.filter_rebuilt.is_none() || keying[0] != keying[1] {
+            // Under both keyings, for the moment between this write and the config's.
+            self.rebuild_filter(&keying)?;
+        }
         self.config.set(0, config, 0).context("write CONFIG")
+    }
+
+    /// Rebuilds the present bits from the maps now (a sweep does it every ten minutes).
+    pub fn rebuild_present(&mut self) -> anyhow::Result<()> {
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let keying = Keying::of(&self.read_config()?);
+        self.rebuild_filter(&[keying])
+    }
+
+    /// Sets the present bits of a key about to be inserted into ALLOW, DENY or POLICY (and,
+    /// for a list, makes its length one the program probes). Call with FILTER_LOCK held,
+    /// before the insert: the program must never see an entry whose key the filter lacks.
+    fn mark_present(&mut self, addr: &Addr, prefix_len: u32, list: bool) -> anyhow::Result<()> {
+        let keying = Keying::of(&self.read_config()?);
+        let mut lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
+        let mut lengths_changed = list && add_length(&mut lengths, prefix_len);
+        for place in keying.places(addr, prefix_len) {
+            match place {
+                Place::Line(index, bits) => {
+                    let mut line = self.filter.get(&index, 0).context("read FILTER")?;
+                    if !filter::holds(&line, bits) {
+                        filter::set(&mut line, bits);
+                        self.filter.set(index, line, 0).context("write FILTER")?;
+                    }
+                }
+                Place::Short(index, bits) => {
+                    if lengths.short_keys == 0 {
+                        lengths.short_keys = 1;
+                        lengths_changed = true;
+                    }
+                    let word = self.short_keys.get(&index, 0).context("read SHORT_KEYS")?;
+                    if word & bits != bits {
+                        self.short_keys
+                            .set(index, word | bits, 0)
+                            .context("write SHORT_KEYS")?;
+                    }
+                }
+            }
+        }
+        // After the bits: the program skips SHORT_KEYS while `short_keys` is 0.
+        if lengths_changed {
+            self.list_lengths
+                .set(0, lengths, 0)
+                .context("write LIST_LENGTHS")?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the present bits (FILTER's, SHORT_KEYS) and LIST_LENGTHS from the entries the
+    /// maps hold now, under each of `keyings`. Call with FILTER_LOCK held. A word only ever
+    /// loses bits of entries gone, so the program never misses one, even in a line half
+    /// written. FILTER's seen words are the program's: a line is written back as read.
+    fn rebuild_filter(&mut self, keyings: &[Keying]) -> anyhow::Result<()> {
+        let mut lines = vec![FilterLine::default(); filter::LINES as usize];
+        let mut short = vec![0u64; filter::SHORT_WORDS as usize];
+        let mut lengths = ListLengths::default();
+        let mut any_short = false;
+        let mut set = |addr: &Addr, prefix_len: u32| {
+            for keying in keyings {
+                for place in keying.places(addr, prefix_len) {
+                    match place {
+                        Place::Line(index, bits) => filter::set(&mut lines[index as usize], bits),
+                        Place::Short(index, bits) => {
+                            short[index as usize] |= bits;
+                            any_short = true;
+                        }
+                    }
+                }
+            }
+        };
+        for list in [&self.allow, &self.deny] {
+            for key in list.keys() {
+                let key = key.context("read a list key")?;
+                set(&key.data(), key.prefix_len());
+                add_length(&mut lengths, key.prefix_len());
+            }
+        }
+        for key in self.policy.keys() {
+            let key = key.context("read a POLICY key")?;
+            set(&key.addr, key.prefix_len);
+        }
+        lengths.short_keys = u32::from(any_short);
+        let present = filter::PRESENT_FROM..;
+        for (index, want) in (0..filter::LINES).zip(lines) {
+            let mut line = self.filter.get(&index, 0).context("read FILTER")?;
+            if line.words[present.clone()] != want.words[present.clone()] {
+                line.words[present.clone()].copy_from_slice(&want.words[present.clone()]);
+                self.filter.set(index, line, 0).context("write FILTER")?;
+            }
+        }
+        for (index, want) in (0..filter::SHORT_WORDS).zip(short) {
+            if self.short_keys.get(&index, 0).context("read SHORT_KEYS")? != want {
+                self.short_keys
+                    .set(index, want, 0)
+                    .context("write SHORT_KEYS")?;
+            }
+        }
+        self.list_lengths
+            .set(0, lengths, 0)
+            .context("write LIST_LENGTHS")?;
+        self.filter_rebuilt = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Tells the kernel that ALLOW, DENY or POLICY changed: verdicts cached in slots are stale.
@@ -576,6 +712,8 @@ impl Maps {
         let entry = ListEntry {
             expires_ns: expiry(ttl),
         };
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark_present(&net.addr, net.prefix_len, true)?;
         self.list(kind)
             .insert(&key, entry, 0)
             .map_err(|e| full_or(e, kind.name()))
@@ -651,6 +789,8 @@ impl Maps {
     ) -> anyhow::Result<()> {
         let key = self.policy_key(net)?;
         let policy = policy_of(limit, ttl);
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark_present(&key.addr, key.prefix_len, false)?;
         self.policy
             .insert(key, policy, 0)
             .map_err(|e| full_or(e, "policy"))
@@ -666,9 +806,11 @@ impl Maps {
         ttl: Option<Duration>,
     ) -> Vec<(Network, anyhow::Error)> {
         let mut failed = Vec::new();
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for &(net, limit) in batch {
             let result = self.policy_key(net).and_then(|key| match limit {
                 Some(limit) => {
+                    self.mark_present(&key.addr, key.prefix_len, false)?;
                     let mut policy = policy_of(limit, ttl);
                     // A refresh keeps a network bucket's state (its tokens are spent).
                     if let Ok(old) = self.policy.get(&key, 0)
@@ -751,6 +893,12 @@ impl Maps {
         for key in expired {
             swept += usize::from(self.policy.remove(&key).is_ok());
         }
+        if self
+            .filter_rebuilt
+            .is_none_or(|at| at.elapsed() >= FILTER_REBUILD_EVERY)
+        {
+            self.rebuild_present()?;
+        }
         if swept > 0 {
             self.changed()?;
         }
@@ -807,6 +955,97 @@ impl Maps {
             .map(|(&(name, max), n)| (name, n, max))
             .collect()
     }
+}
+
+/// What places a key in the filters: the seed and each family's prefix length (see
+/// `sg_common::filter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Keying {
+    seed: [u64; 2],
+    prefix_lens: [u32; 2],
+}
+
+/// Where a key's present bits go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// A FILTER line and the key's bits in it.
+    Line(u32, [u32; 3]),
+    /// A SHORT_KEYS word and the key's bits in it.
+    Short(u32, u64),
+}
+
+impl Keying {
+    fn of(config: &KernelConfig) -> Keying {
+        Keying {
+            seed: config.seed,
+            prefix_lens: [config.prefix_len_v4, config.prefix_len_v6],
+        }
+    }
+
+    /// Where the program looks for a key: one place for each family whose sources the key
+    /// covers (the families' prefix lengths differ; `::/0` covers both).
+    fn places(&self, addr: &Addr, prefix_len: u32) -> Vec<Place> {
+        let key = filter::masked_words(addr, prefix_len);
+        let mapped = sg_common::V4_MAPPED_BITS;
+        let v4_space = sg_common::map_v4([0; 4]);
+        let covers = [
+            // Some IPv4-mapped source: the key agrees with ::ffff:0:0/96 as far as both go.
+            filter::masked_words(addr, prefix_len.min(mapped))
+                == filter::masked_words(&v4_space, prefix_len.min(mapped)),
+            // Some IPv6 source: anything but a key inside ::ffff:0:0/96.
+            !(prefix_len >= mapped && addr[..12] == sg_common::V4_MAPPED_PREFIX),
+        ];
+        let mut places: Vec<Place> = self
+            .prefix_lens
+            .iter()
+            .zip(covers)
+            .filter(|&(_, covered)| covered)
+            .map(|(&family_prefix, _)| {
+                let key_hash = filter::hash(key, prefix_len, &self.seed);
+                if prefix_len >= family_prefix {
+                    let prefix = filter::masked_words(addr, family_prefix);
+                    let line = filter::line(filter::hash(prefix, family_prefix, &self.seed));
+                    Place::Line(line, filter::present_bits(key_hash))
+                } else {
+                    let (word, bits) = filter::short(key_hash);
+                    Place::Short(word, bits)
+                }
+            })
+            .collect();
+        places.dedup();
+        places
+    }
+}
+
+/// Adds `prefix_len` to the lengths the program probes; true when `lengths` changed.
+fn add_length(lengths: &mut ListLengths, prefix_len: u32) -> bool {
+    let count = lengths.count as usize;
+    if lengths.count == filter::TOO_MANY_LENGTHS
+        || lengths.lengths[..count.min(filter::MAX_LIST_LENGTHS)]
+            .iter()
+            .any(|&l| u32::from(l) == prefix_len)
+    {
+        return false;
+    }
+    if count >= filter::MAX_LIST_LENGTHS {
+        lengths.count = filter::TOO_MANY_LENGTHS;
+    } else {
+        lengths.lengths[count] = prefix_len as u8;
+        lengths.count += 1;
+    }
+    true
+}
+
+/// The SEEN filter's generation: the longest default-ceiling interval, at least a tick (see
+/// `sg_common::Config::seen_epoch_shift`), as a power of two: ilog2, rounded up.
+fn seen_epoch_shift(config: &KernelConfig, tick_ns: u64) -> u32 {
+    let longest = config
+        .source_ceiling
+        .interval_ns
+        .max(config.prefix_ceiling.interval_ns)
+        .max(tick_ns)
+        .max(1_000_000);
+    longest.next_power_of_two().ilog2().min(62)
 }
 
 fn policy_of(limit: Limit, ttl: Option<Duration>) -> Policy {

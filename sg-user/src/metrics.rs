@@ -111,6 +111,13 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             "New connections refused because their bucket lost every compare-and-swap race.",
             &[(String::new(), at(counter::BUCKET_CONTENDED))],
         );
+        metric(
+            &mut out,
+            "slowgate_first_contacts_total",
+            "counter",
+            "New connections from prefixes not seen lately, passed without reading a slot.",
+            &[(String::new(), at(counter::FIRST_CONTACT))],
+        );
         let by_reason: Vec<(String, f64)> = reason::NAMES
             .iter()
             .enumerate()

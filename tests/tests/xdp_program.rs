@@ -657,3 +657,202 @@ fn drops_are_sampled_into_the_ring_buffer() {
     assert_eq!(e.service, service::IMAP);
     assert!(e.time_ns >= before);
 }
+
+// The first contact path (sg_common::filter): a SYN from a prefix not seen lately passes
+// without a slot unless the filters say a list or policy entry may apply. These tests show
+// that no entry of any kind, length or family escapes the filters.
+
+/// A deterministic stream of addresses.
+struct Addresses(u64);
+
+impl Addresses {
+    fn next(&mut self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(8) {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            chunk.copy_from_slice(&(self.0 ^ (self.0 >> 29)).to_be_bytes());
+        }
+        out
+    }
+}
+
+/// A SYN from `addr` (IPv4-mapped addresses as IPv4).
+fn syn_from(addr: [u8; 16]) -> Vec<u8> {
+    let ip = Ipv6Addr::from(addr);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => v4_tcp(v4.octets(), 25, TCP_SYN),
+        None => v6_tcp(&ip.to_string(), 25, TCP_SYN),
+    }
+}
+
+/// `addr` inside `net` with random host bits.
+fn inside(net: &Network, addr: [u8; 16]) -> [u8; 16] {
+    let mask = sg_common::prefix_mask(net.prefix_len);
+    std::array::from_fn(|i| (net.addr[i] & mask[i]) | (addr[i] & !mask[i]))
+}
+
+/// Denies one random network of each of `lengths` (mapped lengths; IPv4 when `v4`), then
+/// sends a first SYN from a random address inside each: every one must be dropped, none
+/// passed on first contact.
+fn denies_of_lengths_are_never_first_contacts(
+    lengths: &[u32],
+    v4: bool,
+    addresses: &mut Addresses,
+) {
+    let mut p = program();
+    let nets: Vec<Network> = lengths
+        .iter()
+        .map(|&len| {
+            let mut addr = addresses.next();
+            if v4 {
+                addr[..12].copy_from_slice(&sg_common::V4_MAPPED_PREFIX);
+            }
+            let mask = sg_common::prefix_mask(len);
+            Network {
+                addr: std::array::from_fn(|i| addr[i] & mask[i]),
+                prefix_len: len,
+            }
+        })
+        .collect();
+    for n in &nets {
+        p.maps.list_add(ListKind::Deny, *n, None).unwrap();
+    }
+    for n in &nets {
+        let source = inside(n, addresses.next());
+        assert_eq!(
+            p.run(&syn_from(source)),
+            XDP_DROP,
+            "deny {n}: source {source:?}"
+        );
+    }
+    assert_eq!(p.counter(counter::FIRST_CONTACT), 0);
+}
+
+#[test]
+fn list_entries_of_every_length_are_never_first_contacts() {
+    let mut addresses = Addresses(20261122);
+    // In groups the program probes length by length (16 at most)...
+    let v6: Vec<u32> = (0..=128).collect();
+    for group in v6.chunks(12) {
+        denies_of_lengths_are_never_first_contacts(group, false, &mut addresses);
+    }
+    let v4: Vec<u32> = (96..=128).collect();
+    for group in v4.chunks(12) {
+        denies_of_lengths_are_never_first_contacts(group, true, &mut addresses);
+    }
+    // ... and all at once, past what it probes (it then looks every source up).
+    denies_of_lengths_are_never_first_contacts(&v6[1..], false, &mut addresses);
+    denies_of_lengths_are_never_first_contacts(&v4, true, &mut addresses);
+    // IPv6 notation covering IPv4 sources.
+    for entry in ["::/8", "::/80", "::ffff:0:0/96", "::ffff:203.0.113.0/120"] {
+        let p = program_denying(entry);
+        assert_eq!(
+            p.run(&v4_tcp(DENIED_V4, 25, TCP_SYN)),
+            XDP_DROP,
+            "deny {entry}"
+        );
+        assert_eq!(p.counter(counter::FIRST_CONTACT), 0);
+    }
+}
+
+#[test]
+fn policies_of_every_kind_are_never_first_contacts() {
+    // Exact sources, /24 and /64 prefixes, /16 and /48 networks: each blocks the first SYN.
+    for (entry, source) in [
+        ("198.51.100.7", "198.51.100.7"),
+        ("198.51.100.0/24", "198.51.100.8"),
+        ("198.51.0.0/16", "198.51.7.9"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::9"),
+        ("2001:db8:1:3::/64", "2001:db8:1:3::5"),
+        ("2001:db8:2::/48", "2001:db8:2:77::1"),
+    ] {
+        let mut p = program();
+        p.maps.limit_set(net(entry), Limit::Block, None).unwrap();
+        let source: std::net::IpAddr = source.parse().unwrap();
+        let pkt = match source {
+            std::net::IpAddr::V4(v4) => v4_tcp(v4.octets(), 25, TCP_SYN),
+            std::net::IpAddr::V6(v6) => v6_tcp(&v6.to_string(), 25, TCP_SYN),
+        };
+        assert_eq!(p.run(&pkt), XDP_DROP, "block {entry}");
+        assert_eq!(p.counter(counter::FIRST_CONTACT), 0, "block {entry}");
+    }
+}
+
+#[test]
+fn a_new_prefix_passes_on_first_contact_and_its_bucket_still_counts_that_connection() {
+    let p = program_with(
+        "[ceiling.source]\nrate = \"1/h\"\nburst = 3\n[ceiling.prefix]\nrate = \"1/h\"\nburst = 100\n",
+    );
+    let source = [203, 0, 113, 70];
+    let verdicts: Vec<u32> = (0..5)
+        .map(|_| p.run(&v4_tcp(source, 25, TCP_SYN)))
+        .collect();
+    // The first on the first contact path, without a slot; the slot claimed by the second
+    // starts with that token spent, so the burst is 3, not 4.
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    assert_eq!(p.counter(counter::FIRST_CONTACT), 1);
+    assert_eq!(p.counter(counter::SOURCE_SLOT_CLAIMED), 1);
+}
+
+#[test]
+fn the_filter_rebuilt_after_removals_still_holds_every_entry_left() {
+    let mut p = program();
+    let mut addresses = Addresses(7);
+    let nets: Vec<Network> = (0..200)
+        .map(|i| {
+            let mut addr = addresses.next();
+            addr[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            let prefix_len = if i % 2 == 0 { 128 } else { 64 };
+            let mask = sg_common::prefix_mask(prefix_len);
+            Network {
+                addr: std::array::from_fn(|i| addr[i] & mask[i]),
+                prefix_len,
+            }
+        })
+        .collect();
+    for n in &nets {
+        p.maps.list_add(ListKind::Deny, *n, None).unwrap();
+    }
+    for n in nets.iter().step_by(2) {
+        assert!(p.maps.list_del(ListKind::Deny, *n).unwrap());
+    }
+    p.maps.rebuild_present().unwrap();
+    for (i, n) in nets.iter().enumerate() {
+        let verdict = p.run(&syn_from(inside(n, addresses.next())));
+        let want = if i % 2 == 0 { XDP_PASS } else { XDP_DROP };
+        assert_eq!(verdict, want, "{n}");
+    }
+    // The removed ones' sources passed on first contact, with nothing left in the filter.
+    assert_eq!(p.counter(counter::FIRST_CONTACT), 100);
+}
+
+#[test]
+fn entries_stay_in_the_filter_when_a_reload_changes_the_prefix_lengths() {
+    let mut p = program();
+    p.maps
+        .list_add(ListKind::Deny, net("2001:db8:5:6::/64"), None)
+        .unwrap();
+    p.maps
+        .list_add(ListKind::Deny, net("203.0.113.0/24"), None)
+        .unwrap();
+    p.maps
+        .limit_set(net("198.51.100.9"), Limit::Block, None)
+        .unwrap();
+    // Prefixes of /56 and /20: the /64 and /24 entries are now longer than a prefix.
+    let config = test_config("[ceiling]\n[prefix]\nipv4 = 20\nipv6 = 56\n");
+    let old = p.maps.read_config().unwrap();
+    p.maps
+        .write_config(&config.kernel_config(), old.tick_ns, old.boot_offset_ns)
+        .unwrap();
+    for pkt in [
+        v6_tcp("2001:db8:5:6::99", 25, TCP_SYN),
+        v4_tcp([203, 0, 113, 99], 25, TCP_SYN),
+        v4_tcp([198, 51, 100, 9], 25, TCP_SYN),
+    ] {
+        assert_eq!(p.run(&pkt), XDP_DROP);
+    }
+    assert_eq!(p.counter(counter::FIRST_CONTACT), 0);
+}
