@@ -320,7 +320,7 @@ pub fn run(
                 drops: dropped.saturating_sub(last_dropped),
                 events,
             };
-            let limited = engine.limited(crate::domain::boot_time_ns()).len() as u64;
+            let limited = engine.limited_count() as u64;
             if let Err(e) = h.write(&[minute.record(limited)]) {
                 eprintln!("slowgate: writing history failed: {e:#}");
             }

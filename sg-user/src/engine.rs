@@ -3,7 +3,9 @@
 //! tests and `slowgate replay` drive time by hand.
 //!
 //! Points decay lazily: each tracked sender stores (points, when); reading them at `now`
-//! multiplies by 2^(-(now - when) / half_life). No per-tick work per sender.
+//! multiplies by 2^(-(now - when) / half_life). No per-tick work per sender: a timer queue
+//! holds, for each one, the earliest second at which its level may step down (or, at level 0,
+//! it may be forgotten), so a tick costs what comes due, not what is tracked.
 //!
 //! Levels climb at once when points pass a threshold (strong suppression right after a burst)
 //! and come down one level at a time, each step only after the points fell below a fraction of
@@ -21,7 +23,7 @@
 //! Countries weigh events (a multiplier) and may have their own level table.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::Duration,
 };
@@ -30,7 +32,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    domain::{Limit, PrefixLengths, Sender, country_name},
+    domain::{FastMap, FastSet, Limit, PrefixLengths, Sender, country_name},
     events::{Event, EventKind, RejectKind},
 };
 
@@ -203,7 +205,15 @@ struct Tracked {
     country: [u8; 2],
     /// Events since the last level change, per [`KIND_NAMES`] (saturating).
     recent: [u8; KIND_NAMES.len()],
+    /// Second of this sender's live entry in the timer queue; [`NOT_SCHEDULED`] when none.
+    due_s: u32,
 }
+
+/// `Tracked::due_s` of a sender with no entry in the timer queue.
+const NOT_SCHEDULED: u32 = u32::MAX;
+
+/// Points under which a sender at level 0 is forgotten.
+const NEGLIGIBLE_POINTS: f64 = 0.01;
 
 const NO_COUNTRY: [u8; 2] = [0, 0];
 
@@ -217,6 +227,7 @@ impl Tracked {
             level: 0,
             country,
             recent: [0; KIND_NAMES.len()],
+            due_s: NOT_SCHEDULED,
         }
     }
 }
@@ -319,24 +330,39 @@ const USER_SOURCES: usize = 4;
 
 pub struct Engine {
     config: EngineConfig,
-    tracked: HashMap<Sender, Tracked>,
+    tracked: FastMap<Sender, Tracked>,
     /// Limited prefixes of each network.
-    limited_prefixes: HashMap<IpNet, HashSet<IpNet>>,
+    limited_prefixes: FastMap<IpNet, FastSet<IpNet>>,
     /// The last few addresses each user logged in from (bounded like `tracked`).
-    user_sources: HashMap<Box<str>, [Option<IpAddr>; USER_SOURCES]>,
+    user_sources: FastMap<Box<str>, [Option<IpAddr>; USER_SOURCES]>,
     allow: Vec<IpNet>,
     geo: Option<Geo>,
+    /// Second -> senders to look at again then. An entry is live when its second is the
+    /// sender's `due_s`; others were superseded and are skipped. Its second is never later
+    /// than the sender's real due time (points only ever push that later, and a level change
+    /// queues a fresh entry), so nothing is looked at too late.
+    timers: BTreeMap<u32, Vec<Sender>>,
+    /// Entries in `timers`, live or superseded.
+    timer_entries: usize,
+    /// Tracked senders with a level above 0 (so that listing them costs what they are).
+    limited: FastSet<Sender>,
+    /// Timer entries taken off the queue so far (what a tick costs).
+    timer_pops: u64,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
             config,
-            tracked: HashMap::new(),
-            limited_prefixes: HashMap::new(),
-            user_sources: HashMap::new(),
+            tracked: FastMap::default(),
+            limited_prefixes: FastMap::default(),
+            user_sources: FastMap::default(),
             allow: Vec::new(),
             geo: None,
+            timers: BTreeMap::new(),
+            timer_entries: 0,
+            limited: FastSet::default(),
+            timer_pops: 0,
         }
     }
 
@@ -395,7 +421,78 @@ impl Engine {
                 country,
             });
         }
+        // Thresholds, holds and the half-life may all have changed: every due time did.
+        self.limited = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.level > 0)
+            .map(|(s, _)| s.clone())
+            .collect();
+        self.reschedule_all();
         changes
+    }
+
+    /// The first second at which `sender` (tracked as `t`) may leave its level: step down one,
+    /// or at level 0 be forgotten. [`NOT_SCHEDULED`] when never on its own (a limited network
+    /// follows its prefixes).
+    fn due(&self, sender: &Sender, t: &Tracked) -> u32 {
+        let half_life = self.config.half_life.as_secs_f64();
+        // The first whole second at which the decayed points are below `threshold`.
+        let below = |threshold: f64| -> u32 {
+            let points = f64::from(t.points);
+            if threshold <= 0.0 {
+                return NOT_SCHEDULED;
+            }
+            if points < threshold {
+                return t.at_s;
+            }
+            let seconds = (half_life * (points / threshold).log2()).floor();
+            t.at_s
+                .saturating_add(seconds.min(f64::from(u32::MAX)) as u32 + 1)
+        };
+        if t.level == 0 {
+            return below(NEGLIGIBLE_POINTS);
+        }
+        if matches!(sender, Sender::Network(_)) {
+            return NOT_SCHEDULED;
+        }
+        let threshold = self
+            .table(t.country)
+            .get(usize::from(t.level) - 1)
+            .map_or(0.0, |row| row.points);
+        let hold = self.config.min_hold.as_secs().min(u64::from(u32::MAX)) as u32;
+        below(threshold * self.config.down_fraction).max(t.level_since_s.saturating_add(hold))
+    }
+
+    /// Puts `sender`'s due time in the timer queue (not before `not_before`), superseding any
+    /// entry it had.
+    fn schedule(&mut self, sender: &Sender, not_before: u32) {
+        let Some(t) = self.tracked.get(sender) else {
+            return;
+        };
+        let due = self.due(sender, t).max(not_before);
+        if let Some(t) = self.tracked.get_mut(sender) {
+            t.due_s = due;
+        }
+        if due != NOT_SCHEDULED {
+            self.timers.entry(due).or_default().push(sender.clone());
+            self.timer_entries += 1;
+        }
+    }
+
+    /// Rebuilds the timer queue from the tracked senders.
+    fn reschedule_all(&mut self) {
+        self.timers.clear();
+        self.timer_entries = 0;
+        let senders: Vec<Sender> = self.tracked.keys().cloned().collect();
+        for sender in senders {
+            self.schedule(&sender, 0);
+        }
+    }
+
+    /// Timer entries taken off the queue so far: what ticks cost.
+    pub fn timer_pops(&self) -> u64 {
+        self.timer_pops
     }
 
     /// What is known of one sender, or None when it is not tracked.
@@ -510,14 +607,15 @@ impl Engine {
                 if let Some(t) = self.tracked.get_mut(&sender) {
                     t.level_since_s = since;
                 }
-                if let Sender::Prefix(prefix) = sender {
+                if let Sender::Prefix(prefix) = &sender {
                     let network = self.network_of(prefix.network());
                     self.limited_prefixes
                         .entry(network)
                         .or_default()
-                        .insert(prefix);
+                        .insert(*prefix);
                 }
             }
+            self.schedule(&sender, 0);
         }
         changes
     }
@@ -535,6 +633,11 @@ impl Engine {
         self.tracked.len()
     }
 
+    /// How many tracked senders have a level above 0.
+    pub fn limited_count(&self) -> usize {
+        self.limited.len()
+    }
+
     /// Points of `sender` at `now_ns`, decayed.
     pub fn points(&self, sender: &Sender, now_ns: u64) -> f64 {
         self.tracked.get(sender).map_or(0.0, |t| {
@@ -549,9 +652,9 @@ impl Engine {
     /// Every tracked sender with a level above 0: (sender, level, points).
     pub fn limited(&self, now_ns: u64) -> Vec<(Sender, usize, f64)> {
         let mut out: Vec<_> = self
-            .tracked
+            .limited
             .iter()
-            .filter(|(_, t)| t.level > 0)
+            .filter_map(|s| Some((s, self.tracked.get(s)?)))
             .map(|(s, t)| {
                 let points = decay(t.points, t.at_s, secs(now_ns), self.config.half_life);
                 (s.clone(), usize::from(t.level), points)
@@ -668,7 +771,7 @@ impl Engine {
         country: [u8; 2],
         now: u32,
     ) -> Vec<Change> {
-        if !self.tracked.contains_key(&sender) && self.tracked.len() >= self.config.max_tracked {
+        if self.tracked.len() >= self.config.max_tracked && !self.tracked.contains_key(&sender) {
             self.forget_least(now);
         }
         let half_life = self.config.half_life;
@@ -679,18 +782,23 @@ impl Engine {
         entry.points = (decay(entry.points, entry.at_s, now, half_life) + weight) as f32;
         entry.at_s = now;
         entry.recent[kind] = entry.recent[kind].saturating_add(1);
+        let (points, country, level) = (f64::from(entry.points), entry.country, entry.level);
+        // More points only put the due time later: an entry already queued stays early
+        // enough (the tick looks again and re-queues it).
+        if entry.due_s == NOT_SCHEDULED {
+            self.schedule(&sender, 0);
+        }
         if matches!(sender, Sender::Country(_)) {
             // Countries are reported, not limited (a whole country is not one sender).
             return Vec::new();
         }
-        let points = f64::from(entry.points);
         let table = self
             .config
             .country_levels
-            .get(&entry.country)
+            .get(&country)
             .unwrap_or(&self.config.levels);
         let target = level_for(table, points);
-        if target > usize::from(entry.level) {
+        if target > usize::from(level) {
             return self.raise(sender, target, now);
         }
         Vec::new()
@@ -736,6 +844,16 @@ impl Engine {
         entry.level_since_s = now;
         entry.recent = [0; KIND_NAMES.len()];
         let country = (entry.country != NO_COUNTRY).then_some(entry.country);
+        match (from, level) {
+            (0, _) => {
+                self.limited.insert(sender.clone());
+            }
+            (_, 0) => {
+                self.limited.remove(sender);
+            }
+            _ => {}
+        }
+        self.schedule(sender, 0);
         Some(Change {
             limit: self.limit_for(sender, level),
             sender: sender.clone(),
@@ -783,34 +901,48 @@ impl Engine {
     }
 
     /// Steps senders down one level where their points allow; forgets senders back at level 0
-    /// with negligible points. Call periodically (its cost is one pass over tracked senders).
+    /// with negligible points. Call periodically; it looks only at the senders that came due.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Change> {
         let now = secs(now_ns);
-        let config = &self.config;
-        let min_hold = config.min_hold.as_secs() as u32;
         let mut steps = Vec::new();
-        self.tracked.retain(|sender, t| {
-            let points = decay(t.points, t.at_s, now, config.half_life);
+        let mut due_now = Vec::new();
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let (due, senders) = entry.remove_entry();
+            self.timer_entries -= senders.len();
+            due_now.extend(senders.into_iter().map(|s| (due, s)));
+        }
+        for (due, sender) in due_now {
+            self.timer_pops += 1;
+            let Some(t) = self.tracked.get(&sender) else {
+                continue; // forgotten meanwhile
+            };
+            if t.due_s != due {
+                continue; // superseded by a later schedule
+            }
+            let points = decay(t.points, t.at_s, now, self.config.half_life);
             if t.level == 0 {
-                return points >= 0.01;
+                if points < NEGLIGIBLE_POINTS {
+                    self.tracked.remove(&sender);
+                    continue;
+                }
+            } else if !matches!(sender, Sender::Network(_)) {
+                let threshold = self
+                    .table(t.country)
+                    .get(usize::from(t.level) - 1)
+                    .map_or(0.0, |row| row.points);
+                let min_hold = self.config.min_hold.as_secs() as u32;
+                let held = now.saturating_sub(t.level_since_s) >= min_hold;
+                if held && points < threshold * self.config.down_fraction {
+                    steps.push((sender, usize::from(t.level) - 1));
+                    continue;
+                }
             }
-            if matches!(sender, Sender::Network(_)) {
-                // A network follows its prefixes (see network_follows), not its own points.
-                return true;
-            }
-            let table = config
-                .country_levels
-                .get(&t.country)
-                .unwrap_or(&config.levels);
-            let threshold = table
-                .get(usize::from(t.level) - 1)
-                .map_or(0.0, |row| row.points);
-            let held = now.saturating_sub(t.level_since_s) >= min_hold;
-            if held && points < threshold * config.down_fraction {
-                steps.push((sender.clone(), usize::from(t.level) - 1));
-            }
-            true
-        });
+            // Not yet (more points since it was queued): look again when it can be.
+            self.schedule(&sender, now.saturating_add(1));
+        }
         let mut changes = Vec::new();
         for (sender, level) in steps {
             if let Some(change) = self.set_level(&sender, level, now) {
@@ -819,6 +951,10 @@ impl Engine {
             if let Sender::Prefix(prefix) = sender {
                 changes.extend(self.network_follows(prefix, now));
             }
+        }
+        // Superseded entries pile up as levels change; past twice the live ones, start over.
+        if self.timer_entries > 2 * self.tracked.len() + 1024 {
+            self.reschedule_all();
         }
         changes.sort_by(|a, b| a.sender.cmp(&b.sender));
         changes
@@ -842,6 +978,7 @@ impl Engine {
             .map(|(s, _)| s.clone());
         if let Some(victim) = victim {
             self.tracked.remove(&victim);
+            self.limited.remove(&victim);
         }
     }
 }
@@ -1201,5 +1338,82 @@ mod tests {
         }
         assert!(e.tracked() <= 50);
         assert_eq!(e.level(&Sender::Source(ip("203.0.113.9"))), 3);
+    }
+
+    #[test]
+    fn a_tick_looks_only_at_the_senders_that_came_due() {
+        let mut e = Engine::new(EngineConfig {
+            max_tracked: 100_000,
+            ..config()
+        });
+        // 20,000 sources with 2 points each, each in a /64 of its own: nothing to do for an
+        // hour.
+        for i in 0..20_000u32 {
+            e.record(
+                &harvest(&format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff)),
+                0,
+            );
+        }
+        let tracked = e.tracked();
+        let before = e.timer_pops();
+        for minute in 1..=30 {
+            assert!(e.tick(minute * MINUTE).is_empty());
+        }
+        assert_eq!(
+            e.timer_pops(),
+            before,
+            "idle ticks looked at tracked senders"
+        );
+        // One sender climbs to level 3: the ticks that step it down look at it (and its /24)
+        // a handful of times, not at the 20,000 others.
+        let s = Sender::Source(ip("203.0.113.9"));
+        record_n(&mut e, &harvest("203.0.113.9"), 40, 30 * MINUTE);
+        let mut steps = 0;
+        for minute in 31..=70 {
+            steps += e
+                .tick(minute * MINUTE)
+                .iter()
+                .filter(|c| c.sender == s)
+                .count();
+        }
+        assert_eq!(steps, 3);
+        assert!(
+            e.timer_pops() - before < 20,
+            "{} pops",
+            e.timer_pops() - before
+        );
+        assert_eq!(e.tracked(), tracked + 2);
+        // Two points fall under 0.01 after 7.6 half-lives (77 min): then all go at once.
+        e.tick(200 * MINUTE);
+        assert_eq!(e.tracked(), 0);
+    }
+
+    #[test]
+    fn the_limited_set_follows_every_way_a_level_changes() {
+        let mut e = Engine::new(config());
+        let check = |e: &Engine, now: u64| {
+            let walked = e.tracked.iter().filter(|(_, t)| t.level > 0).count();
+            assert_eq!(e.limited_count(), walked);
+            assert_eq!(e.limited(now).len(), walked);
+        };
+        for i in 0..5 {
+            record_n(&mut e, &harvest(&format!("203.0.113.{i}")), 10 + 5 * i, 0);
+        }
+        check(&e, 0);
+        e.release(&Sender::Source(ip("203.0.113.4")), 0);
+        check(&e, 0);
+        e.set_config(
+            EngineConfig {
+                levels: levels()[..1].to_vec(),
+                ..config()
+            },
+            MINUTE,
+        );
+        check(&e, MINUTE);
+        for minute in 2..120 {
+            e.tick(minute * MINUTE);
+            check(&e, minute * MINUTE);
+        }
+        assert_eq!(e.limited_count(), 0);
     }
 }

@@ -4,7 +4,6 @@
 //! This is how an operator tunes weights and levels on their own mail flow before enforcing.
 
 use std::{
-    collections::HashMap,
     io::{BufRead, BufReader, Write},
     path::PathBuf,
     time::Duration,
@@ -14,7 +13,7 @@ use anyhow::Context;
 
 use crate::{
     config::Config,
-    domain::{Limit, Sender, format_duration, format_time},
+    domain::{FastMap, FastSet, Limit, Sender, format_duration, format_time},
     engine::{Change, Engine, Geo},
     events::{Event, EventKind},
     parsers::{Format, Outcome, Parsers},
@@ -80,7 +79,7 @@ impl Bucket {
 fn drain(engine: &mut Engine, clock: &mut u64) -> Vec<(u64, Vec<Change>)> {
     let end = clock.saturating_add(DRAIN_NS);
     let mut steps = Vec::new();
-    while *clock < end && !engine.limited(*clock).is_empty() {
+    while *clock < end && engine.limited_count() > 0 {
         *clock += STEP_NS;
         steps.push((*clock, engine.tick(*clock)));
     }
@@ -95,9 +94,22 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
         let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
         let mut parsers = Parsers::default();
         let mut last_time = None;
-        for line in BufReader::new(file).split(b'\n') {
-            let line = line.with_context(|| format!("read {}", path.display()))?;
-            let line = String::from_utf8_lossy(&line);
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut bytes = Vec::new();
+        loop {
+            bytes.clear();
+            let n = reader
+                .read_until(b'\n', &mut bytes)
+                .with_context(|| format!("read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            let text = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            // Valid UTF-8 (nearly every line) is borrowed after the fast check.
+            let line = match std::str::from_utf8(text) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(text),
+            };
             report.lines += 1;
             let parsed = parsers.parse_timed(format, &line);
             last_time = parsed.time_ns.or(last_time);
@@ -123,12 +135,12 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
     let geo = config.geoip.as_deref().map(Geo::open).transpose()?;
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
     engine.set_allowed(config.allow.iter().map(|n| n.to_ipnet()).collect());
-    let mut rows: HashMap<Sender, Row> = HashMap::new();
-    let mut buckets: HashMap<std::net::IpAddr, Bucket> = HashMap::new();
-    let mut connects_seen: std::collections::HashSet<std::net::IpAddr> = Default::default();
+    let mut rows: FastMap<Sender, Row> = FastMap::default();
+    let mut buckets: FastMap<std::net::IpAddr, Bucket> = FastMap::default();
+    let mut connects_seen: FastSet<std::net::IpAddr> = FastSet::default();
     let mut clock = events.first().map_or(0, |e| e.0);
 
-    let mut note = |changes: Vec<Change>, at: u64, rows: &mut HashMap<Sender, Row>| {
+    let mut note = |changes: Vec<Change>, at: u64, rows: &mut FastMap<Sender, Row>| {
         for change in changes {
             let row = rows.entry(change.sender.clone()).or_default();
             row.max_level = row.max_level.max(change.to);
@@ -153,7 +165,7 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
     for (t, _, event) in &events {
         let secs = t / 1_000_000_000;
         if secs >= minute.start + 60 {
-            minutes.push(minute.record(engine.limited(*t).len() as u64));
+            minutes.push(minute.record(engine.limited_count() as u64));
             minute = crate::history::Minute {
                 start: secs / 60 * 60,
                 ..Default::default()
@@ -190,7 +202,7 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
         }
         note(engine.record(event, *t), *t, &mut rows);
     }
-    minutes.push(minute.record(engine.limited(clock).len() as u64));
+    minutes.push(minute.record(engine.limited_count() as u64));
     // Let the clock run on until everyone is back to normal.
     for (at, changes) in drain(&mut engine, &mut clock) {
         note(changes, at, &mut rows);

@@ -320,6 +320,60 @@ pub fn parse(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench replay`: `slowgate replay` (parsing and the whole engine on the log's
+/// clock) over the generated mixed log, against fail2ban-regex with the four filters a host
+/// needs for it over the same file, in the same run.
+pub fn replay(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let (lines, runs, f2b_runs) = if quick {
+        (20_000, 1, 1)
+    } else {
+        (PARSE_LINES, PARSE_RUNS, FAIL2BAN_RUNS)
+    };
+    let dir = std::env::temp_dir().join(unique("bench-replay"));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveDir(dir.clone());
+    let mut r = Lcg(42);
+    let mut text = String::new();
+    for i in 0..lines {
+        text += &mixed_line(&mut r, i);
+        text.push('\n');
+    }
+    let log = dir.join("mixed.log");
+    std::fs::write(&log, &text)?;
+    let n = lines as f64;
+    let mut ours = Vec::new();
+    for _ in 0..runs {
+        ours.push(n / replay_seconds(&log)?);
+    }
+    let filters = [
+        "postfix[mode=aggressive]",
+        "dovecot",
+        "sendmail-reject",
+        "sendmail-auth",
+    ];
+    let mut theirs = Vec::new();
+    for _ in 0..f2b_runs {
+        let mut total = 0.0;
+        for f in filters {
+            total += fail2ban(&log, f)?.0;
+        }
+        theirs.push(n / total);
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!(
+        "`slowgate replay` over a generated {lines}-line mixed log (Postfix, Dovecot, sendmail \
+         and other programs), median of {runs} run(s), against fail2ban-regex with the four \
+         filters for it, one pass each, over the same file (median of {f2b_runs}):"
+    );
+    println!();
+    println!("| tool | lines/s | ratio |");
+    println!("|---|---:|---:|");
+    println!("| fail2ban-regex, 4 filters (baseline) | {theirs:.0} | 1 |");
+    println!("| slowgate replay | {ours:.0} | {:.0} |", ours / theirs);
+    Ok(())
+}
+
 /// Removes a directory on drop (every return path, and panics).
 struct RemoveDir(std::path::PathBuf);
 

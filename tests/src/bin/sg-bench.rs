@@ -45,11 +45,14 @@ fn main() -> anyhow::Result<()> {
             &FULL
         }),
         "parse" => sg_tests::bench::parse(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "replay" => sg_tests::bench::replay(&std::env::args().skip(2).collect::<Vec<_>>()),
         "reaction" => sg_tests::bench::reaction(&std::env::args().skip(2).collect::<Vec<_>>()),
         "memory" => sg_tests::bench::memory(&std::env::args().skip(2).collect::<Vec<_>>()),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
         other => {
-            anyhow::bail!("unknown benchmark {other} (known: xdp, parse, reaction, memory, flood)")
+            anyhow::bail!(
+                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood)"
+            )
         }
     }
 }
