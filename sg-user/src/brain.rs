@@ -1,13 +1,15 @@
 //! The daemon's learning loop: lines from the sources -> parsers -> engine -> XDP limits.
 //!
-//! One thread owns the parsers, the engine and an [`Enforcer`]. It drains the line channel,
-//! records every event at the current time, steps senders down once a second, and writes each
-//! batch of level changes to the kernel with one generation bump. Every change is logged as one
+//! One thread owns the parsers, the engine and the [`Enforcer`], the one writer of lists and
+//! limits while the daemon runs (operators' changes from the control socket and reloads come
+//! here as requests). It drains the line channel, records every event at the current time,
+//! steps senders down once a second, and writes each batch of level changes to the kernel
+//! with one generation bump. Every change is logged as one
 //! line. Limits it writes carry a TTL (`points.limit_ttl`) and are refreshed while they last,
 //! so a daemon that dies leaves limits that expire on their own.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -20,9 +22,11 @@ use ipnet::IpNet;
 
 use crate::{
     config::Config,
-    domain::{Limit, Network, Sender},
+    domain::{Network, Sender},
+    enforcer::{Decision, Enforcer, Outcome as Enforced},
     engine::{Change, Engine, Geo},
     kernel::{ListKind, Maps},
+    lists::Change as ListChange,
     parsers::{Outcome, Parsers},
     sources::{Line, Text},
 };
@@ -34,71 +38,52 @@ const TICK: Duration = Duration::from_secs(1);
 /// How often the allow list is re-read from the kernel (operators add to it with the CLI).
 const ALLOW_REFRESH: u32 = 10;
 
-/// The kernel entries the engine owns, so that it never overwrites or deletes an operator's
-/// manual limit.
-pub struct Enforcer {
-    owned: HashMap<Network, Limit>,
-    pub ttl: Duration,
-    last_refresh: Instant,
+/// The config's lists as operators' decisions (at start and at every reload).
+pub fn config_lists(config: &Config) -> Vec<Decision> {
+    let add = |kind, network: &Network| {
+        Decision::Operator(ListChange::Add {
+            kind,
+            network: *network,
+            ttl: None,
+            comment: None,
+        })
+    };
+    config
+        .allow
+        .iter()
+        .map(|n| add(ListKind::Allow, n))
+        .chain(config.deny.iter().map(|n| add(ListKind::Deny, n)))
+        .chain(config.limits.iter().map(|(network, limit)| {
+            Decision::Operator(ListChange::LimitSet {
+                network: *network,
+                limit: *limit,
+                ttl: None,
+                comment: None,
+            })
+        }))
+        .collect()
 }
 
-impl Enforcer {
-    pub fn new(ttl: Duration) -> Enforcer {
-        Enforcer {
-            owned: HashMap::new(),
-            ttl,
-            last_refresh: Instant::now(),
-        }
-    }
-
-    /// Writes the limits `changes` call for, one batch, one generation bump. Returns the
-    /// number of entries that could not be written.
-    pub fn apply(&mut self, maps: &mut Maps, changes: &[Change]) -> u64 {
-        let mut batch = Vec::new();
-        for change in changes {
-            let net = match &change.sender {
-                Sender::Source(addr) => Network::from_ipnet(IpNet::from(*addr)),
-                Sender::Prefix(net) | Sender::Network(net) => Network::from_ipnet(*net),
-                // Users are enforced through their sources; countries are only reported.
-                Sender::User(_) | Sender::Country(_) => continue,
-            };
-            match change.limit {
-                Some(limit) => {
-                    if !self.owned.contains_key(&net) && maps.limit_exists(net).unwrap_or(false) {
-                        eprintln!("slowgate: {net}: keeping the operator's limit");
-                        continue;
-                    }
-                    self.owned.insert(net, limit);
-                    batch.push((net, Some(limit)));
-                }
-                None => {
-                    if self.owned.remove(&net).is_some() {
-                        batch.push((net, None));
-                    }
-                }
+/// Applies the learning loop's level changes through the enforcer; returns the failures.
+fn enforce(enforcer: &mut Enforcer, maps: &mut Maps, changes: &[Change]) -> u64 {
+    let decisions: Vec<Decision> = changes.iter().filter_map(Decision::learned).collect();
+    let mut failed = 0;
+    for (decision, outcome) in decisions.iter().zip(enforcer.apply(maps, &decisions)) {
+        let Decision::Learned { network, .. } = decision else {
+            continue;
+        };
+        match outcome {
+            Enforced::KeptOperators => {
+                eprintln!("slowgate: {network}: keeping the operator's limit")
             }
-        }
-        if batch.is_empty() {
-            return 0;
-        }
-        let failed = maps.limits_apply(&batch, Some(self.ttl));
-        for (net, e) in &failed {
-            eprintln!("slowgate: {net}: could not write the limit: {e:#}");
-        }
-        failed.len() as u64
-    }
-
-    /// Re-writes every owned limit with a fresh TTL, every third of the TTL.
-    pub fn refresh(&mut self, maps: &mut Maps) {
-        if self.last_refresh.elapsed() < self.ttl / 3 || self.owned.is_empty() {
-            return;
-        }
-        self.last_refresh = Instant::now();
-        let batch: Vec<_> = self.owned.iter().map(|(n, l)| (*n, Some(*l))).collect();
-        for (net, e) in maps.limits_apply(&batch, Some(self.ttl)) {
-            eprintln!("slowgate: {net}: could not refresh the limit: {e:#}");
+            Enforced::Failed(e) => {
+                eprintln!("slowgate: {network}: could not write the limit: {e:#}");
+                failed += 1;
+            }
+            Enforced::Done(_) | Enforced::Nothing => {}
         }
     }
+    failed
 }
 
 /// What the learning loop has done, for metrics. Shared with the daemon's metrics endpoint.
@@ -144,8 +129,10 @@ pub enum Request {
     Release {
         who: Sender,
     },
-    /// A new config, already validated and applied to the kernel by the daemon.
+    /// A new config, already validated; its lists go to the kernel through the enforcer.
     Reload(Box<Config>),
+    /// An operator's change to a list or a limit, already journaled by the daemon.
+    Operator(ListChange),
 }
 
 pub type Reply = Result<serde_json::Value, String>;
@@ -158,6 +145,7 @@ const HISTORY: usize = 10_000;
 pub fn run(
     config: &Config,
     mut maps: Maps,
+    mut enforcer: Enforcer,
     lines: Receiver<Line>,
     requests: Requests,
     stop: Arc<AtomicBool>,
@@ -190,7 +178,6 @@ pub fn run(
             panic!("test hook: the learning loop panics on a line holding {trigger:?}");
         }
     };
-    let mut enforcer = Enforcer::new(config.limit_ttl);
     let mut stats = Stats::default();
     let mut last_tick = Instant::now();
     let mut ticks = 0u32;
@@ -212,7 +199,7 @@ pub fn run(
                     rows.len(),
                     back.len()
                 );
-                enforcer.apply(&mut maps, &back);
+                enforce(&mut enforcer, &mut maps, &back);
             }
             Ok(_) => {}
             Err(e) => eprintln!("slowgate: {e:#}; starting without saved points"),
@@ -256,11 +243,28 @@ pub fn run(
                     Ok(serde_json::json!({ "released": who.to_string(), "level_was": was }))
                 }
                 Request::Reload(new) => {
+                    let failed: Vec<String> = enforcer
+                        .apply(&mut maps, &config_lists(&new))
+                        .into_iter()
+                        .filter_map(|o| match o {
+                            Enforced::Failed(e) => Some(format!("{e:#}")),
+                            _ => None,
+                        })
+                        .collect();
                     changes.extend(engine.set_config(new.engine.clone(), now));
                     enforcer.ttl = new.limit_ttl;
                     *config = *new;
                     refresh_allowed(&mut engine, &mut maps, config);
-                    Ok(serde_json::json!({ "reloaded": true }))
+                    if failed.is_empty() {
+                        Ok(serde_json::json!({ "reloaded": true }))
+                    } else {
+                        Err(format!("`[lists]`: {}", failed.join("; ")))
+                    }
+                }
+                Request::Operator(change) => {
+                    crate::enforcer::said(enforcer.apply(&mut maps, &[Decision::Operator(change)]))
+                        .map(|said| serde_json::json!({ "said": said }))
+                        .map_err(|e| format!("{e:#}"))
                 }
             };
             let _ = reply.send(answer);
@@ -304,7 +308,9 @@ pub fn run(
             if ticks.is_multiple_of(ALLOW_REFRESH) {
                 refresh_allowed(&mut engine, &mut maps, config);
             }
-            enforcer.refresh(&mut maps);
+            for e in enforcer.refresh_ttls(&mut maps, now) {
+                eprintln!("slowgate: {e:#}");
+            }
         }
         let unix = crate::domain::unix_now();
         if let Some(h) = &mut history
@@ -360,7 +366,7 @@ pub fn run(
                     eprintln!("slowgate: writing history failed: {e:#}");
                 }
             }
-            stats.write_errors += enforcer.apply(&mut maps, &changes);
+            stats.write_errors += enforce(&mut enforcer, &mut maps, &changes);
             if let Some(arrived) = arrived {
                 let took = arrived.elapsed().as_secs_f64();
                 stats.enforce_last_s = took;

@@ -17,7 +17,8 @@ use crate::{
     brain,
     config::Config,
     control,
-    kernel::{self, ListKind, Maps},
+    enforcer::{Decision, Enforcer, Outcome},
+    kernel::{self, Maps},
     sources,
     tail::Start,
 };
@@ -173,8 +174,11 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         );
     }
     maps.record_attachments(&attached)?;
-    apply_lists(&mut maps, config)?;
-    apply_stored_lists(&mut maps, config);
+    // The one writer of lists and limits from here on: it takes the operators' entries now,
+    // then moves into the learning loop, where every later decision goes.
+    let mut enforcer = Enforcer::new(config.limit_ttl);
+    apply_lists(&mut maps, &mut enforcer, config)?;
+    apply_stored_lists(&mut maps, &mut enforcer, config);
     // The learning loop: sources -> parsers -> engine -> limits, in threads of their own.
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
@@ -193,7 +197,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let brain = {
         let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
         let brain_maps = Maps::open_pinned(pin_dir)?;
-        std::thread::spawn(move || brain::run(&config, brain_maps, rx, brain_rx, stop, stats))
+        std::thread::spawn(move || {
+            brain::run(&config, brain_maps, enforcer, rx, brain_rx, stop, stats)
+        })
     };
     let (ops_tx, mut ops_rx) = tokio::sync::mpsc::channel(16);
     let group = config
@@ -287,13 +293,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             Some((op, reply)) = ops_rx.recv() => {
                 let answer = match op {
                     control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &brain_tx).await,
-                    control::Op::Lists(change) => crate::store::Store::open(&current.state_dir)
-                        .and_then(|store| crate::lists::apply(&mut maps, &store, &change))
-                        .map(|said| {
-                            eprintln!("slowgate: control: {said}");
-                            serde_json::json!({ "said": said })
-                        })
-                        .map_err(|e| format!("{e:#}")),
+                    control::Op::Lists(change) => operator_change(&current, &maps, &brain_tx, change).await,
                     control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::rows(&maps, &store, &list))
                         .map_err(|e| format!("{e:#}")),
@@ -361,12 +361,8 @@ async fn reload(
         maps.write_config(&new.kernel_config(), clock.0, clock.1)
             .map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
-        apply_lists(maps, &new).map_err(|e| format!("{e:#}"))?;
-        let (reply, wait) = tokio::sync::oneshot::channel();
-        brain
-            .try_send((brain::Request::Reload(Box::new(new.clone())), reply))
-            .map_err(|_| "the learning loop is busy; try again".to_string())?;
-        let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        // The learning loop's enforcer writes the new config's lists.
+        ask_brain(brain, brain::Request::Reload(Box::new(new.clone()))).await?;
         *current = new;
         Ok(serde_json::json!({ "reloaded": current.path.display().to_string(), "needs_restart": restart }))
     }
@@ -472,7 +468,7 @@ const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Puts back what operators added with the CLI, from the store (after a reboot the pinned maps
 /// are gone; after a restart this re-writes what is already there). Expired entries stay out.
-fn apply_stored_lists(maps: &mut Maps, config: &Config) {
+fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config) {
     let entries = match crate::store::Store::open(&config.state_dir).and_then(|s| s.list_entries())
     {
         Ok(e) => e,
@@ -481,13 +477,21 @@ fn apply_stored_lists(maps: &mut Maps, config: &Config) {
             return;
         }
     };
-    let mut restored = 0;
+    let mut decisions = Vec::new();
     for op in &entries {
-        let result = crate::lists::Change::from_op(op)
-            .and_then(|change| crate::lists::to_kernel(maps, &change));
-        match result {
-            Ok(_) => restored += 1,
+        match crate::lists::Change::from_op(op) {
+            Ok(change) => decisions.push((op, Decision::Operator(change))),
             Err(e) => eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network),
+        }
+    }
+    let (ops, decisions): (Vec<_>, Vec<_>) = decisions.into_iter().unzip();
+    let mut restored = 0;
+    for (op, outcome) in ops.iter().zip(enforcer.apply(maps, &decisions)) {
+        match outcome {
+            Outcome::Failed(e) => {
+                eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network)
+            }
+            _ => restored += 1,
         }
     }
     if restored > 0 {
@@ -495,17 +499,53 @@ fn apply_stored_lists(maps: &mut Maps, config: &Config) {
     }
 }
 
+/// An operator's change from the control socket: journaled here, made by the learning loop's
+/// enforcer (the one writer of lists and limits).
+async fn operator_change(
+    current: &Config,
+    maps: &Maps,
+    brain: &std::sync::mpsc::SyncSender<(
+        brain::Request,
+        tokio::sync::oneshot::Sender<brain::Reply>,
+    )>,
+    change: crate::lists::Change,
+) -> Result<serde_json::Value, String> {
+    crate::store::Store::open(&current.state_dir)
+        .and_then(|store| crate::lists::journal(maps, &store, &change))
+        .map_err(|e| format!("{e:#}"))?;
+    let answer = ask_brain(brain, brain::Request::Operator(change)).await?;
+    if let Some(said) = answer["said"].as_str() {
+        eprintln!("slowgate: control: {said}");
+    }
+    Ok(answer)
+}
+
+/// Sends a request to the learning loop and waits for its answer (10 s at most).
+async fn ask_brain(
+    brain: &std::sync::mpsc::SyncSender<(
+        brain::Request,
+        tokio::sync::oneshot::Sender<brain::Reply>,
+    )>,
+    request: brain::Request,
+) -> Result<serde_json::Value, String> {
+    let (reply, wait) = tokio::sync::oneshot::channel();
+    brain
+        .try_send((request, reply))
+        .map_err(|_| "the learning loop is busy; try again".to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), wait).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err("the learning loop is gone".into()),
+        Err(_) => Err("the learning loop did not answer in 10 s".into()),
+    }
+}
+
 /// Puts the config's lists into the kernel. Entries added with the CLI stay.
-fn apply_lists(maps: &mut Maps, config: &Config) -> anyhow::Result<()> {
-    for net in &config.allow {
-        maps.list_add(ListKind::Allow, *net, None)?;
-    }
-    for net in &config.deny {
-        maps.list_add(ListKind::Deny, *net, None)?;
-    }
-    for (net, limit) in &config.limits {
-        maps.limit_set(*net, *limit, None)
-            .with_context(|| format!("{}: key `lists.limit`", config.path.display()))?;
+fn apply_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config) -> anyhow::Result<()> {
+    let outcomes = enforcer.apply(maps, &brain::config_lists(config));
+    for outcome in outcomes {
+        if let Outcome::Failed(e) = outcome {
+            return Err(e.context(format!("{}: `[lists]`", config.path.display())));
+        }
     }
     Ok(())
 }

@@ -708,6 +708,24 @@ impl Maps {
         net: Network,
         ttl: Option<Duration>,
     ) -> anyhow::Result<()> {
+        self.write_list_entry(kind, net, ttl)?;
+        self.changed()
+    }
+
+    /// Removes `net`; false when it was not listed.
+    pub fn list_del(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
+        let removed = self.remove_list_entry(kind, net)?;
+        self.changed()?;
+        Ok(removed)
+    }
+
+    /// Adds `net` to a list without telling the kernel (see [`Maps::publish`]).
+    pub fn write_list_entry(
+        &mut self,
+        kind: ListKind,
+        net: Network,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
         let key = Key::new(net.prefix_len, net.addr);
         let entry = ListEntry {
             expires_ns: expiry(ttl),
@@ -717,16 +735,13 @@ impl Maps {
         self.list(kind)
             .insert(&key, entry, 0)
             .map_err(|e| full_or(e, kind.name()))
-            .with_context(|| format!("add {net} to the {} list", kind.name()))?;
-        self.changed()
+            .with_context(|| format!("add {net} to the {} list", kind.name()))
     }
 
-    /// Removes `net`; false when it was not listed.
-    pub fn list_del(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
+    /// Removes `net` from a list without telling the kernel; false when it was not listed.
+    pub fn remove_list_entry(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
         let key = Key::new(net.prefix_len, net.addr);
-        let removed = removed(self.list(kind).remove(&key))?;
-        self.changed()?;
-        Ok(removed)
+        removed(self.list(kind).remove(&key))
     }
 
     pub fn list_entries(&self, kind: ListKind) -> anyhow::Result<Vec<Entry<ListEntry>>> {
@@ -787,14 +802,7 @@ impl Maps {
         limit: Limit,
         ttl: Option<Duration>,
     ) -> anyhow::Result<()> {
-        let key = self.policy_key(net)?;
-        let policy = policy_of(limit, ttl);
-        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        self.mark_present(&key.addr, key.prefix_len, false)?;
-        self.policy
-            .insert(key, policy, 0)
-            .map_err(|e| full_or(e, "policy"))
-            .with_context(|| format!("set the limit of {net}"))?;
+        self.write_limit(net, limit, ttl)?;
         self.changed()
     }
 
@@ -806,25 +814,11 @@ impl Maps {
         ttl: Option<Duration>,
     ) -> Vec<(Network, anyhow::Error)> {
         let mut failed = Vec::new();
-        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         for &(net, limit) in batch {
-            let result = self.policy_key(net).and_then(|key| match limit {
-                Some(limit) => {
-                    self.mark_present(&key.addr, key.prefix_len, false)?;
-                    let mut policy = policy_of(limit, ttl);
-                    // A refresh keeps a network bucket's state (its tokens are spent).
-                    if let Ok(old) = self.policy.get(&key, 0)
-                        && (old.action, old.interval_ns, old.burst)
-                            == (policy.action, policy.interval_ns, policy.burst)
-                    {
-                        policy.tat_ns = old.tat_ns;
-                    }
-                    self.policy
-                        .insert(key, policy, 0)
-                        .map_err(|e| full_or(e, "policy"))
-                }
-                None => removed(self.policy.remove(&key)).map(|_| ()),
-            });
+            let result = match limit {
+                Some(limit) => self.write_limit(net, limit, ttl),
+                None => self.remove_limit(net).map(|_| ()),
+            };
             if let Err(e) = result {
                 failed.push((net, e));
             }
@@ -837,6 +831,41 @@ impl Maps {
         failed
     }
 
+    /// Writes the limit of `net` without telling the kernel (see [`Maps::publish`]). A
+    /// refresh of the same limit keeps a network bucket's state (its tokens are spent).
+    pub fn write_limit(
+        &mut self,
+        net: Network,
+        limit: Limit,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let key = self.policy_key(net)?;
+        let mut policy = policy_of(limit, ttl);
+        if let Ok(old) = self.policy.get(&key, 0)
+            && (old.action, old.interval_ns, old.burst)
+                == (policy.action, policy.interval_ns, policy.burst)
+        {
+            policy.tat_ns = old.tat_ns;
+        }
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark_present(&key.addr, key.prefix_len, false)?;
+        self.policy
+            .insert(key, policy, 0)
+            .map_err(|e| full_or(e, "policy"))
+            .with_context(|| format!("set the limit of {net}"))
+    }
+
+    /// Removes the limit of `net` without telling the kernel; false when it had none.
+    pub fn remove_limit(&mut self, net: Network) -> anyhow::Result<bool> {
+        let key = self.policy_key(net)?;
+        removed(self.policy.remove(&key))
+    }
+
+    /// Tells the kernel that entries changed (one GENERATION bump for any number of writes).
+    pub fn publish(&mut self) -> anyhow::Result<()> {
+        self.changed()
+    }
+
     /// Whether a limit entry exists for `net` (expired or not).
     pub fn limit_exists(&self, net: Network) -> anyhow::Result<bool> {
         let key = self.policy_key(net)?;
@@ -844,8 +873,7 @@ impl Maps {
     }
 
     pub fn limit_del(&mut self, net: Network) -> anyhow::Result<bool> {
-        let key = self.policy_key(net)?;
-        let removed = removed(self.policy.remove(&key))?;
+        let removed = self.remove_limit(net)?;
         self.changed()?;
         Ok(removed)
     }

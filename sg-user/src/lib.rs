@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod domain;
 pub mod drops;
+pub mod enforcer;
 pub mod engine;
 pub mod events;
 pub mod history;

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::{
     domain::{Limit, Network, format_duration, unix_now},
+    enforcer::{Decision, Enforcer},
     kernel::{Entry, ListKind, Maps},
     store::{ListOp, Store},
 };
@@ -114,47 +115,22 @@ impl Change {
     }
 }
 
-/// Journals the change, then makes it in the kernel. Returns what to tell the operator.
+/// Journals the change, then makes it in the kernel through an enforcer of its own (the CLI
+/// while no daemon runs). Returns what to tell the operator.
 pub fn apply(maps: &mut Maps, store: &Store, change: &Change) -> anyhow::Result<String> {
-    if let Change::LimitSet { network, .. } = change {
-        // Refuse what the kernel would refuse before promising anything.
-        maps.policy_key(*network)?;
-    }
-    store.record(&change.op())?;
-    to_kernel(maps, change)
+    journal(maps, store, change)?;
+    let mut enforcer = Enforcer::new(Duration::ZERO);
+    let outcome = enforcer.apply(maps, &[Decision::Operator(change.clone())]);
+    crate::enforcer::said(outcome)
 }
 
-/// Makes the change in the kernel only (what `apply` does after journaling it).
-pub fn to_kernel(maps: &mut Maps, change: &Change) -> anyhow::Result<String> {
-    match change {
-        Change::Add {
-            kind, network, ttl, ..
-        } => {
-            maps.list_add(*kind, *network, *ttl)?;
-            Ok(format!("{} {network}{}", kind.name(), ttl_note(*ttl)))
-        }
-        Change::Del { kind, network } => {
-            if !maps.list_del(*kind, *network)? {
-                anyhow::bail!("{network} is not on the {} list", kind.name());
-            }
-            Ok(format!("removed {network} from the {} list", kind.name()))
-        }
-        Change::LimitSet {
-            network,
-            limit,
-            ttl,
-            ..
-        } => {
-            maps.limit_set(*network, *limit, *ttl)?;
-            Ok(format!("limit {network}: {limit}{}", ttl_note(*ttl)))
-        }
-        Change::LimitDel { network } => {
-            if !maps.limit_del(*network)? {
-                anyhow::bail!("{network} has no limit");
-            }
-            Ok(format!("removed the limit of {network}"))
-        }
+/// Journals the change (durably), after refusing what the kernel would refuse: the first half
+/// of [`apply`], for a daemon whose enforcer makes the change.
+pub fn journal(maps: &Maps, store: &Store, change: &Change) -> anyhow::Result<()> {
+    if let Change::LimitSet { network, .. } = change {
+        maps.policy_key(*network)?;
     }
+    store.record(&change.op())
 }
 
 /// The entries of `list` (`allow`, `deny`, `limit`) as JSON rows, with the comments the store
@@ -217,11 +193,6 @@ pub fn print(rows: &Value) {
             r["limit"].as_str().unwrap_or("")
         );
     }
-}
-
-fn ttl_note(ttl: Option<Duration>) -> String {
-    ttl.map(|t| format!(" (expires in {})", format_duration(t)))
-        .unwrap_or_default()
 }
 
 /// A change as the control protocol carries it.

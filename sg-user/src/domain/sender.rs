@@ -51,6 +51,16 @@ impl Sender {
         }
     }
 
+    /// The network the kernel limits for this sender (an address is a /32 or /128); None for
+    /// users (limited through their sources) and countries (only reported).
+    pub fn network(&self) -> Option<super::Network> {
+        match self {
+            Sender::Source(addr) => Some(super::Network::from_ipnet(IpNet::from(*addr))),
+            Sender::Prefix(net) | Sender::Network(net) => Some(super::Network::from_ipnet(*net)),
+            Sender::User(_) | Sender::Country(_) => None,
+        }
+    }
+
     /// `203.0.113.9`, `203.0.113.0/24` (a prefix), `2001:db8:a::/48` (a network), `user:alice`,
     /// at the lengths senders are tracked at.
     pub fn parse(text: &str, lengths: PrefixLengths) -> Result<Sender, SenderError> {

@@ -1,0 +1,486 @@
+//! The one place that decides what the kernel's lists and limits hold.
+//!
+//! Every producer of limits sends [`Decision`]s: the learning loop (a sender's level changed),
+//! operators (the CLI, the control socket, the config's lists at start and reload). The
+//! enforcer applies a batch of them to a [`Table`] with one rule for who wins, and tells the
+//! kernel once per batch (one GENERATION bump):
+//!
+//! - an operator's limit is never overwritten nor removed by a learned one, whichever came
+//!   first: an operator's entry on a network the learning loop limited takes it over, and the
+//!   learning loop's later release of that network leaves it alone;
+//! - an entry the enforcer did not write and finds in the table (written before it started,
+//!   or by the CLI while no daemon ran) is an operator's;
+//! - learned limits carry a TTL, refreshed while they hold, so they expire on their own when
+//!   the daemon is gone.
+//!
+//! The table is the kernel's maps in the daemon and the CLI, and an in-memory table in the
+//! unit tests below.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use crate::{
+    domain::{Limit, Network, format_duration},
+    engine::Change,
+    kernel::{ListKind, Maps},
+    lists::Change as ListChange,
+};
+
+/// What a producer wants the kernel to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// The learning loop's limit for a network (an address is a /32 or /128); None releases it.
+    Learned {
+        network: Network,
+        limit: Option<Limit>,
+    },
+    /// An operator's change to a list or a limit.
+    Operator(ListChange),
+}
+
+impl Decision {
+    /// The decision a level change stands for; None for senders enforced elsewhere (users,
+    /// through their sources) or only reported (countries).
+    pub fn learned(change: &Change) -> Option<Decision> {
+        let network = change.sender.network()?;
+        Some(Decision::Learned {
+            network,
+            limit: change.limit,
+        })
+    }
+}
+
+/// Where decisions are written: the kernel's lists and limits, without telling the kernel
+/// until [`Table::publish`].
+pub trait Table {
+    /// Whether `network` has a limit entry (expired or not).
+    fn has_limit(&self, network: Network) -> anyhow::Result<bool>;
+    fn write_limit(
+        &mut self,
+        network: Network,
+        limit: Limit,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()>;
+    /// False when there was none.
+    fn remove_limit(&mut self, network: Network) -> anyhow::Result<bool>;
+    fn write_list_entry(
+        &mut self,
+        kind: ListKind,
+        network: Network,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()>;
+    /// False when it was not listed.
+    fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool>;
+    /// Tells the kernel that entries changed.
+    fn publish(&mut self) -> anyhow::Result<()>;
+}
+
+impl Table for Maps {
+    fn has_limit(&self, network: Network) -> anyhow::Result<bool> {
+        self.limit_exists(network)
+    }
+    fn write_limit(
+        &mut self,
+        network: Network,
+        limit: Limit,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        Maps::write_limit(self, network, limit, ttl)
+    }
+    fn remove_limit(&mut self, network: Network) -> anyhow::Result<bool> {
+        Maps::remove_limit(self, network)
+    }
+    fn write_list_entry(
+        &mut self,
+        kind: ListKind,
+        network: Network,
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        Maps::write_list_entry(self, kind, network, ttl)
+    }
+    fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool> {
+        Maps::remove_list_entry(self, kind, network)
+    }
+    fn publish(&mut self) -> anyhow::Result<()> {
+        Maps::publish(self)
+    }
+}
+
+/// What became of one decision.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Written; for an operator's change, what to tell them.
+    Done(String),
+    /// A learned limit not written because an operator's entry holds the network.
+    KeptOperators,
+    /// Nothing to do (a release of a limit the learning loop did not hold).
+    Nothing,
+    Failed(anyhow::Error),
+}
+
+/// What to tell an operator about the one decision `outcomes` answer.
+pub fn said(outcomes: Vec<Outcome>) -> anyhow::Result<String> {
+    match outcomes.into_iter().next() {
+        Some(Outcome::Done(said)) => Ok(said),
+        Some(Outcome::Failed(e)) => Err(e),
+        Some(Outcome::KeptOperators | Outcome::Nothing) | None => Ok("nothing to do".into()),
+    }
+}
+
+/// The owner of the kernel's lists and limits (see the module documentation).
+pub struct Enforcer {
+    /// Limits the learning loop holds, as written.
+    learned: HashMap<Network, Limit>,
+    /// Networks whose limit is an operator's.
+    operators: HashSet<Network>,
+    /// Time to live of learned limits.
+    pub ttl: Duration,
+    /// When learned limits were last written with a fresh TTL (a caller's clock, ns).
+    refreshed_ns: u64,
+}
+
+impl Enforcer {
+    pub fn new(ttl: Duration) -> Enforcer {
+        Enforcer {
+            learned: HashMap::new(),
+            operators: HashSet::new(),
+            ttl,
+            refreshed_ns: 0,
+        }
+    }
+
+    /// Applies `decisions` in order, then tells the kernel once if anything was written.
+    pub fn apply(&mut self, table: &mut impl Table, decisions: &[Decision]) -> Vec<Outcome> {
+        let outcomes: Vec<Outcome> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Learned { network, limit } => self.learned(table, *network, *limit),
+                Decision::Operator(change) => self.operator(table, change),
+            })
+            .collect();
+        if outcomes.iter().any(|o| matches!(o, Outcome::Done(_)))
+            && let Err(e) = table.publish()
+        {
+            return vec![Outcome::Failed(e)];
+        }
+        outcomes
+    }
+
+    fn learned(
+        &mut self,
+        table: &mut impl Table,
+        network: Network,
+        limit: Option<Limit>,
+    ) -> Outcome {
+        let Some(limit) = limit else {
+            if self.learned.remove(&network).is_none() || self.operators.contains(&network) {
+                return Outcome::Nothing;
+            }
+            return match table.remove_limit(network) {
+                Ok(_) => Outcome::Done(format!("released {network}")),
+                Err(e) => Outcome::Failed(e),
+            };
+        };
+        if self.operators.contains(&network) {
+            return Outcome::KeptOperators;
+        }
+        if !self.learned.contains_key(&network) {
+            match table.has_limit(network) {
+                Ok(true) => {
+                    // Not ours: an operator's from before this enforcer.
+                    self.operators.insert(network);
+                    return Outcome::KeptOperators;
+                }
+                Ok(false) => {}
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+        match table.write_limit(network, limit, Some(self.ttl)) {
+            Ok(()) => {
+                self.learned.insert(network, limit);
+                Outcome::Done(format!("limit {network}: {limit}"))
+            }
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    fn operator(&mut self, table: &mut impl Table, change: &ListChange) -> Outcome {
+        let result =
+            match change {
+                ListChange::Add {
+                    kind, network, ttl, ..
+                } => table
+                    .write_list_entry(*kind, *network, *ttl)
+                    .map(|()| format!("{} {network}{}", kind.name(), ttl_note(*ttl))),
+                ListChange::Del { kind, network } => table
+                    .remove_list_entry(*kind, *network)
+                    .and_then(|removed| match removed {
+                        true => Ok(format!("removed {network} from the {} list", kind.name())),
+                        false => Err(anyhow::anyhow!(
+                            "{network} is not on the {} list",
+                            kind.name()
+                        )),
+                    }),
+                ListChange::LimitSet {
+                    network,
+                    limit,
+                    ttl,
+                    ..
+                } => table.write_limit(*network, *limit, *ttl).map(|()| {
+                    // The operator's from now on, whoever wrote it before.
+                    self.learned.remove(network);
+                    self.operators.insert(*network);
+                    format!("limit {network}: {limit}{}", ttl_note(*ttl))
+                }),
+                ListChange::LimitDel { network } => {
+                    let removed = table.remove_limit(*network);
+                    if removed.is_ok() {
+                        self.learned.remove(network);
+                        self.operators.remove(network);
+                    }
+                    removed.and_then(|removed| match removed {
+                        true => Ok(format!("removed the limit of {network}")),
+                        false => Err(anyhow::anyhow!("{network} has no limit")),
+                    })
+                }
+            };
+        match result {
+            Ok(said) => Outcome::Done(said),
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    /// Writes every learned limit again with a fresh TTL when a third of the TTL has passed
+    /// since the last time (`now_ns` on the caller's clock), in one batch. Returns the
+    /// failures.
+    pub fn refresh_ttls(&mut self, table: &mut impl Table, now_ns: u64) -> Vec<anyhow::Error> {
+        let third = (self.ttl / 3).as_nanos() as u64;
+        if self.learned.is_empty() || now_ns.saturating_sub(self.refreshed_ns) < third {
+            return Vec::new();
+        }
+        self.refreshed_ns = now_ns;
+        let mut failed = Vec::new();
+        for (network, limit) in &self.learned {
+            if let Err(e) = table.write_limit(*network, *limit, Some(self.ttl)) {
+                failed.push(e.context(format!("refresh the limit of {network}")));
+            }
+        }
+        if let Err(e) = table.publish() {
+            failed.push(e);
+        }
+        failed
+    }
+
+    /// How many limits the learning loop holds.
+    pub fn learned_count(&self) -> usize {
+        self.learned.len()
+    }
+}
+
+fn ttl_note(ttl: Option<Duration>) -> String {
+    ttl.map(|t| format!(" (expires in {})", format_duration(t)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The kernel's lists and limits in memory, counting GENERATION bumps.
+    #[derive(Default)]
+    struct MemoryTable {
+        limits: BTreeMap<Network, (Limit, Option<Duration>)>,
+        lists: BTreeMap<(u8, Network), Option<Duration>>,
+        generation: u32,
+        writes: usize,
+    }
+
+    fn list_index(kind: ListKind) -> u8 {
+        match kind {
+            ListKind::Allow => 0,
+            ListKind::Deny => 1,
+        }
+    }
+
+    impl Table for MemoryTable {
+        fn has_limit(&self, network: Network) -> anyhow::Result<bool> {
+            Ok(self.limits.contains_key(&network))
+        }
+        fn write_limit(
+            &mut self,
+            network: Network,
+            limit: Limit,
+            ttl: Option<Duration>,
+        ) -> anyhow::Result<()> {
+            self.writes += 1;
+            self.limits.insert(network, (limit, ttl));
+            Ok(())
+        }
+        fn remove_limit(&mut self, network: Network) -> anyhow::Result<bool> {
+            self.writes += 1;
+            Ok(self.limits.remove(&network).is_some())
+        }
+        fn write_list_entry(
+            &mut self,
+            kind: ListKind,
+            network: Network,
+            ttl: Option<Duration>,
+        ) -> anyhow::Result<()> {
+            self.writes += 1;
+            self.lists.insert((list_index(kind), network), ttl);
+            Ok(())
+        }
+        fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool> {
+            self.writes += 1;
+            Ok(self.lists.remove(&(list_index(kind), network)).is_some())
+        }
+        fn publish(&mut self) -> anyhow::Result<()> {
+            self.generation += 1;
+            Ok(())
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(3600);
+
+    fn net(s: &str) -> Network {
+        s.parse().unwrap()
+    }
+
+    fn learned(s: &str, limit: Option<Limit>) -> Decision {
+        Decision::Learned {
+            network: net(s),
+            limit,
+        }
+    }
+
+    fn operator_limit(s: &str, limit: Limit) -> Decision {
+        Decision::Operator(ListChange::LimitSet {
+            network: net(s),
+            limit,
+            ttl: None,
+            comment: None,
+        })
+    }
+
+    fn slow() -> Limit {
+        "6/min burst 3".parse().unwrap()
+    }
+
+    #[test]
+    fn an_operators_limit_beats_a_learned_one_that_came_first() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(&mut t, &[learned("203.0.113.9", Some(Limit::Block))]);
+        assert_eq!(t.limits[&net("203.0.113.9")], (Limit::Block, Some(TTL)));
+        e.apply(&mut t, &[operator_limit("203.0.113.9", slow())]);
+        assert_eq!(t.limits[&net("203.0.113.9")], (slow(), None));
+        // The learning loop's later moves leave the operator's entry alone.
+        let outcomes = e.apply(
+            &mut t,
+            &[
+                learned("203.0.113.9", Some(Limit::Block)),
+                learned("203.0.113.9", None),
+            ],
+        );
+        assert!(matches!(outcomes[0], Outcome::KeptOperators));
+        assert!(matches!(outcomes[1], Outcome::Nothing));
+        assert_eq!(t.limits[&net("203.0.113.9")], (slow(), None));
+    }
+
+    #[test]
+    fn an_operators_limit_beats_a_learned_one_that_comes_after() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(&mut t, &[operator_limit("198.51.100.0/24", slow())]);
+        let outcomes = e.apply(&mut t, &[learned("198.51.100.0/24", Some(Limit::Block))]);
+        assert!(matches!(outcomes[0], Outcome::KeptOperators));
+        e.apply(&mut t, &[learned("198.51.100.0/24", None)]);
+        assert_eq!(t.limits[&net("198.51.100.0/24")], (slow(), None));
+    }
+
+    #[test]
+    fn an_entry_found_in_the_table_is_an_operators() {
+        // Written by the CLI while no daemon ran: this enforcer never saw it.
+        let mut t = MemoryTable::default();
+        t.limits.insert(net("203.0.113.7"), (slow(), None));
+        let mut e = Enforcer::new(TTL);
+        let outcomes = e.apply(&mut t, &[learned("203.0.113.7", Some(Limit::Block))]);
+        assert!(matches!(outcomes[0], Outcome::KeptOperators));
+        e.apply(&mut t, &[learned("203.0.113.7", None)]);
+        assert_eq!(t.limits[&net("203.0.113.7")], (slow(), None));
+    }
+
+    #[test]
+    fn a_learned_release_removes_only_what_the_learning_loop_wrote() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(&mut t, &[learned("203.0.113.1", Some(Limit::Block))]);
+        e.apply(&mut t, &[learned("203.0.113.1", None)]);
+        assert!(t.limits.is_empty());
+        assert_eq!(e.learned_count(), 0);
+        // A release of something never limited writes nothing and tells the kernel nothing.
+        let generation = t.generation;
+        let outcomes = e.apply(&mut t, &[learned("203.0.113.2", None)]);
+        assert!(matches!(outcomes[0], Outcome::Nothing));
+        assert_eq!(t.generation, generation);
+    }
+
+    #[test]
+    fn a_batch_is_one_generation_bump() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        let batch: Vec<Decision> = (1..=50)
+            .map(|i| learned(&format!("203.0.113.{i}"), Some(Limit::Block)))
+            .chain([Decision::Operator(ListChange::Add {
+                kind: ListKind::Deny,
+                network: net("198.51.100.0/24"),
+                ttl: None,
+                comment: None,
+            })])
+            .collect();
+        e.apply(&mut t, &batch);
+        assert_eq!(t.limits.len(), 50);
+        assert_eq!(t.lists.len(), 1);
+        assert_eq!(t.generation, 1);
+    }
+
+    #[test]
+    fn learned_limits_get_a_fresh_ttl_every_third_of_it_and_operators_do_not() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(
+            &mut t,
+            &[
+                learned("203.0.113.1", Some(Limit::Block)),
+                operator_limit("203.0.113.2", slow()),
+            ],
+        );
+        let third = (TTL / 3).as_nanos() as u64;
+        let writes = t.writes;
+        assert!(e.refresh_ttls(&mut t, third).is_empty());
+        assert_eq!(
+            t.writes,
+            writes + 1,
+            "only the learned limit is written again"
+        );
+        assert_eq!(t.generation, 2);
+        // Not again before another third.
+        e.refresh_ttls(&mut t, third + third / 2);
+        assert_eq!(t.writes, writes + 1);
+        e.refresh_ttls(&mut t, 2 * third);
+        assert_eq!(t.writes, writes + 2);
+        assert_eq!(t.limits[&net("203.0.113.2")], (slow(), None));
+    }
+
+    #[test]
+    fn an_operators_removal_frees_the_network_for_the_learning_loop() {
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(&mut t, &[operator_limit("203.0.113.5", slow())]);
+        e.apply(
+            &mut t,
+            &[Decision::Operator(ListChange::LimitDel {
+                network: net("203.0.113.5"),
+            })],
+        );
+        e.apply(&mut t, &[learned("203.0.113.5", Some(Limit::Block))]);
+        assert_eq!(t.limits[&net("203.0.113.5")], (Limit::Block, Some(TTL)));
+    }
+}
