@@ -205,6 +205,7 @@ pub fn run(
             Err(e) => eprintln!("slowgate: {e:#}; starting without saved points"),
         }
     }
+    let saver = store.map(Saver::start);
     // What `slowgate report` reads: level changes, and every minute the drops, the events and
     // the limited senders.
     let mut history = match crate::history::History::open(&config.state_dir) {
@@ -334,20 +335,28 @@ pub fn run(
             last_events = stats.events_by_kind;
             minute_start = unix / 60 * 60;
         }
-        if let Some(store) = &store
+        if let Some(saver) = &saver
             && (dirty || !changes.is_empty())
-            && last_save.elapsed() >= SAVE_EVERY
+            && last_save.elapsed() >= save_every(engine.tracked())
         {
-            if save(store, &engine) {
-                stats.store_saves += 1;
-                stats.store_last_save_unix = unix;
-            } else {
-                stats.store_errors += 1;
+            // A copy for the saver thread; when it is still writing the last one, next time.
+            if saver.offer(&engine) {
+                dirty = false;
+                last_save = Instant::now();
             }
-            dirty = false;
-            last_save = Instant::now();
+            let (saves, errors, last_unix) = saver.counts();
+            stats.store_saves = saves;
+            stats.store_errors = errors;
+            stats.store_last_save_unix = last_unix;
         }
         if !changes.is_empty() {
+            // The kernel first: logging and history come after the limit is in force.
+            stats.write_errors += enforce(&mut enforcer, &mut maps, &changes);
+            if let Some(arrived) = arrived {
+                let took = arrived.elapsed().as_secs_f64();
+                stats.enforce_last_s = took;
+                stats.enforce_max_s = stats.enforce_max_s.max(took);
+            }
             dirty = true;
             stats.changes += changes.len() as u64;
             for change in &changes {
@@ -366,16 +375,88 @@ pub fn run(
                     eprintln!("slowgate: writing history failed: {e:#}");
                 }
             }
-            stats.write_errors += enforce(&mut enforcer, &mut maps, &changes);
-            if let Some(arrived) = arrived {
-                let took = arrived.elapsed().as_secs_f64();
-                stats.enforce_last_s = took;
-                stats.enforce_max_s = stats.enforce_max_s.max(took);
+        }
+    }
+    if let Some(saver) = saver {
+        saver.finish(&engine);
+    }
+}
+
+/// How often the senders are saved while anything changes: every second, and a second more
+/// per 100,000 tracked (a copy of a big table is not free).
+fn save_every(tracked: usize) -> Duration {
+    SAVE_EVERY * (1 + (tracked / 100_000) as u32)
+}
+
+/// The thread that writes the senders' snapshots, so the learning loop never waits on disk.
+struct Saver {
+    snapshots: Option<std::sync::mpsc::SyncSender<crate::engine::Snapshot>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// (saves, errors, Unix time of the last save).
+    counts: Arc<Mutex<(u64, u64, u64)>>,
+}
+
+impl Saver {
+    fn start(store: crate::store::Store) -> Saver {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::engine::Snapshot>(1);
+        let counts = Arc::new(Mutex::new((0, 0, 0)));
+        let shared = counts.clone();
+        let thread = std::thread::Builder::new()
+            .name("sg-saver".into())
+            .spawn(move || {
+                for snapshot in rx {
+                    let ok = match store.save_senders(&snapshot.rows(SAVE_MAX)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            eprintln!("slowgate: saving points failed: {e:#}");
+                            false
+                        }
+                    };
+                    let mut c = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if ok {
+                        c.0 += 1;
+                        c.2 = crate::domain::unix_now();
+                    } else {
+                        c.1 += 1;
+                    }
+                }
+            })
+            .expect("spawn the saver thread");
+        Saver {
+            snapshots: Some(tx),
+            thread: Some(thread),
+            counts,
+        }
+    }
+
+    /// Hands a snapshot to the saver thread; false when it is still busy with the last one.
+    fn offer(&self, engine: &Engine) -> bool {
+        let Some(tx) = &self.snapshots else {
+            return false;
+        };
+        match tx.try_send(engine.snapshot(crate::domain::boot_time_ns())) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => false,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                panic!("the saver thread is gone")
             }
         }
     }
-    if let Some(store) = &store {
-        save(store, &engine);
+
+    fn counts(&self) -> (u64, u64, u64) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last snapshot, written before this returns (at stop).
+    fn finish(mut self, engine: &Engine) {
+        if let Some(tx) = self.snapshots.take() {
+            let _ = tx.send(engine.snapshot(crate::domain::boot_time_ns()));
+        }
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            panic!("the saver thread panicked");
+        }
     }
 }
 
@@ -385,17 +466,6 @@ const SAVE_MAX: usize = 200_000;
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes the snapshot; false (and a log line) when it failed.
-fn save(store: &crate::store::Store, engine: &Engine) -> bool {
-    let rows = engine.export(crate::domain::boot_time_ns(), SAVE_MAX);
-    match store.save_senders(&rows) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("slowgate: saving points failed: {e:#}");
-            false
-        }
-    }
-}
-
 fn handle(
     parsers: &mut Parsers,
     engine: &mut Engine,

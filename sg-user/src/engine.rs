@@ -532,36 +532,17 @@ impl Engine {
     /// The senders worth keeping across a restart (limited, or with at least half a point),
     /// at most `max`, the most important first; times on the wall clock.
     pub fn export(&self, now_ns: u64, max: usize) -> Vec<crate::store::SavedSender> {
-        let now = secs(now_ns);
-        let offset = crate::domain::unix_now().saturating_sub(u64::from(now));
-        let mut rows: Vec<(&Sender, &Tracked, f64)> = self
-            .tracked
-            .iter()
-            .map(|(s, t)| (s, t, decay(t.points, t.at_s, now, self.config.half_life)))
-            .filter(|(_, t, p)| t.level > 0 || *p >= 0.5)
-            .collect();
-        rows.sort_by(|a, b| b.1.level.cmp(&a.1.level).then(b.2.total_cmp(&a.2)));
-        rows.truncate(max);
-        rows.into_iter()
-            .map(|(sender, t, points)| {
-                let (kind, id) = match sender {
-                    Sender::Source(a) => ("source", a.to_string()),
-                    Sender::Prefix(n) => ("prefix", n.to_string()),
-                    Sender::Network(n) => ("network", n.to_string()),
-                    Sender::User(u) => ("user", u.to_string()),
-                    Sender::Country(c) => ("country", country_name(*c)),
-                };
-                crate::store::SavedSender {
-                    kind: kind.into(),
-                    id,
-                    points: points as f32,
-                    at_unix: offset + u64::from(now),
-                    level: t.level,
-                    level_since_unix: offset + u64::from(t.level_since_s),
-                    country: (t.country != NO_COUNTRY).then(|| country_name(t.country)),
-                }
-            })
-            .collect()
+        self.snapshot(now_ns).rows(max)
+    }
+
+    /// A copy of what [`Engine::export`] reads, taken quickly so that the rest (choosing,
+    /// sorting, writing) can run on another thread.
+    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+        Snapshot {
+            senders: self.tracked.iter().map(|(s, t)| (s.clone(), *t)).collect(),
+            now: secs(now_ns),
+            half_life: self.config.half_life,
+        }
     }
 
     /// Takes back what [`Engine::export`] saved, decayed for the time that passed (a restart,
@@ -980,6 +961,61 @@ impl Engine {
             self.tracked.remove(&victim);
             self.limited.remove(&victim);
         }
+    }
+}
+
+/// The tracked senders at one moment (see [`Engine::snapshot`]).
+pub struct Snapshot {
+    senders: Vec<(Sender, Tracked)>,
+    now: u32,
+    half_life: Duration,
+}
+
+impl Snapshot {
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+
+    /// The senders worth keeping (limited, or with at least half a point), at most `max`, the
+    /// most important first; times on the wall clock.
+    pub fn rows(self, max: usize) -> Vec<crate::store::SavedSender> {
+        let now = self.now;
+        let offset = crate::domain::unix_now().saturating_sub(u64::from(now));
+        let mut rows: Vec<(Sender, Tracked, f64)> = self
+            .senders
+            .into_iter()
+            .map(|(s, t)| {
+                let points = decay(t.points, t.at_s, now, self.half_life);
+                (s, t, points)
+            })
+            .filter(|(_, t, p)| t.level > 0 || *p >= 0.5)
+            .collect();
+        rows.sort_by(|a, b| b.1.level.cmp(&a.1.level).then(b.2.total_cmp(&a.2)));
+        rows.truncate(max);
+        rows.into_iter()
+            .map(|(sender, t, points)| {
+                let (kind, id) = match &sender {
+                    Sender::Source(a) => ("source", a.to_string()),
+                    Sender::Prefix(n) => ("prefix", n.to_string()),
+                    Sender::Network(n) => ("network", n.to_string()),
+                    Sender::User(u) => ("user", u.to_string()),
+                    Sender::Country(c) => ("country", country_name(*c)),
+                };
+                crate::store::SavedSender {
+                    kind: kind.into(),
+                    id,
+                    points: points as f32,
+                    at_unix: offset + u64::from(now),
+                    level: t.level,
+                    level_since_unix: offset + u64::from(t.level_since_s),
+                    country: (t.country != NO_COUNTRY).then(|| country_name(t.country)),
+                }
+            })
+            .collect()
     }
 }
 

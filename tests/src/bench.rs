@@ -395,18 +395,23 @@ fn is_failure(kind: &EventKind) -> bool {
 pub fn reaction(args: &[String]) -> anyhow::Result<()> {
     require_root();
     let quick = args.iter().any(|a| a == "--quick");
-    let (events, runs) = if quick { (100, 1) } else { (1000, 5) };
+    let (events, runs, tracked) = if quick {
+        (100, 1, 1_000)
+    } else {
+        (1000, 5, 100_000)
+    };
     let mut entry_runs: Vec<[f64; 4]> = Vec::new();
     let mut bump_runs: Vec<[f64; 4]> = Vec::new();
     for run in 0..runs {
-        let (entry, bump) = reaction_run(events, run)?;
+        let (entry, bump) = reaction_run(events, run, tracked)?;
         entry_runs.push(quantiles(entry));
         bump_runs.push(quantiles(bump));
     }
     let column = |runs: &[[f64; 4]], i: usize| median(runs.iter().map(|q| q[i]).collect());
     println!(
         "Reaction time, from a line appended to a log to its limit in the kernel, over {events} \
-         events per run (each a new source reaching a block), median of {runs} run(s) of each \
+         events per run (each a new source reaching a block), with {tracked} senders already \
+         tracked (restored from a snapshot) and snapshots on, median of {runs} run(s) of each \
          percentile:"
     );
     println!();
@@ -434,12 +439,14 @@ fn quantiles(mut samples: Vec<f64>) -> [f64; 4] {
     [at(0.5), at(0.9), at(0.99), samples[samples.len() - 1]]
 }
 
-/// One daemon, `events` lines: (ms until the entry exists, ms until the generation after it).
-fn reaction_run(events: usize, run: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// One daemon tracking `tracked` senders, `events` lines: (ms until the entry exists, ms until
+/// the generation after it).
+fn reaction_run(events: usize, run: usize, tracked: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let ns = Netns::new("react")?;
     let peer = Netns::new("rpeer")?;
     veth(&ns, "sg0", &peer, "pe0")?;
     let pins = PinDir::new();
+    save_idle_senders(&pins.path, tracked)?;
     let dir = std::env::temp_dir().join(unique("bench-react"));
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("mail.log");
@@ -447,11 +454,14 @@ fn reaction_run(events: usize, run: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
     let config = format!(
         "interfaces = [\"sg0\"]\nattach_mode = \"skb\"\n\
          [[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
+         [points]\nmax_tracked = {}\n\
          [[levels]]\npoints = 1\nblock = true\n",
-        log.display()
+        log.display(),
+        2 * (tracked + events) + 16
     );
     let _cleanup = RemoveDir(dir.clone());
     let daemon = Daemon::start(&ns, &config, &pins.path)?;
+    wait_for_restore(&daemon)?;
     let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
     let mut file = std::fs::OpenOptions::new().append(true).open(&log)?;
     let mut to_entry = Vec::with_capacity(events);
@@ -534,7 +544,83 @@ pub fn memory(args: &[String]) -> anyhow::Result<()> {
          full, so between 44% and 88% full: the bytes per entry depend on where a size falls \
          between two doublings; the smallest size also carries fixed costs of the allocator."
     );
+    require_root();
+    let (senders, idle, runs) = if quick {
+        (10_000, Duration::from_secs(3), 1)
+    } else {
+        (1_000_000, Duration::from_secs(20), 3)
+    };
+    let mut shares = Vec::new();
+    for _ in 0..runs {
+        shares.push(idle_cpu(senders, idle)?);
+    }
+    let share = median(shares);
+    println!();
+    println!(
+        "The daemon idle with {senders} tracked senders (restored from its snapshot, no lines \
+         arriving), CPU over {} s, median of {runs}: {:.2}% of a core (CPU time is counted in \
+         clock ticks of 10 ms).",
+        idle.as_secs(),
+        share * 100.0
+    );
+    anyhow::ensure!(share < 0.01, "the idle daemon used 1% of a core or more");
     Ok(())
+}
+
+/// Writes a snapshot of `senders` sources (each in a /64 of its own, 5 points: under the
+/// first level, hours from negligible) where a daemon on `pin_dir` restores it from.
+fn save_idle_senders(pin_dir: &std::path::Path, senders: usize) -> anyhow::Result<()> {
+    let store = slowgate::store::Store::open(&state_dir_of(pin_dir))?;
+    let now = slowgate::domain::unix_now();
+    let rows: Vec<slowgate::store::SavedSender> = (0..senders)
+        .map(|i| slowgate::store::SavedSender {
+            kind: "source".into(),
+            id: format!("2001:db8:{:x}:{:x}::1", 0x8000 | (i >> 16), i & 0xffff),
+            points: 5.0,
+            at_unix: now,
+            level: 0,
+            level_since_unix: now,
+            country: None,
+        })
+        .collect();
+    store.save_senders(&rows)
+}
+
+/// Waits until the daemon says it restored its senders (2 minutes at most).
+fn wait_for_restore(daemon: &Daemon) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !daemon.log_text().contains("slowgate: restored") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon did not restore its senders: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The share of a core a daemon with `senders` tracked senders uses over `idle` with nothing
+/// to do.
+fn idle_cpu(senders: usize, idle: Duration) -> anyhow::Result<f64> {
+    let ns = Netns::new("idle")?;
+    let peer = Netns::new("ipeer")?;
+    veth(&ns, "sg0", &peer, "pe0")?;
+    let pins = PinDir::new();
+    save_idle_senders(&pins.path, senders)?;
+    let config = format!(
+        "interfaces = [\"sg0\"]\nattach_mode = \"skb\"\n[points]\nmax_tracked = {}\n",
+        senders.max(16)
+    );
+    let daemon = Daemon::start(&ns, &config, &pins.path)?;
+    wait_for_restore(&daemon)?;
+    // Let the start settle (the first save, the first minute of history) before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = daemon.child.id();
+    let (cpu_before, start) = (cpu_time(pid)?, Instant::now());
+    std::thread::sleep(idle);
+    let used = cpu_time(pid)? - cpu_before;
+    Ok(used.as_secs_f64() / start.elapsed().as_secs_f64())
 }
 
 /// One engine filled with `target` senders: half sources, half their /64 prefixes.
