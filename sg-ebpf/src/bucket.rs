@@ -81,6 +81,7 @@ pub use sg_common::gcra::{MAX_BURST, MAX_INTERVAL_NS, conform};
 pub unsafe fn take(tat: *mut u64, now: u64, step_ns: u64, interval_ns: u64, burst: u64) -> Taken {
     // A plain load is atomic for an aligned u64 on every BPF JIT; a stale value only costs one
     // more compare-and-swap round.
+    // SAFETY: the caller gives a valid, aligned `tat` (this function's contract).
     let mut current = unsafe { core::ptr::read_volatile(tat) };
     for _ in 0..CAS_ATTEMPTS {
         let Some(next) = conform(current, now, interval_ns, burst, step_ns) else {
@@ -105,6 +106,7 @@ mod tests {
         let mut tat = 0u64;
         times
             .iter()
+            // SAFETY: a local u64, valid and aligned for the call.
             .map(|&t| unsafe { take(&mut tat, t, 0, interval, burst) } == Taken::Yes)
             .collect()
     }
@@ -134,6 +136,7 @@ mod tests {
         for s in 1..=250u64 {
             for _ in 0..10 {
                 passed += u64::from(
+                    // SAFETY: a local u64, valid and aligned for the call.
                     unsafe { take(&mut tat, s * step, step, 1_000_000, 1) } == Taken::Yes,
                 );
             }

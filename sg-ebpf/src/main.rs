@@ -642,8 +642,11 @@ mod program {
         /// `slot` must point to a map value valid for this program run.
         #[inline(always)]
         unsafe fn cached(slot: *mut Slot, tag: u64, now: u64) -> Result<Self, u64> {
+            // SAFETY: the caller's contract; XDP runs to completion, so the reference does not
+            // outlive the program run.
             let s = unsafe { &*slot };
             if s.tag != tag || now >= s.until_ns || s.check != s.checksum() {
+                // SAFETY: an aligned u64 of the map value above.
                 return Err(unsafe { core::ptr::read_volatile(&s.tat_ns) });
             }
             Ok(Remembered {
@@ -672,6 +675,8 @@ mod program {
             until_ns: u64,
             claimed_counter: u32,
         ) -> bool {
+            // SAFETY: the caller's contract; another CPU may write the slot at once, which the
+            // checksum detects (see `Slot`).
             let s = unsafe { &mut *self.slot };
             let claimed = s.tag >> 32 != tag >> 32;
             if claimed {
@@ -712,6 +717,7 @@ mod program {
         /// Takes one token from the slot's bucket; false when the connection must be refused.
         #[inline(always)]
         fn take(&self, now: u64, config: &Config, interval_ns: u64, burst: u64) -> bool {
+            // SAFETY: the slot points to a map value, valid for this program run.
             let tat = unsafe { &mut (*self.slot).tat_ns };
             // SAFETY: tat_ns is the first field of an 8-byte aligned map value.
             taken(unsafe { bucket::take(tat, now, config.tick_ns, interval_ns, burst) })
@@ -756,6 +762,7 @@ mod program {
     #[inline(always)]
     fn tick_clock(config: &Config) -> u64 {
         if config.tick_ns == 0 {
+            // SAFETY: a helper without arguments.
             return unsafe { bpf_ktime_get_boot_ns() };
         }
         // SAFETY: a helper without arguments.
@@ -828,6 +835,7 @@ mod program {
         let sample = u64::from(config.event_sample);
         if sample != 0 && counter_value(counter::DROPPED) % sample == 0 {
             let event = DropEvent {
+                // SAFETY: a helper without arguments.
                 time_ns: unsafe { bpf_ktime_get_boot_ns() },
                 addr: *src,
                 port,

@@ -281,6 +281,7 @@ mod tests {
 
     fn parse_bytes(pkt: &[u8]) -> Result<Packet, ParseError> {
         let start = pkt.as_ptr() as usize;
+        // SAFETY: start..start + len is the slice, readable for the call.
         unsafe { parse(start, start + pkt.len()) }
     }
 

@@ -13,7 +13,7 @@ use sg_common::{V4_MAPPED_BITS, counter, reason, service};
 use crate::{
     config::{self, Config, check_burst},
     domain::{Limit, Network, Rate, parse_duration},
-    kernel::{self, ListKind, Maps},
+    enforcer::{self, ListKind, Maps},
 };
 
 #[derive(Debug, Parser)]
@@ -268,7 +268,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Detach => {
             let dir = cli.pin_dir()?;
-            let removed = kernel::detach(&dir)?;
+            let removed = enforcer::detach(&dir)?;
             println!(
                 "detached: removed {} pins under {}",
                 removed.len(),

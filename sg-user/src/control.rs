@@ -64,15 +64,34 @@ pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<tokio::net::UnixL
     Ok(listener)
 }
 
-/// The gid of a group name.
+/// The gid of a group name (getgrnam_r: no static storage another thread could overwrite).
 pub fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name)?;
-    // SAFETY: getgrnam returns a pointer into static storage or null; read at once.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all zeros is a valid `group` (null pointers, zero gid).
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is the buffer's size; on
+    // success `found` points to `group`, whose strings live in `buf`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "key `control.group`: looking up {name:?}: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    if found.is_null() {
         bail!("key `control.group`: no group {name:?}");
     }
-    Ok(unsafe { (*gr).gr_gid })
+    Ok(group.gr_gid)
 }
 
 /// Whether the peer process is root or in `group` (primary or supplementary).

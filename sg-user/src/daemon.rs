@@ -17,8 +17,7 @@ use crate::{
     brain,
     config::Config,
     control,
-    enforcer::{Decision, Enforcer, Outcome},
-    kernel::{self, Maps},
+    enforcer::{self, Decision, Enforcer, Maps, Outcome},
     sources,
     tail::Start,
 };
@@ -57,16 +56,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
 /// Attaches the program again to every configured interface whose pinned link lost it (the
 /// interface was deleted and made again, as a VPN, a bond or a container restart does).
 fn reattach_lost(
-    ebpf: &mut aya::Ebpf,
+    ebpf: &mut enforcer::Ebpf,
     config: &Config,
     missing: &mut std::collections::BTreeSet<String>,
 ) {
     for iface in &config.interfaces {
-        if kernel::link_is_live(&config.pin_dir, iface) {
+        if enforcer::link_is_live(&config.pin_dir, iface) {
             missing.remove(iface);
             continue;
         }
-        match kernel::attach(ebpf, iface, config.attach_mode, &config.pin_dir) {
+        match enforcer::attach(ebpf, iface, config.attach_mode, &config.pin_dir) {
             Ok(_) => {
                 eprintln!("slowgate: {iface}: protecting again");
                 missing.remove(iface);
@@ -134,24 +133,24 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let _state_lock = lock(&config.state_dir.join("slowgate.lock"))?;
     let _socket_lock = lock(&config.control_socket.with_extension("lock"))?;
     let pin_dir = &config.pin_dir;
-    kernel::ensure_bpffs(pin_dir)?;
+    enforcer::ensure_bpffs(pin_dir)?;
     std::fs::create_dir_all(pin_dir).with_context(|| format!("create {}", pin_dir.display()))?;
     // And one per pin directory (flock works on the bpffs directory itself).
     let _pins_lock = lock_dir(pin_dir)?;
 
-    let mut ebpf = kernel::load(&config.capacity, Some(pin_dir))?;
+    let mut ebpf = enforcer::load(&config.capacity, Some(pin_dir))?;
     let mut maps = Maps::from_ebpf(&mut ebpf)?;
-    let mut events = kernel::drop_events(&mut ebpf)?;
-    let tick_ns = kernel::tick_ns(&mut ebpf)?;
-    let mut boot_offset = kernel::boot_offset_ns(&mut ebpf, tick_ns)?;
+    let mut events = enforcer::drop_events(&mut ebpf)?;
+    let tick_ns = enforcer::tick_ns(&mut ebpf)?;
+    let mut boot_offset = enforcer::boot_offset_ns(&mut ebpf, tick_ns)?;
     maps.write_config(&config.kernel_config(), tick_ns, boot_offset)?;
     maps.write_ports(&config.ports)?;
 
     let previous = maps.attachments().unwrap_or_default();
     let mut attached = Vec::new();
     for iface in &config.interfaces {
-        let ifindex = kernel::ifindex(iface)?;
-        let mode = match kernel::attach(&mut ebpf, iface, config.attach_mode, pin_dir)? {
+        let ifindex = enforcer::ifindex(iface)?;
+        let mode = match enforcer::attach(&mut ebpf, iface, config.attach_mode, pin_dir)? {
             Some(mode) => mode,
             None => {
                 eprintln!("slowgate: {iface}: re-using the program already attached");
@@ -263,7 +262,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                     Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
                 }
                 // Keep the program's boot clock in step (a suspend moves CLOCK_BOOTTIME).
-                if let Ok(offset) = kernel::boot_offset_ns(&mut ebpf, tick_ns)
+                if let Ok(offset) = enforcer::boot_offset_ns(&mut ebpf, tick_ns)
                     && offset.abs_diff(boot_offset) > 2 * tick_ns
                 {
                     boot_offset = offset;
@@ -302,7 +301,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             }
             _ = poll.tick() => {
                 while let Some(item) = events.next() {
-                    if let Some(e) = kernel::parse_drop_event(&item) {
+                    if let Some(e) = enforcer::parse_drop_event(&item) {
                         drop_log.record(&e);
                     }
                 }

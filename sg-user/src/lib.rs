@@ -12,7 +12,6 @@ pub mod enforcer;
 pub mod engine;
 pub mod events;
 pub mod history;
-pub mod kernel;
 pub mod lists;
 pub mod metrics;
 pub mod parsers;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::{
     domain::{Limit, Network, format_duration, unix_now},
     enforcer::{Decision, Enforcer},
-    kernel::{Entry, ListKind, Maps},
+    enforcer::{Entry, ListKind, Maps},
     store::{ListOp, Store},
 };
 

@@ -10,7 +10,7 @@ use std::{
 
 use sg_common::{counter, reason, service};
 
-use crate::{brain::Stats, engine::KIND_NAMES, kernel::Maps};
+use crate::{brain::Stats, enforcer::Maps, engine::KIND_NAMES};
 
 /// Upper bounds of the points histogram of limited senders.
 const POINT_BUCKETS: [f64; 8] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];

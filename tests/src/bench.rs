@@ -462,7 +462,7 @@ fn reaction_run(events: usize, run: usize, tracked: usize) -> anyhow::Result<(Ve
     let _cleanup = RemoveDir(dir.clone());
     let daemon = Daemon::start(&ns, &config, &pins.path)?;
     wait_for_restore(&daemon)?;
-    let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
+    let maps = slowgate::enforcer::Maps::open_pinned(&pins.path)?;
     let mut file = std::fs::OpenOptions::new().append(true).open(&log)?;
     let mut to_entry = Vec::with_capacity(events);
     let mut to_bump = Vec::with_capacity(events);

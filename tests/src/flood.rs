@@ -175,7 +175,7 @@ pub fn flood(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn drops(pins: &PinDir) -> anyhow::Result<u64> {
-    let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
+    let maps = slowgate::enforcer::Maps::open_pinned(&pins.path)?;
     Ok(maps.counters()?[sg_common::counter::DROPPED as usize])
 }
 

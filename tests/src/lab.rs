@@ -415,7 +415,7 @@ fn no_connection(e: &std::io::Error) -> Outcome {
 }
 
 /// The level the kernel holds for `who` right now (read from POLICY, not the sampled view).
-fn kernel_level(maps: &slowgate::kernel::Maps, who: &str) -> usize {
+fn kernel_level(maps: &slowgate::enforcer::Maps, who: &str) -> usize {
     maps.limit_entries().map_or(0, |entries| {
         entries
             .iter()
@@ -428,7 +428,7 @@ fn kernel_level(maps: &slowgate::kernel::Maps, who: &str) -> usize {
 
 /// The same, opening the pinned maps.
 fn level_of_now(pins: &Path, who: &str) -> usize {
-    slowgate::kernel::Maps::open_pinned(pins).map_or(0, |m| kernel_level(&m, who))
+    slowgate::enforcer::Maps::open_pinned(pins).map_or(0, |m| kernel_level(&m, who))
 }
 
 /// Waits until the kernel blocks `who`, then probes it on IMAP and SMTP in turn, GUESS_PROBES
@@ -442,7 +442,7 @@ fn probe_when_blocked(
     server: &str,
     until: Instant,
 ) -> [(u32, u32); 2] {
-    let Ok(maps) = slowgate::kernel::Maps::open_pinned(pins) else {
+    let Ok(maps) = slowgate::enforcer::Maps::open_pinned(pins) else {
         return [(0, 0); 2];
     };
     let blocked = || kernel_level(&maps, who) == BLOCK_LEVEL;
@@ -702,7 +702,7 @@ struct KernelView {
 }
 
 impl KernelView {
-    fn sample(&mut self, maps: &slowgate::kernel::Maps, start: Instant) {
+    fn sample(&mut self, maps: &slowgate::enforcer::Maps, start: Instant) {
         let Ok(entries) = maps.limit_entries() else {
             return;
         };
@@ -775,7 +775,7 @@ fn level_of_limit(limit: slowgate::domain::Limit) -> usize {
 
 /// What the kernel counted of `who`'s connections in its slot: (dropped by a rule, i.e. a
 /// list or a learned limit; dropped by a default ceiling).
-fn kernel_drops(maps: &slowgate::kernel::Maps, who: &str) -> (u64, u64) {
+fn kernel_drops(maps: &slowgate::enforcer::Maps, who: &str) -> (u64, u64) {
     who.parse::<slowgate::domain::Network>()
         .ok()
         .and_then(|net| maps.source_drops(net).ok().flatten())
@@ -852,7 +852,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let attack_end = start + timing.attack;
     // The kernel's view (sender -> level over time), sampled by the live loop from POLICY.
     let kernel: Arc<Mutex<KernelView>> = Arc::default();
-    let maps = slowgate::kernel::Maps::open_pinned(&pins.path)?;
+    let maps = slowgate::enforcer::Maps::open_pinned(&pins.path)?;
     let level_of = {
         let kernel = kernel.clone();
         move |who: &str| kernel.lock().expect("kernel view").level(who)
@@ -1136,7 +1136,7 @@ fn verdicts(
     roles: &BTreeMap<&str, Arc<Tally>>,
     servers: &Servers,
     kernel: &KernelView,
-    maps: &slowgate::kernel::Maps,
+    maps: &slowgate::enforcer::Maps,
     timing: &Timing,
     pins: &PinDir,
     probes: &[(String, u32, u32)],
@@ -1314,7 +1314,7 @@ fn verdicts(
 
 /// Limits left in the kernel (the engine removes each when its sender is back to level 0).
 fn slowgate_limits(pins: &PinDir) -> usize {
-    slowgate::kernel::Maps::open_pinned(&pins.path)
+    slowgate::enforcer::Maps::open_pinned(&pins.path)
         .and_then(|m| m.limit_entries())
         .map_or(usize::MAX, |e| e.len())
 }

@@ -21,7 +21,7 @@ pub mod shapes;
 
 use anyhow::{Context, bail};
 use aya::{Ebpf, TestRun, TestRunOptions, programs::Xdp};
-use slowgate::{config::Capacity, kernel};
+use slowgate::{config::Capacity, enforcer};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -174,7 +174,7 @@ pub fn v6_tcp(src: &str, dport: u16, flags: u8) -> Vec<u8> {
 /// The embedded object, loaded without pins, with the throttle (and the empty baseline) loaded.
 pub struct TestProgram {
     pub ebpf: Ebpf,
-    pub maps: kernel::Maps,
+    pub maps: enforcer::Maps,
 }
 
 impl TestProgram {
@@ -187,23 +187,23 @@ impl TestProgram {
         config: &slowgate::config::Config,
         capacity: &Capacity,
     ) -> anyhow::Result<TestProgram> {
-        TestProgram::load_object(kernel::EBPF_OBJECT, config, capacity)
+        TestProgram::load_object(enforcer::EBPF_OBJECT, config, capacity)
     }
 
-    /// Another object built from sg-ebpf (`kernel::EBPF_OBJECT_NON_ATOMIC`).
+    /// Another object built from sg-ebpf (`enforcer::EBPF_OBJECT_NON_ATOMIC`).
     pub fn load_object(
         object: &[u8],
         config: &slowgate::config::Config,
         capacity: &Capacity,
     ) -> anyhow::Result<TestProgram> {
-        let mut ebpf = kernel::load_object(object, capacity, None)?;
-        for name in [kernel::PROGRAM, kernel::EMPTY_PROGRAM] {
+        let mut ebpf = enforcer::load_object(object, capacity, None)?;
+        for name in [enforcer::PROGRAM, enforcer::EMPTY_PROGRAM] {
             let program: &mut Xdp = ebpf.program_mut(name).context("program")?.try_into()?;
             program.load().with_context(|| format!("load {name}"))?;
         }
-        let mut maps = kernel::Maps::from_ebpf(&mut ebpf)?;
-        let tick_ns = kernel::tick_ns(&mut ebpf)?;
-        let offset = kernel::boot_offset_ns(&mut ebpf, tick_ns)?;
+        let mut maps = enforcer::Maps::from_ebpf(&mut ebpf)?;
+        let tick_ns = enforcer::tick_ns(&mut ebpf)?;
+        let offset = enforcer::boot_offset_ns(&mut ebpf, tick_ns)?;
         maps.write_config(&config.kernel_config(), tick_ns, offset)?;
         maps.write_ports(&config.ports)?;
         Ok(TestProgram { ebpf, maps })
@@ -211,7 +211,7 @@ impl TestProgram {
 
     /// Runs the throttle once on `packet`; returns its verdict.
     pub fn run(&self, packet: &[u8]) -> u32 {
-        self.run_program(kernel::PROGRAM, packet, 1).0
+        self.run_program(enforcer::PROGRAM, packet, 1).0
     }
 
     /// Runs `program` `repeat` times on `packet`: (last verdict, mean duration per run).
@@ -529,7 +529,7 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new() -> PinDir {
-        slowgate::kernel::ensure_bpffs(Path::new("/sys/fs/bpf/x")).expect("bpffs");
+        slowgate::enforcer::ensure_bpffs(Path::new("/sys/fs/bpf/x")).expect("bpffs");
         PinDir {
             path: PathBuf::from("/sys/fs/bpf").join(unique("pins")),
         }
@@ -545,7 +545,7 @@ impl Default for PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         if self.path.exists() {
-            let _ = slowgate::kernel::detach(&self.path);
+            let _ = slowgate::enforcer::detach(&self.path);
         }
         let _ = std::fs::remove_dir_all(state_dir_of(&self.path));
     }

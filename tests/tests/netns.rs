@@ -611,7 +611,7 @@ fn spoofed_syns_cannot_lock_out_a_sender_that_completes_handshakes() {
     std::thread::sleep(Duration::from_millis(500));
     let got = lab.attempts(CLIENT1_V4, SERVER_V4, 25);
     spoofer.join().unwrap();
-    let maps = slowgate::kernel::Maps::open_pinned(&lab.pins.path).unwrap();
+    let maps = slowgate::enforcer::Maps::open_pinned(&lab.pins.path).unwrap();
     let c = maps.counters().unwrap();
     let at = |i: u32| c[i as usize];
     eprintln!(

@@ -7,7 +7,7 @@ use sg_common::{counter, reason, service};
 use sg_tests::*;
 use slowgate::{
     domain::{Limit, Network, Rate, boot_time_ns},
-    kernel::ListKind,
+    enforcer::ListKind,
 };
 
 const DENIED_V4: [u8; 4] = [203, 0, 113, 66];
@@ -576,7 +576,7 @@ fn hammer_from_two_cpus(p: &TestProgram) -> (u64, Vec<u64>) {
             s.spawn(move || {
                 pin_to_cpu(cpu);
                 barrier.wait();
-                p.run_program(slowgate::kernel::PROGRAM, pkt, RUNS)
+                p.run_program(slowgate::enforcer::PROGRAM, pkt, RUNS)
             });
         }
     });
@@ -603,7 +603,7 @@ fn program_with_one_bucket(object: &[u8]) -> TestProgram {
 fn token_bucket_never_over_admits_when_two_cpus_hammer_one_source() {
     // However hard both CPUs hammer it, exactly BURST connections pass: a token is only taken
     // by a successful compare-and-swap, and a connection that loses every race is refused.
-    let p = program_with_one_bucket(slowgate::kernel::EBPF_OBJECT);
+    let p = program_with_one_bucket(slowgate::enforcer::EBPF_OBJECT);
     let (passed, per_cpu) = hammer_from_two_cpus(&p);
     eprintln!(
         "passed per CPU {per_cpu:?}; refused after losing every race: {}",
@@ -622,10 +622,10 @@ fn the_two_cpu_test_fails_with_a_non_atomic_bucket() {
     // The same hammering on a build whose compare-and-swap is a load, a compare and a store:
     // both CPUs take the same tokens, and more than BURST pass. If this ever passes within the
     // bound, the test above proves nothing.
-    let p = program_with_one_bucket(slowgate::kernel::EBPF_OBJECT_NON_ATOMIC);
+    let p = program_with_one_bucket(slowgate::enforcer::EBPF_OBJECT_NON_ATOMIC);
     let mut worst = 0;
     for _ in 0..3 {
-        let p = program_with_one_bucket(slowgate::kernel::EBPF_OBJECT_NON_ATOMIC);
+        let p = program_with_one_bucket(slowgate::enforcer::EBPF_OBJECT_NON_ATOMIC);
         let (passed, per_cpu) = hammer_from_two_cpus(&p);
         eprintln!("non-atomic: {passed} passed, per CPU {per_cpu:?}");
         worst = worst.max(passed);
@@ -646,11 +646,11 @@ fn drops_are_sampled_into_the_ring_buffer() {
     p.maps
         .list_add(ListKind::Deny, net("203.0.113.0/24"), None)
         .unwrap();
-    let mut events = slowgate::kernel::drop_events(&mut p.ebpf).unwrap();
+    let mut events = slowgate::enforcer::drop_events(&mut p.ebpf).unwrap();
     let before = boot_time_ns();
     assert_eq!(p.run(&v4_tcp(DENIED_V4, 993, TCP_SYN)), XDP_DROP);
     let item = events.next().expect("one drop event");
-    let e = slowgate::kernel::parse_drop_event(&item).unwrap();
+    let e = slowgate::enforcer::parse_drop_event(&item).unwrap();
     assert_eq!(e.addr, sg_common::map_v4(DENIED_V4));
     assert_eq!(e.port, 993);
     assert_eq!(e.reason, reason::DENY);

@@ -8,7 +8,7 @@ use sg_tests::*;
 use slowgate::{
     config::Capacity,
     domain::{Limit, Network, Rate},
-    kernel::ListKind,
+    enforcer::ListKind,
 };
 
 /// The benchmark's sizes: the full run, or the short form `cargo xtask test` runs once.
@@ -137,11 +137,11 @@ fn xdp(sizes: &Sizes) -> anyhow::Result<()> {
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for run in 0..runs {
         let base = ns(p
-            .run_program(slowgate::kernel::EMPTY_PROGRAM, &cases[0].1, repeat)
+            .run_program(slowgate::enforcer::EMPTY_PROGRAM, &cases[0].1, repeat)
             .1);
         empty.push(base);
         for (i, (name, pkt, want)) in cases.iter().enumerate() {
-            let (verdict, mean) = p.run_program(slowgate::kernel::PROGRAM, pkt, repeat);
+            let (verdict, mean) = p.run_program(slowgate::enforcer::PROGRAM, pkt, repeat);
             anyhow::ensure!(
                 verdict == *want,
                 "{name}: verdict {verdict}, expected {want}"
@@ -159,8 +159,8 @@ fn xdp(sizes: &Sizes) -> anyhow::Result<()> {
     for run in 0..runs {
         // Sources of their own in every run: none was seen by an earlier one.
         let ring = first_contact_ring(ring_len, run as u32);
-        let base = ring_ns(&p, slowgate::kernel::EMPTY_PROGRAM, &ring);
-        let cost = ring_ns(&p, slowgate::kernel::PROGRAM, &ring);
+        let base = ring_ns(&p, slowgate::enforcer::EMPTY_PROGRAM, &ring);
+        let cost = ring_ns(&p, slowgate::enforcer::PROGRAM, &ring);
         first_empty.push(base);
         first.push(cost);
     }

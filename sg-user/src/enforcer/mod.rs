@@ -13,18 +13,26 @@
 //! - learned limits carry a TTL, refreshed while they hold, so they expire on their own when
 //!   the daemon is gone.
 //!
-//! The table is the kernel's maps in the daemon and the CLI, and an in-memory table in the
-//! unit tests below.
+//! The table is the kernel's maps in the daemon and the CLI ([`maps`]), and an in-memory table
+//! in the unit tests below. This module is the only one that talks to the kernel: [`program`]
+//! loads, attaches and pins the XDP program, [`maps`] reads and writes its maps, and `filter`
+//! keeps the first contact path's filters in step with them.
 
 use std::{
     collections::{HashMap, HashSet},
     time::Duration,
 };
 
+mod filter;
+pub mod maps;
+pub mod program;
+
+pub use maps::{Entry, ListKind, Maps};
+pub use program::*;
+
 use crate::{
     domain::{Limit, Network, format_duration},
     engine::Change,
-    kernel::{ListKind, Maps},
     lists::Change as ListChange,
 };
 
