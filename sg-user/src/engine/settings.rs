@@ -1,0 +1,169 @@
+//! What the engine is told: points per event kind, level tables, prefix lengths, bounds.
+
+use serde::Deserialize;
+
+use std::{collections::HashMap, time::Duration};
+
+use crate::{
+    domain::{Limit, PrefixLengths},
+    events::{EventKind, RejectKind},
+};
+
+/// Points per event kind (`[points.weights]` in the config).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Weights {
+    pub connection: f64,
+    pub message: f64,
+    pub per_recipient: f64,
+    pub unknown_recipient: f64,
+    pub relay_denied: f64,
+    pub rbl: f64,
+    pub other_reject: f64,
+    pub auth_failure: f64,
+    pub bounce: f64,
+    pub lost_after_auth: f64,
+    pub too_many_errors: f64,
+    pub dmarc_fail: f64,
+}
+
+impl Weights {
+    /// Each weight with its key in `[points.weights]`.
+    pub fn named(&self) -> [(&'static str, f64); 12] {
+        [
+            ("connection", self.connection),
+            ("message", self.message),
+            ("per_recipient", self.per_recipient),
+            ("unknown_recipient", self.unknown_recipient),
+            ("relay_denied", self.relay_denied),
+            ("rbl", self.rbl),
+            ("other_reject", self.other_reject),
+            ("auth_failure", self.auth_failure),
+            ("bounce", self.bounce),
+            ("lost_after_auth", self.lost_after_auth),
+            ("too_many_errors", self.too_many_errors),
+            ("dmarc_fail", self.dmarc_fail),
+        ]
+    }
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            connection: 0.1,
+            message: 0.2,
+            per_recipient: 0.05,
+            unknown_recipient: 2.0,
+            relay_denied: 3.0,
+            rbl: 5.0,
+            other_reject: 1.0,
+            auth_failure: 3.0,
+            bounce: 0.5,
+            lost_after_auth: 2.0,
+            too_many_errors: 3.0,
+            dmarc_fail: 2.0,
+        }
+    }
+}
+
+/// Event kinds as counted per sender ("the events that moved it").
+pub const KIND_NAMES: [&str; 12] = [
+    "connection",
+    "message",
+    "unknown_recipient",
+    "relay_denied",
+    "rbl",
+    "other_reject",
+    "auth_failure",
+    "auth_success",
+    "bounce",
+    "lost_after_auth",
+    "too_many_errors",
+    "dmarc_fail",
+];
+
+/// The index of an event's kind in [`KIND_NAMES`].
+pub fn kind_index(kind: &EventKind) -> usize {
+    match kind {
+        EventKind::Connection => 0,
+        EventKind::MessageAccepted { .. } => 1,
+        EventKind::Reject { reject } => match reject {
+            RejectKind::UnknownRecipient => 2,
+            RejectKind::RelayDenied => 3,
+            RejectKind::Rbl => 4,
+            RejectKind::Helo | RejectKind::Sender | RejectKind::Other => 5,
+        },
+        EventKind::AuthFailure { .. } => 6,
+        EventKind::AuthSuccess { .. } => 7,
+        EventKind::Bounce => 8,
+        EventKind::LostAfterAuth => 9,
+        EventKind::TooManyErrors => 10,
+        EventKind::DmarcFail => 11,
+    }
+}
+
+impl Weights {
+    pub fn of(&self, kind: &EventKind) -> f64 {
+        match kind {
+            EventKind::Connection => self.connection,
+            EventKind::MessageAccepted { recipients, .. } => {
+                self.message + self.per_recipient * f64::from(*recipients)
+            }
+            EventKind::Reject { reject } => match reject {
+                RejectKind::UnknownRecipient => self.unknown_recipient,
+                RejectKind::RelayDenied => self.relay_denied,
+                RejectKind::Rbl => self.rbl,
+                RejectKind::Helo | RejectKind::Sender | RejectKind::Other => self.other_reject,
+            },
+            EventKind::AuthFailure { .. } => self.auth_failure,
+            EventKind::AuthSuccess { .. } => 0.0,
+            EventKind::Bounce => self.bounce,
+            EventKind::LostAfterAuth => self.lost_after_auth,
+            EventKind::TooManyErrors => self.too_many_errors,
+            EventKind::DmarcFail => self.dmarc_fail,
+        }
+    }
+}
+
+/// A row of a level table: from `points` on, this limit applies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LevelRow {
+    pub points: f64,
+    pub limit: Limit,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub weights: Weights,
+    pub half_life: Duration,
+    /// Rows by increasing points; level n (1-based) is row n-1; level 0 is "no limit".
+    pub levels: Vec<LevelRow>,
+    /// Level tables of countries that have their own.
+    pub country_levels: HashMap<[u8; 2], Vec<LevelRow>>,
+    /// Points of events from a country are multiplied by this (1 when absent).
+    pub country_multipliers: HashMap<[u8; 2], f64>,
+    /// A level is left downwards when points fall below `down_fraction` of its threshold.
+    pub down_fraction: f64,
+    /// Shortest time a level is held before stepping down one.
+    pub min_hold: Duration,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub network_v4: u8,
+    pub network_v6: u8,
+    /// Limited prefixes in one network that limit the network; 0 = never.
+    pub network_after: usize,
+    /// Senders tracked at most; when full, the one with the fewest points is forgotten.
+    pub max_tracked: usize,
+}
+
+impl EngineConfig {
+    /// The lengths senders are tracked at, for [`Sender::parse`].
+    pub fn lengths(&self) -> PrefixLengths {
+        PrefixLengths {
+            v4: self.prefix_v4,
+            v6: self.prefix_v6,
+            network_v4: self.network_v4,
+            network_v6: self.network_v6,
+        }
+    }
+}
