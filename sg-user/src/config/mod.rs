@@ -1,0 +1,169 @@
+//! The config file: raw serde structs (`raw.rs`, defaults in one place) turned by
+//! [`Config::load`] into validated runtime settings (`validate.rs`, a function per section).
+//! Errors name the file, the line and the key.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+use sg_common::Bucket;
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use raw::DEFAULT_CONTROL_SOCKET;
+use raw::RawConfig;
+pub use validate::check_burst;
+use validate::{line_of, validate};
+
+use crate::{
+    domain::{Limit, Network, Rate},
+    engine::EngineConfig,
+    parsers::Format,
+};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/slowgate/slowgate.toml";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/slowgate";
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode where the driver supports it, else generic (skb) mode.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Validated runtime settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interfaces: Vec<String>,
+    pub attach_mode: AttachMode,
+    pub pin_dir: PathBuf,
+    /// Where points, levels and CLI-added list entries are kept across restarts.
+    pub state_dir: PathBuf,
+    /// Destination port -> service.
+    pub ports: BTreeMap<u16, u8>,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    pub source_ceiling: Option<(Rate, u32)>,
+    pub prefix_ceiling: Option<(Rate, u32)>,
+    pub drop_established_from_blocked: bool,
+    pub drop_event_sample: u32,
+    pub sweep_interval: Duration,
+    pub capacity: Capacity,
+    pub allow: Vec<Network>,
+    pub deny: Vec<Network>,
+    pub limits: Vec<(Network, Limit)>,
+    pub sources: Vec<Source>,
+    pub engine: EngineConfig,
+    /// The GeoIP2/GeoLite2 country database, if any.
+    pub geoip: Option<PathBuf>,
+    /// Lifetime of a limit the engine writes; refreshed while the level lasts, so a limit
+    /// outlives a dead daemon by this much at most.
+    pub limit_ttl: Duration,
+    /// Where the Prometheus endpoint listens; None = off.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub control_socket: PathBuf,
+    /// The group allowed on the control socket besides root (a name), if any.
+    pub control_group: Option<String>,
+}
+
+/// Where the daemon reads what the mail software says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    File {
+        path: PathBuf,
+        format: Format,
+    },
+    Journald {
+        units: Vec<String>,
+        identifiers: Vec<String>,
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub lists: u32,
+    pub policies: u32,
+    pub sources: u32,
+    pub prefixes: u32,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as the contents of `path` (named in every error).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (at, quoted) = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    // The line itself names the key even when serde's message does not.
+                    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                    (format!(":{line}"), format!(" (in `{source}`)"))
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {}{quoted}", path.display(), e.message())
+        })?;
+        validate(raw, path).map_err(|e| {
+            // Name the line of the key the error is about, as for syntax errors.
+            let message = format!("{e:#}");
+            let line = message
+                .split_once("key `")
+                .and_then(|(_, rest)| rest.split_once('`'))
+                .and_then(|(key, _)| line_of(text, key));
+            match line {
+                Some(line) => anyhow::anyhow!("{}:{line}: {message}", path.display()),
+                None => anyhow::anyhow!("{}: {message}", path.display()),
+            }
+        })
+    }
+
+    /// The kernel's view of the ceilings and prefixes.
+    pub fn kernel_config(&self) -> sg_common::Config {
+        let bucket = |c: Option<(Rate, u32)>| match c {
+            Some((rate, burst)) => Bucket {
+                interval_ns: rate.interval.as_nanos() as u64,
+                burst: u64::from(burst),
+            },
+            None => Bucket::default(),
+        };
+        let v4_len = sg_common::V4_MAPPED_BITS + u32::from(self.prefix_v4);
+        let v6_len = u32::from(self.prefix_v6);
+        let net_v4_len = sg_common::V4_MAPPED_BITS + u32::from(self.engine.network_v4);
+        let net_v6_len = u32::from(self.engine.network_v6);
+        sg_common::Config {
+            source_ceiling: bucket(self.source_ceiling),
+            prefix_ceiling: bucket(self.prefix_ceiling),
+            prefix_mask_v4: sg_common::prefix_mask(v4_len),
+            prefix_mask_v6: sg_common::prefix_mask(v6_len),
+            prefix_len_v4: v4_len,
+            prefix_len_v6: v6_len,
+            network_mask_v4: sg_common::prefix_mask(net_v4_len),
+            network_mask_v6: sg_common::prefix_mask(net_v6_len),
+            network_len_v4: net_v4_len,
+            network_len_v6: net_v6_len,
+            flags: if self.drop_established_from_blocked {
+                sg_common::flag::DROP_ESTABLISHED_FROM_BLOCKED
+            } else {
+                0
+            },
+            event_sample: self.drop_event_sample,
+            // Filled in by `Maps::write_config`, which knows the kernel and the maps.
+            ..sg_common::Config::default()
+        }
+    }
+}

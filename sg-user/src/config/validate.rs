@@ -1,0 +1,412 @@
+//! Raw config to runtime settings: every number checked, errors naming the key.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{Context, bail};
+use sg_common::service;
+
+use super::{
+    AttachMode, Capacity, Config, Source,
+    raw::{RawBucket, RawConfig, RawLevel},
+};
+use crate::{
+    domain::{Limit, Network, Rate, parse_duration},
+    engine::{EngineConfig, LevelRow},
+    parsers::Format,
+};
+
+pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
+    if raw.interfaces.is_empty() {
+        bail!("key `interfaces`: name at least one interface to protect, like [\"eth0\"]");
+    }
+    for name in &raw.interfaces {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            bail!("key `interfaces`: `{name}` is not an interface name");
+        }
+    }
+    let attach_mode = match raw.attach_mode.as_str() {
+        "auto" => AttachMode::Auto,
+        "native" => AttachMode::Native,
+        "skb" => AttachMode::Skb,
+        other => bail!("key `attach_mode`: `{other}` is not one of auto, native, skb"),
+    };
+    let mut ports = BTreeMap::new();
+    for (name, list, svc) in [
+        ("smtp", &raw.ports.smtp, service::SMTP),
+        ("submission", &raw.ports.submission, service::SUBMISSION),
+        ("pop3", &raw.ports.pop3, service::POP3),
+        ("imap", &raw.ports.imap, service::IMAP),
+    ] {
+        for &port in list {
+            if port == 0 {
+                bail!("key `ports.{name}`: port 0 is not a port");
+            }
+            if let Some(prev) = ports.insert(port, svc) {
+                bail!(
+                    "key `ports.{name}`: port {port} is already listed under `ports.{}`",
+                    service::NAMES[prev as usize]
+                );
+            }
+        }
+    }
+    if !(8..=32).contains(&raw.prefix.ipv4) {
+        bail!(
+            "key `prefix.ipv4`: {} is not a prefix length between 8 and 32",
+            raw.prefix.ipv4
+        );
+    }
+    if !(16..=128).contains(&raw.prefix.ipv6) {
+        bail!(
+            "key `prefix.ipv6`: {} is not a prefix length between 16 and 128",
+            raw.prefix.ipv6
+        );
+    }
+    let bucket = |key: &str, b: Option<RawBucket>| -> anyhow::Result<Option<(Rate, u32)>> {
+        match b {
+            None => Ok(None),
+            Some(b) => {
+                let rate: Rate = b
+                    .rate
+                    .parse()
+                    .with_context(|| format!("key `{key}.rate`"))?;
+                check_burst(&format!("{key}.burst"), b.burst)?;
+                Ok(Some((rate, b.burst)))
+            }
+        }
+    };
+    let source_ceiling = bucket("ceiling.source", raw.ceiling.source)?;
+    let prefix_ceiling = bucket("ceiling.prefix", raw.ceiling.prefix)?;
+    let sweep_interval = parse_duration(&raw.enforcement.sweep_interval)
+        .context("key `enforcement.sweep_interval`")?;
+    within(
+        "enforcement.sweep_interval",
+        sweep_interval,
+        Duration::from_secs(1),
+        DAY,
+    )?;
+    let c = raw.capacity;
+    for (key, value) in [
+        ("capacity.lists", c.lists),
+        ("capacity.policies", c.policies),
+        ("capacity.sources", c.sources),
+        ("capacity.prefixes", c.prefixes),
+    ] {
+        if !(16..=16_777_216).contains(&value) {
+            bail!("key `{key}`: {value} is outside 16..=16777216");
+        }
+        if key.ends_with("sources") || key.ends_with("prefixes") {
+            // Slot tables are indexed by masking a hash.
+            if !value.is_power_of_two() {
+                bail!(
+                    "key `{key}`: {value} is not a power of two (try {})",
+                    value.next_power_of_two()
+                );
+            }
+        }
+    }
+    if !(8..=raw.prefix.ipv4).contains(&raw.prefix.network_ipv4) {
+        bail!(
+            "key `prefix.network_ipv4`: {} is not a prefix length between 8 and prefix.ipv4",
+            raw.prefix.network_ipv4
+        );
+    }
+    if !(16..=raw.prefix.ipv6).contains(&raw.prefix.network_ipv6) {
+        bail!(
+            "key `prefix.network_ipv6`: {} is not a prefix length between 16 and prefix.ipv6",
+            raw.prefix.network_ipv6
+        );
+    }
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        let format = <Format as clap::ValueEnum>::from_str(&s.format, true)
+            .map_err(|_| anyhow::anyhow!("key `{key}.format`: unknown format {:?} (known: auto, postfix, sendmail, qmail, exim, dovecot, rspamd)", s.format))?;
+        let journald = !s.journald_units.is_empty() || !s.journald_identifiers.is_empty();
+        sources.push(match (&s.path, journald) {
+            (Some(path), false) => Source::File {
+                path: path.clone(),
+                format,
+            },
+            (None, true) => Source::Journald {
+                units: s.journald_units.clone(),
+                identifiers: s.journald_identifiers.clone(),
+                format,
+            },
+            _ => {
+                bail!("key `{key}`: give either `path`, or `journald_units`/`journald_identifiers`")
+            }
+        });
+    }
+    let p = &raw.points;
+    let half_life = parse_duration(&p.half_life).context("key `points.half_life`")?;
+    within(
+        "points.half_life",
+        half_life,
+        Duration::from_secs(1),
+        365 * DAY,
+    )?;
+    if !(p.step_down_below > 0.0 && p.step_down_below < 1.0) {
+        bail!(
+            "key `points.step_down_below`: {} is not a fraction between 0 and 1 (a sender \
+             must be able to come down)",
+            p.step_down_below
+        );
+    }
+    if !(16..=MAX_TRACKED).contains(&p.max_tracked) {
+        bail!(
+            "key `points.max_tracked`: {} is outside 16..={MAX_TRACKED}",
+            p.max_tracked
+        );
+    }
+    let limit_ttl = parse_duration(&p.limit_ttl).context("key `points.limit_ttl`")?;
+    within(
+        "points.limit_ttl",
+        limit_ttl,
+        Duration::from_secs(10),
+        30 * DAY,
+    )?;
+    let min_hold = parse_duration(&p.min_hold).context("key `points.min_hold`")?;
+    within("points.min_hold", min_hold, Duration::ZERO, 30 * DAY)?;
+    for (name, weight) in p.weights.named() {
+        if !(weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight)) {
+            bail!(
+                "key `points.weights.{name}`: {weight} is not a weight between 0 and {MAX_WEIGHT}"
+            );
+        }
+    }
+    let mut country_multipliers = std::collections::HashMap::new();
+    for (code, m) in &raw.countries.multipliers {
+        let key = format!("countries.multipliers.{code}");
+        if !(m.is_finite() && (0.0..=MAX_MULTIPLIER).contains(m)) {
+            bail!("key `{key}`: {m} is not a multiplier between 0 and {MAX_MULTIPLIER}");
+        }
+        country_multipliers.insert(country_code(&key, code)?, *m);
+    }
+    let mut country_levels = std::collections::HashMap::new();
+    for (code, rows) in &raw.countries.levels {
+        let key = format!("countries.levels.{code}");
+        country_levels.insert(country_code(&key, code)?, level_table(&key, rows)?);
+    }
+    if (!country_levels.is_empty() || !country_multipliers.is_empty())
+        && raw.countries.database.is_none()
+    {
+        bail!("key `countries.database`: per-country settings need a GeoIP2 country database");
+    }
+    let engine = EngineConfig {
+        weights: p.weights.clone(),
+        half_life,
+        levels: level_table("levels", &raw.levels)?,
+        country_levels,
+        country_multipliers,
+        down_fraction: p.step_down_below,
+        min_hold,
+        prefix_v4: raw.prefix.ipv4,
+        prefix_v6: raw.prefix.ipv6,
+        network_v4: raw.prefix.network_ipv4,
+        network_v6: raw.prefix.network_ipv6,
+        network_after: raw.prefix.network_after,
+        max_tracked: p.max_tracked,
+    };
+    let metrics =
+        match raw.metrics.listen.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                anyhow::anyhow!("key `metrics.listen`: {text:?} is not ADDRESS:PORT")
+            })?),
+        };
+    let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
+        list.iter()
+            .map(|n| n.parse::<Network>().with_context(|| format!("key `{key}`")))
+            .collect()
+    };
+    let allow = networks("lists.allow", &raw.lists.allow)?;
+    let deny = networks("lists.deny", &raw.lists.deny)?;
+    let mut limits = Vec::new();
+    for l in raw.lists.limit {
+        let net: Network = l.network.parse().context("key `lists.limit.network`")?;
+        let limit = match (l.block, l.rate, l.burst) {
+            (true, None, None) => Limit::Block,
+            (false, Some(rate), Some(burst)) => {
+                check_burst("lists.limit.burst", burst)?;
+                Limit::Rate {
+                    rate: rate.parse().context("key `lists.limit.rate`")?,
+                    burst,
+                }
+            }
+            _ => bail!(
+                "key `lists.limit` for {net}: give either `rate` and `burst`, or `block = true`"
+            ),
+        };
+        limits.push((net, limit));
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        interfaces: raw.interfaces,
+        attach_mode,
+        pin_dir: raw.pin_dir,
+        state_dir: raw.state_dir,
+        ports,
+        prefix_v4: raw.prefix.ipv4,
+        prefix_v6: raw.prefix.ipv6,
+        source_ceiling,
+        prefix_ceiling,
+        drop_established_from_blocked: raw.enforcement.drop_established_from_blocked,
+        drop_event_sample: raw.enforcement.drop_event_sample,
+        sweep_interval,
+        capacity: Capacity {
+            lists: c.lists,
+            policies: c.policies,
+            sources: c.sources,
+            prefixes: c.prefixes,
+        },
+        allow,
+        deny,
+        limits,
+        sources,
+        engine,
+        geoip: raw.countries.database,
+        limit_ttl,
+        metrics,
+        control_socket: raw.control.socket,
+        control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
+    })
+}
+
+/// The line (1-based) where a dotted key is set: `prefix.ipv4`, `levels[1].points`,
+/// `countries.multipliers.DE`, `sources[0].format`. Best effort: None when not found.
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    // "levels[1].points" -> table "levels", the 2nd of them, field "points";
+    // "prefix.ipv4" -> table "prefix", field "ipv4"; "attach_mode" -> top level.
+    let (table, index, field) = match key.split_once('[') {
+        Some((table, rest)) => {
+            let (n, after) = rest.split_once(']')?;
+            (
+                table,
+                n.parse::<usize>().ok(),
+                after.trim_start_matches('.'),
+            )
+        }
+        None => match key.rsplit_once('.') {
+            Some((table, field)) => (table, None, field),
+            None => ("", None, key),
+        },
+    };
+    let header = |line: &str| -> Option<String> {
+        let l = line.trim();
+        l.strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+            .map(|h| h.trim().to_string())
+    };
+    let mut current = String::new();
+    let mut seen = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        if let Some(h) = header(line) {
+            if h == table {
+                seen += 1;
+                if field.is_empty() && index.is_none_or(|n| seen == n + 1) {
+                    return Some(i + 1);
+                }
+            }
+            current = h;
+            continue;
+        }
+        let in_table = current == table && index.is_none_or(|n| seen == n + 1);
+        let sets = |name: &str| {
+            line.trim_start()
+                .strip_prefix(name)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        };
+        if in_table && !field.is_empty() && sets(field) {
+            return Some(i + 1);
+        }
+        // Set inline in the parent table: `[countries]` + `multipliers = { DE = 2.0 }`.
+        if let Some((parent, leaf)) = table.rsplit_once('.')
+            && current == parent
+            && sets(leaf)
+        {
+            return Some(i + 1);
+        }
+    }
+    // A key that is missing: the line of its table.
+    text.lines()
+        .position(|l| header(l).as_deref() == Some(table) && !table.is_empty())
+        .map(|i| i + 1)
+}
+
+fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
+    let mut table = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        let limit = match (row.block, &row.rate, row.burst) {
+            (true, None, None) => Limit::Block,
+            (false, Some(rate), Some(burst)) => {
+                check_burst(&format!("{at}.burst"), burst)?;
+                Limit::Rate {
+                    rate: rate.parse().with_context(|| format!("key `{at}.rate`"))?,
+                    burst,
+                }
+            }
+            _ => bail!("key `{at}`: give either `rate` and `burst`, or `block = true`"),
+        };
+        if !(row.points > 0.0 && row.points <= MAX_POINTS) {
+            bail!(
+                "key `{at}.points`: {} is not a number of points between 0 and {MAX_POINTS}",
+                row.points
+            );
+        }
+        if let Some(prev) = table.last().map(|r: &LevelRow| r.points)
+            && row.points <= prev
+        {
+            bail!(
+                "key `{at}.points`: levels must climb ({} after {prev})",
+                row.points
+            );
+        }
+        table.push(LevelRow {
+            points: row.points,
+            limit,
+        });
+    }
+    if table.is_empty() {
+        bail!("key `{key}`: at least one level is needed");
+    }
+    Ok(table)
+}
+
+fn country_code(key: &str, code: &str) -> anyhow::Result<[u8; 2]> {
+    let b = code.as_bytes();
+    if b.len() != 2 || !b.iter().all(u8::is_ascii_uppercase) {
+        bail!("key `{key}`: {code:?} is not an ISO 3166 country code like \"DE\"");
+    }
+    Ok([b[0], b[1]])
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// Bounds of the numbers a config may hold: beyond them a value is a typo, and some would
+/// overflow or wedge the daemon later (a zero sweep interval, an infinite weight).
+const MAX_TRACKED: usize = 100_000_000;
+const MAX_WEIGHT: f64 = 1e6;
+const MAX_MULTIPLIER: f64 = 1e3;
+const MAX_POINTS: f64 = 1e12;
+
+/// Refuses a duration outside `min..=max`, naming the key.
+fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::Result<()> {
+    if value < min || value > max {
+        bail!(
+            "key `{key}`: {} is outside {}..={}",
+            crate::domain::format_duration(value),
+            crate::domain::format_duration(min),
+            crate::domain::format_duration(max)
+        );
+    }
+    Ok(())
+}
+
+/// The kernel clamps bursts to 65535 (sg-ebpf bucket.rs); refuse what it would change.
+pub fn check_burst(key: &str, burst: u32) -> anyhow::Result<()> {
+    if !(1..=65_535).contains(&burst) {
+        bail!("key `{key}`: burst {burst} is outside 1..=65535");
+    }
+    Ok(())
+}
