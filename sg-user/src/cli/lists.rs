@@ -1,0 +1,108 @@
+//! `slowgate allow|deny|limit ...`: operators' entries, through the daemon or on the pins.
+
+use super::*;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::{
+    config::check_burst,
+    domain::{Limit, Rate},
+    enforcer::{ListKind, Maps},
+};
+
+/// Sends a list change to the running daemon (its control socket), or, when none runs,
+/// makes it here on the pinned maps. Either way it is journaled before it is reported done.
+pub(super) fn change_lists(cli: &Cli, change: crate::lists::Change) -> anyhow::Result<()> {
+    match cli.live_control() {
+        Some(socket) => {
+            let result = crate::control::call(
+                &socket,
+                json!({"command": "lists", "change": crate::lists::to_json(&change)}),
+            )?;
+            println!("{}", result["said"].as_str().unwrap_or("done"));
+        }
+        None => {
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            println!(
+                "{}",
+                crate::lists::apply(&mut maps, &cli.store()?, &change)?
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn list_rows(cli: &Cli, list: &str, json_out: bool) -> anyhow::Result<()> {
+    let rows = match cli.live_control() {
+        Some(socket) => crate::control::call(&socket, json!({"command": "rows", "list": list}))?,
+        None => crate::lists::rows(&Maps::open_pinned(&cli.pin_dir()?)?, &cli.store()?, list)?,
+    };
+    if json_out {
+        println!("{rows}");
+    } else {
+        crate::lists::print(&rows);
+    }
+    Ok(())
+}
+
+pub(super) fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyhow::Result<()> {
+    use crate::lists::Change;
+    match cmd {
+        ListCommand::Add {
+            network: n,
+            ttl: t,
+            comment,
+        } => change_lists(
+            cli,
+            Change::Add {
+                kind,
+                network: network(n)?,
+                ttl: ttl(t)?,
+                comment: comment.clone(),
+            },
+        ),
+        ListCommand::Del { network: n } => change_lists(
+            cli,
+            Change::Del {
+                kind,
+                network: network(n)?,
+            },
+        ),
+        ListCommand::List { json } => list_rows(cli, kind.name(), *json),
+    }
+}
+
+pub(super) fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {
+    use crate::lists::Change;
+    match cmd {
+        LimitCommand::Set(set) => {
+            let limit = match (&set.rate, set.burst) {
+                (Some(rate), Some(burst)) => {
+                    check_burst("--burst", burst)?;
+                    Limit::Rate {
+                        rate: rate.parse::<Rate>().context("--rate")?,
+                        burst,
+                    }
+                }
+                _ => Limit::Block,
+            };
+            change_lists(
+                cli,
+                Change::LimitSet {
+                    network: network(&set.network)?,
+                    limit,
+                    ttl: ttl(&set.ttl)?,
+                    comment: set.comment.clone(),
+                },
+            )
+        }
+        LimitCommand::Del { network: n } => change_lists(
+            cli,
+            Change::LimitDel {
+                network: network(n)?,
+            },
+        ),
+        LimitCommand::List { json } => list_rows(cli, "limit", *json),
+    }
+}

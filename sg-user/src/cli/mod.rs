@@ -1,0 +1,261 @@
+//! The command line: `execute` dispatches each command; the definitions are in `args.rs`,
+//! the list and limit commands in `lists.rs`, `status` in `status.rs`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+mod args;
+mod lists;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use self::status::status;
+pub use args::*;
+use lists::{limit_command, list_command};
+
+use crate::{
+    config::Config,
+    domain::{Network, parse_duration},
+    enforcer::{self, ListKind},
+};
+
+/// Runs a command; the result is what the process prints.
+pub fn execute(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Run { foreground: _ } => {
+            let mut config = Config::load(&cli.config_path())?;
+            if let Some(dir) = &cli.pin_dir {
+                config.pin_dir = dir.clone();
+            }
+            crate::daemon::run(&config)
+        }
+        Command::CheckConfig => {
+            let path = cli.config_path();
+            Config::load(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::Detach => {
+            let dir = cli.pin_dir()?;
+            let removed = enforcer::detach(&dir)?;
+            println!(
+                "detached: removed {} pins under {}",
+                removed.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Allow(cmd) => list_command(cli, ListKind::Allow, cmd),
+        Command::Deny(cmd) => list_command(cli, ListKind::Deny, cmd),
+        Command::Limit(cmd) => limit_command(cli, cmd),
+        Command::Status { json } => status(cli, *json),
+        Command::Parse { format, file } => parse(*format, file),
+        Command::Top { n, json } => {
+            let result =
+                crate::control::call(&cli.control_socket(), json!({"command": "top", "n": n}))?;
+            if *json {
+                println!("{result}");
+            } else {
+                println!(
+                    "{:<28} {:>5} {:>9} {:>7}  recent events",
+                    "sender", "level", "points", "country"
+                );
+                for row in result.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:>5} {:>9.1} {:>7}  {}",
+                        row["sender"].as_str().unwrap_or(""),
+                        row["level"],
+                        row["points"].as_f64().unwrap_or(0.0),
+                        row["country"].as_str().unwrap_or("-"),
+                        events_text(&row["recent_events"])
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Show { who, json } => {
+            let result = crate::control::call(
+                &cli.control_socket(),
+                json!({"command": "show", "who": who}),
+            )?;
+            if *json {
+                println!("{result}");
+                return Ok(());
+            }
+            println!("sender:  {}", result["sender"].as_str().unwrap_or(""));
+            match result["tracked"].as_object() {
+                Some(t) => {
+                    println!(
+                        "level:   {} ({})",
+                        t["level"],
+                        t["limit"].as_str().unwrap_or("no limit")
+                    );
+                    println!("points:  {:.1}", t["points"].as_f64().unwrap_or(0.0));
+                    if let Some(c) = t["country"].as_str() {
+                        println!("country: {c}");
+                    }
+                    println!("recent:  {}", events_text(&t["recent_events"]));
+                }
+                None => println!("not tracked (no points)"),
+            }
+            println!("level changes:");
+            for c in result["changes"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} level {} -> {} ({:.1} points; {})",
+                    crate::domain::format_time(
+                        c["unix_time"].as_u64().unwrap_or(0) * 1_000_000_000
+                    ),
+                    c["from"],
+                    c["to"],
+                    c["points"].as_f64().unwrap_or(0.0),
+                    events_text(&c["events"])
+                );
+            }
+            println!("kernel entries that match:");
+            for e in result["kernel_entries"].as_array().into_iter().flatten() {
+                println!("  {}", e.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        Command::Release { who } => {
+            let result = crate::control::call(
+                &cli.control_socket(),
+                json!({"command": "release", "who": who}),
+            )?;
+            println!(
+                "released {} (was at level {})",
+                result["released"].as_str().unwrap_or(who),
+                result["level_was"]
+            );
+            Ok(())
+        }
+        Command::Reload => {
+            let result = crate::control::call(&cli.control_socket(), json!({"command": "reload"}))?;
+            println!(
+                "reloaded {}",
+                result["reloaded"].as_str().unwrap_or("the config")
+            );
+            if let Some(r) = result["needs_restart"].as_array().filter(|r| !r.is_empty()) {
+                let names: Vec<&str> = r.iter().filter_map(|v| v.as_str()).collect();
+                println!("changes that need a restart: {}", names.join(", "));
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "slowgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("write man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+        Command::Replay {
+            format,
+            logs,
+            history,
+        } => {
+            let config = Config::load(&cli.config_path())?;
+            let report = crate::replay::run(&config, *format, logs)?;
+            crate::replay::print(&report, &mut std::io::stdout().lock())?;
+            if let Some(dir) = history {
+                crate::history::History::open(dir)?.write(&report.history)?;
+            }
+            Ok(())
+        }
+        Command::Report { since, html, top } => {
+            let since = parse_duration(since).context("--since")?;
+            let from = crate::domain::unix_now().saturating_sub(since.as_secs());
+            let records = crate::history::read(&cli.state_dir_path()?, from)?;
+            if records.is_empty() {
+                anyhow::bail!(
+                    "no history since {} (the daemon writes it under its state_dir)",
+                    crate::domain::format_time(from * 1_000_000_000)
+                );
+            }
+            let report = crate::report::build(&records);
+            print!("{}", crate::report::text(&report, *top));
+            if let Some(path) = html {
+                std::fs::write(path, crate::report::html(&report, *top))
+                    .with_context(|| format!("write {}", path.display()))?;
+                println!("\nHTML report written to {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `[["unknown_recipient", 5], ...]` as `unknown_recipient x5, ...`.
+fn events_text(events: &serde_json::Value) -> String {
+    let parts: Vec<String> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some(format!("{} x{}", e[0].as_str()?, e[1])))
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn ttl(text: &Option<String>) -> anyhow::Result<Option<Duration>> {
+    text.as_deref()
+        .map(|t| parse_duration(t).context("--ttl"))
+        .transpose()
+}
+
+fn network(text: &str) -> anyhow::Result<Network> {
+    Ok(text.parse::<Network>()?)
+}
+
+/// `slowgate parse`: one JSON line per event, then a summary on stderr. Lines that are not
+/// UTF-8 are read lossily; nothing stops the run.
+fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+
+    use crate::parsers::{Outcome, Parsers};
+    let mut input: Box<dyn BufRead> = if file == std::path::Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut parsers = Parsers::default();
+    let (mut lines, mut with_events, mut not_understood, mut events) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf).context("read the log")? == 0 {
+            break;
+        }
+        lines += 1;
+        let line = String::from_utf8_lossy(&buf);
+        match parsers.parse(format, &line) {
+            Outcome::NotUnderstood => not_understood += 1,
+            Outcome::Understood(found) => {
+                with_events += u64::from(!found.is_empty());
+                for event in found {
+                    events += 1;
+                    let row = json!({"line": lines, "event": event});
+                    writeln!(out, "{row}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "lines read: {lines}, lines with events: {with_events}, events: {events}, \
+         lines not understood: {not_understood}"
+    );
+    Ok(())
+}
