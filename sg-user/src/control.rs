@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::{
-    brain::{Reply, Request},
     domain::Sender,
     engine::EngineConfig,
+    learn::{Reply, Request},
 };
 
 pub const VERSION: u64 = 1;
@@ -38,7 +38,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// What the daemon gives the server to work with.
 pub struct Handles {
-    pub brain: SyncSender<(Request, tokio::sync::oneshot::Sender<Reply>)>,
+    pub learning: SyncSender<(Request, tokio::sync::oneshot::Sender<Reply>)>,
     /// What the daemon's main task does itself (it owns the maps).
     pub ops: tokio::sync::mpsc::Sender<(Op, tokio::sync::oneshot::Sender<Reply>)>,
     pub engine: EngineConfig,
@@ -161,10 +161,10 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
     match request["command"].as_str() {
         Some("top") => {
             let n = request["n"].as_u64().unwrap_or(20).min(10_000) as usize;
-            to_brain(handles, Request::Top { n }, reply)?;
+            to_learning_loop(handles, Request::Top { n }, reply)?;
         }
-        Some("show") => to_brain(handles, Request::Show { who: who()? }, reply)?,
-        Some("release") => to_brain(handles, Request::Release { who: who()? }, reply)?,
+        Some("show") => to_learning_loop(handles, Request::Show { who: who()? }, reply)?,
+        Some("release") => to_learning_loop(handles, Request::Release { who: who()? }, reply)?,
         Some("reload") => to_main(handles, Op::Reload, reply).await?,
         Some("lists") => {
             let change = crate::lists::from_json(&request["change"])?;
@@ -197,13 +197,13 @@ async fn to_main(
         .map_err(|_| "the daemon is stopping".to_string())
 }
 
-fn to_brain(
+fn to_learning_loop(
     handles: &Handles,
     request: Request,
     reply: tokio::sync::oneshot::Sender<Reply>,
 ) -> Result<(), String> {
     handles
-        .brain
+        .learning
         .try_send((request, reply))
         .map_err(|_| "the learning loop is busy or stopped; try again".to_string())
 }

@@ -14,11 +14,10 @@ use sg_common::Attachment;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    brain,
     config::Config,
     control,
     enforcer::{self, Decision, Enforcer, Maps, Outcome},
-    sources,
+    learn, sources,
     tail::Start,
 };
 
@@ -191,13 +190,21 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         tx,
         stop.clone(),
     );
-    let stats = brain::SharedStats::default();
-    let (brain_tx, brain_rx) = std::sync::mpsc::sync_channel(64);
-    let brain = {
+    let stats = learn::SharedStats::default();
+    let (learning_tx, learning_rx) = std::sync::mpsc::sync_channel(64);
+    let learning = {
         let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
-        let brain_maps = Maps::open_pinned(pin_dir)?;
+        let learning_maps = Maps::open_pinned(pin_dir)?;
         std::thread::spawn(move || {
-            brain::run(&config, brain_maps, enforcer, rx, brain_rx, stop, stats)
+            learn::run(
+                &config,
+                learning_maps,
+                enforcer,
+                rx,
+                learning_rx,
+                stop,
+                stats,
+            )
         })
     };
     let (ops_tx, mut ops_rx) = tokio::sync::mpsc::channel(16);
@@ -208,7 +215,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         .transpose()?;
     let listener = control::bind(&config.control_socket, group)?;
     let handles = Arc::new(control::Handles {
-        brain: brain_tx.clone(),
+        learning: learning_tx.clone(),
         ops: ops_tx,
         engine: config.engine.clone(),
         group,
@@ -274,7 +281,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             _ = watchdog.tick() => {
                 let heartbeat = stats.lock().map_or(0, |s| s.heartbeat_ns);
                 let age = crate::domain::boot_time_ns().saturating_sub(heartbeat);
-                if brain.is_finished() {
+                if learning.is_finished() {
                     anyhow::bail!("the learning loop ended; exiting so that the supervisor restarts us");
                 }
                 if heartbeat != 0 && age > STALLED_AFTER.as_nanos() as u64 {
@@ -287,12 +294,12 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 notify("WATCHDOG=1");
             }
             _ = hangup.recv() => {
-                let _ = reload(&mut current, &mut maps, (tick_ns, boot_offset), &brain_tx).await;
+                let _ = reload(&mut current, &mut maps, (tick_ns, boot_offset), &learning_tx).await;
             }
             Some((op, reply)) = ops_rx.recv() => {
                 let answer = match op {
-                    control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &brain_tx).await,
-                    control::Op::Lists(change) => operator_change(&current, &maps, &brain_tx, change).await,
+                    control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &learning_tx).await,
+                    control::Op::Lists(change) => operator_change(&current, &maps, &learning_tx, change).await,
                     control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::rows(&maps, &store, &list))
                         .map_err(|e| format!("{e:#}")),
@@ -312,7 +319,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    if brain.join().is_err() {
+    if learning.join().is_err() {
         anyhow::bail!("the learning loop panicked");
     }
     // Readers are not joined: one may sit in a read from journalctl; they end with the process.
@@ -331,11 +338,11 @@ async fn reload(
     current: &mut Config,
     maps: &mut Maps,
     clock: (u64, u64),
-    brain: &std::sync::mpsc::SyncSender<(
-        brain::Request,
-        tokio::sync::oneshot::Sender<brain::Reply>,
+    learning: &std::sync::mpsc::SyncSender<(
+        learn::Request,
+        tokio::sync::oneshot::Sender<learn::Reply>,
     )>,
-) -> brain::Reply {
+) -> learn::Reply {
     notify("RELOADING=1");
     let result = async {
         let new = Config::load(&current.path).map_err(|e| format!("{e:#}"))?;
@@ -361,7 +368,7 @@ async fn reload(
             .map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
         // The learning loop's enforcer writes the new config's lists.
-        ask_brain(brain, brain::Request::Reload(Box::new(new.clone()))).await?;
+        ask_learning_loop(learning, learn::Request::Reload(Box::new(new.clone()))).await?;
         *current = new;
         Ok(serde_json::json!({ "reloaded": current.path.display().to_string(), "needs_restart": restart }))
     }
@@ -414,7 +421,7 @@ fn watchdog_interval() -> Duration {
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     maps: Arc<Maps>,
-    stats: brain::SharedStats,
+    stats: learn::SharedStats,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A scraper needs one connection; anyone on the host may connect, so connections are
@@ -503,16 +510,16 @@ fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config)
 async fn operator_change(
     current: &Config,
     maps: &Maps,
-    brain: &std::sync::mpsc::SyncSender<(
-        brain::Request,
-        tokio::sync::oneshot::Sender<brain::Reply>,
+    learning: &std::sync::mpsc::SyncSender<(
+        learn::Request,
+        tokio::sync::oneshot::Sender<learn::Reply>,
     )>,
     change: crate::lists::Change,
 ) -> Result<serde_json::Value, String> {
     crate::store::Store::open(&current.state_dir)
         .and_then(|store| crate::lists::journal(maps, &store, &change))
         .map_err(|e| format!("{e:#}"))?;
-    let answer = ask_brain(brain, brain::Request::Operator(change)).await?;
+    let answer = ask_learning_loop(learning, learn::Request::Operator(change)).await?;
     if let Some(said) = answer["said"].as_str() {
         eprintln!("slowgate: control: {said}");
     }
@@ -520,15 +527,15 @@ async fn operator_change(
 }
 
 /// Sends a request to the learning loop and waits for its answer (10 s at most).
-async fn ask_brain(
-    brain: &std::sync::mpsc::SyncSender<(
-        brain::Request,
-        tokio::sync::oneshot::Sender<brain::Reply>,
+async fn ask_learning_loop(
+    learning: &std::sync::mpsc::SyncSender<(
+        learn::Request,
+        tokio::sync::oneshot::Sender<learn::Reply>,
     )>,
-    request: brain::Request,
+    request: learn::Request,
 ) -> Result<serde_json::Value, String> {
     let (reply, wait) = tokio::sync::oneshot::channel();
-    brain
+    learning
         .try_send((request, reply))
         .map_err(|_| "the learning loop is busy; try again".to_string())?;
     match tokio::time::timeout(Duration::from_secs(10), wait).await {
@@ -540,7 +547,7 @@ async fn ask_brain(
 
 /// Puts the config's lists into the kernel. Entries added with the CLI stay.
 fn apply_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config) -> anyhow::Result<()> {
-    let outcomes = enforcer.apply(maps, &brain::config_lists(config));
+    let outcomes = enforcer.apply(maps, &learn::config_lists(config));
     for outcome in outcomes {
         if let Outcome::Failed(e) = outcome {
             return Err(e.context(format!("{}: `[lists]`", config.path.display())));

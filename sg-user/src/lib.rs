@@ -1,7 +1,6 @@
 //! slowgate's userspace: config, the enforcer (XDP maps), the daemon and the CLI.
 //! `main.rs` is a thin shell over this library, so tests and benches call the same code.
 
-pub mod brain;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -12,6 +11,7 @@ pub mod enforcer;
 pub mod engine;
 pub mod events;
 pub mod history;
+pub mod learn;
 pub mod lists;
 pub mod metrics;
 pub mod parsers;

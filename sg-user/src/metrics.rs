@@ -10,7 +10,7 @@ use std::{
 
 use sg_common::{counter, reason, service};
 
-use crate::{brain::Stats, enforcer::Maps, engine::KIND_NAMES};
+use crate::{enforcer::Maps, engine::KIND_NAMES, learn::Stats};
 
 /// Upper bounds of the points histogram of limited senders.
 const POINT_BUCKETS: [f64; 8] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
@@ -40,7 +40,7 @@ const PAGE_EVERY: Duration = Duration::from_secs(1);
 pub const FILL_EVERY: Duration = Duration::from_secs(30);
 
 impl Page {
-    pub fn get(&mut self, maps: &Maps, stats: &crate::brain::SharedStats) -> String {
+    pub fn get(&mut self, maps: &Maps, stats: &crate::learn::SharedStats) -> String {
         let now = Instant::now();
         if self
             .rendered
