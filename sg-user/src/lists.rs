@@ -8,112 +8,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    domain::{Limit, Network, format_duration, unix_now},
+    domain::{Network, format_duration},
     enforcer::{Decision, Enforcer},
     enforcer::{Entry, ListKind, Maps},
-    store::{ListOp, Store},
+    store::Store,
 };
 
-/// One change an operator asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Change {
-    Add {
-        kind: ListKind,
-        network: Network,
-        ttl: Option<Duration>,
-        comment: Option<String>,
-    },
-    Del {
-        kind: ListKind,
-        network: Network,
-    },
-    LimitSet {
-        network: Network,
-        limit: Limit,
-        ttl: Option<Duration>,
-        comment: Option<String>,
-    },
-    LimitDel {
-        network: Network,
-    },
-}
-
-impl Change {
-    /// The journal line of this change.
-    fn op(&self) -> ListOp {
-        let op = |list: &str, network: &Network, present, ttl: &Option<Duration>| ListOp {
-            list: list.into(),
-            network: network.to_string(),
-            present,
-            expires_unix: ttl.map(|t| unix_now() + t.as_secs().max(1)),
-            limit: None,
-            comment: None,
-        };
-        match self {
-            Change::Add {
-                kind,
-                network,
-                ttl,
-                comment,
-            } => ListOp {
-                comment: comment.clone(),
-                ..op(kind.name(), network, true, ttl)
-            },
-            Change::Del { kind, network } => op(kind.name(), network, false, &None),
-            Change::LimitSet {
-                network,
-                limit,
-                ttl,
-                comment,
-            } => ListOp {
-                limit: Some(limit.to_string()),
-                comment: comment.clone(),
-                ..op("limit", network, true, ttl)
-            },
-            Change::LimitDel { network } => op("limit", network, false, &None),
-        }
-    }
-
-    /// The change a live journal entry stands for, with the time it has left (the daemon
-    /// puts these back at start).
-    pub fn from_op(op: &ListOp) -> anyhow::Result<Change> {
-        let network: Network = op.network.parse()?;
-        let ttl = op
-            .expires_unix
-            .map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
-        let comment = op.comment.clone();
-        Ok(match (op.list.as_str(), op.present) {
-            ("allow", true) => Change::Add {
-                kind: ListKind::Allow,
-                network,
-                ttl,
-                comment,
-            },
-            ("deny", true) => Change::Add {
-                kind: ListKind::Deny,
-                network,
-                ttl,
-                comment,
-            },
-            ("limit", true) => Change::LimitSet {
-                network,
-                limit: op.limit.as_deref().unwrap_or("").parse()?,
-                ttl,
-                comment,
-            },
-            ("allow", false) => Change::Del {
-                kind: ListKind::Allow,
-                network,
-            },
-            ("deny", false) => Change::Del {
-                kind: ListKind::Deny,
-                network,
-            },
-            ("limit", false) => Change::LimitDel { network },
-            (other, _) => anyhow::bail!("unknown list {other}"),
-        })
-    }
-}
+pub use crate::decisions::ListChange as Change;
 
 /// Journals the change, then makes it in the kernel through an enforcer of its own (the CLI
 /// while no daemon runs). Returns what to tell the operator.

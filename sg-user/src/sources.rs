@@ -17,10 +17,23 @@ use std::{
 };
 
 use crate::{
-    config::Source,
     parsers::Format,
     tail::{Position, Start, Tailer},
 };
+
+/// Where the daemon reads what the mail software says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    File {
+        path: PathBuf,
+        format: Format,
+    },
+    Journald {
+        units: Vec<String>,
+        identifiers: Vec<String>,
+        format: Format,
+    },
+}
 
 /// One line for the parsers.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,46 +17,14 @@ use std::{
 };
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 
 use crate::domain::unix_now;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/slowgate";
 /// Journal lines beyond which the journal is rewritten with only the live entries.
 const COMPACT_AFTER: usize = 10_000;
 
-/// One CLI change to a list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ListOp {
-    /// `allow`, `deny` or `limit`.
-    pub list: String,
-    /// The network as written (CIDR).
-    pub network: String,
-    /// false: removed.
-    pub present: bool,
-    /// Wall-clock expiry (Unix seconds); None = never.
-    pub expires_unix: Option<u64>,
-    /// For limits: `30/min burst 10` or `block`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-/// One sender of the engine, as saved.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SavedSender {
-    /// `source`, `prefix`, `network`, `user` or `country`.
-    pub kind: String,
-    pub id: String,
-    pub points: f32,
-    /// Unix seconds when `points` were brought up to date.
-    pub at_unix: u64,
-    pub level: u8,
-    pub level_since_unix: u64,
-    #[serde(default)]
-    pub country: Option<String>,
-}
+pub use crate::decisions::ListOp;
+pub use crate::engine::SavedSender;
 
 pub struct Store {
     dir: PathBuf,

@@ -208,7 +208,7 @@ impl Cli {
         }
         Ok(self
             .config()?
-            .map_or_else(|| crate::store::DEFAULT_STATE_DIR.into(), |c| c.state_dir))
+            .map_or_else(|| crate::config::DEFAULT_STATE_DIR.into(), |c| c.state_dir))
     }
 
     pub fn store(&self) -> anyhow::Result<crate::store::Store> {

@@ -11,6 +11,11 @@ use std::{
 use anyhow::Context;
 use sg_common::Bucket;
 
+pub use crate::{
+    enforcer::{AttachMode, Capacity},
+    sources::Source,
+};
+
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -24,20 +29,11 @@ use validate::{line_of, validate};
 use crate::{
     domain::{Limit, Network, Rate},
     engine::EngineConfig,
-    parsers::Format,
 };
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/slowgate/slowgate.toml";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/slowgate";
-/// How to attach XDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native (driver) mode where the driver supports it, else generic (skb) mode.
-    Auto,
-    Native,
-    Skb,
-}
-
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/slowgate";
 /// Validated runtime settings.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -72,28 +68,6 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// The group allowed on the control socket besides root (a name), if any.
     pub control_group: Option<String>,
-}
-
-/// Where the daemon reads what the mail software says.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Source {
-    File {
-        path: PathBuf,
-        format: Format,
-    },
-    Journald {
-        units: Vec<String>,
-        identifiers: Vec<String>,
-        format: Format,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
-    pub lists: u32,
-    pub policies: u32,
-    pub sources: u32,
-    pub prefixes: u32,
 }
 
 impl Config {

@@ -202,7 +202,7 @@ pub(super) fn default_pin_dir() -> PathBuf {
 }
 
 pub(super) fn default_state_dir() -> PathBuf {
-    crate::store::DEFAULT_STATE_DIR.into()
+    crate::config::DEFAULT_STATE_DIR.into()
 }
 
 #[derive(Debug, Deserialize)]

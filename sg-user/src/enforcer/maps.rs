@@ -17,23 +17,10 @@ use super::{
     filter::{FILTER_LOCK, FILTER_REBUILD_EVERY, Keying, seen_epoch_shift},
     program::expiry,
 };
-use crate::domain::{Limit, Network, Rate, boot_time_ns};
-
-/// Which manual list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListKind {
-    Allow,
-    Deny,
-}
-
-impl ListKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ListKind::Allow => "allow",
-            ListKind::Deny => "deny",
-        }
-    }
-}
+use crate::{
+    decisions::ListKind,
+    domain::{Limit, Network, Rate, boot_time_ns},
+};
 
 /// A list or limit entry read back from the kernel.
 #[derive(Clone, Debug, PartialEq)]

@@ -27,38 +27,14 @@ mod filter;
 pub mod maps;
 pub mod program;
 
-pub use maps::{Entry, ListKind, Maps};
+pub use maps::{Entry, Maps};
 pub use program::*;
 
+pub use crate::decisions::{Decision, ListKind};
 use crate::{
+    decisions::ListChange,
     domain::{Limit, Network, format_duration},
-    engine::Change,
-    lists::Change as ListChange,
 };
-
-/// What a producer wants the kernel to hold.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
-    /// The learning loop's limit for a network (an address is a /32 or /128); None releases it.
-    Learned {
-        network: Network,
-        limit: Option<Limit>,
-    },
-    /// An operator's change to a list or a limit.
-    Operator(ListChange),
-}
-
-impl Decision {
-    /// The decision a level change stands for; None for senders enforced elsewhere (users,
-    /// through their sources) or only reported (countries).
-    pub fn learned(change: &Change) -> Option<Decision> {
-        let network = change.sender.network()?;
-        Some(Decision::Learned {
-            network,
-            limit: change.limit,
-        })
-    }
-}
 
 /// Where decisions are written: the kernel's lists and limits, without telling the kernel
 /// until [`Table::publish`].

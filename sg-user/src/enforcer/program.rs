@@ -16,10 +16,25 @@ use aya::{
 };
 use sg_common::{capacity, map_name, mode};
 
-use crate::{
-    config::{AttachMode, Capacity},
-    domain::boot_time_ns,
-};
+use crate::domain::boot_time_ns;
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode where the driver supports it, else generic (skb) mode.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Map sizes (`[capacity]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub lists: u32,
+    pub policies: u32,
+    pub sources: u32,
+    pub prefixes: u32,
+}
 
 /// The XDP program, built by build.rs and embedded so that the binary is all an operator installs.
 pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf.o"));

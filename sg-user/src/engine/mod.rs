@@ -41,7 +41,7 @@ mod tests;
 pub use change::{Change, SenderInfo};
 pub use geo::Geo;
 pub use settings::{EngineConfig, KIND_NAMES, LevelRow, Weights, kind_index};
-pub use snapshot::Snapshot;
+pub use snapshot::{SavedSender, Snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Tracked {

@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Change, Engine, NO_COUNTRY, Tracked, decay, secs};
 use crate::domain::{Sender, country_name};
 
 impl Engine {
     /// The senders worth keeping across a restart (limited, or with at least half a point),
     /// at most `max`, the most important first; times on the wall clock.
-    pub fn export(&self, now_ns: u64, max: usize) -> Vec<crate::store::SavedSender> {
+    pub fn export(&self, now_ns: u64, max: usize) -> Vec<SavedSender> {
         self.snapshot(now_ns).rows(max)
     }
 
@@ -26,7 +28,7 @@ impl Engine {
     /// Takes back what [`Engine::export`] saved, decayed for the time that passed (a restart,
     /// a reboot). Returns the changes that put limited senders back at their level, for the
     /// enforcer. Rows that do not parse are skipped.
-    pub fn import(&mut self, rows: &[crate::store::SavedSender], now_ns: u64) -> Vec<Change> {
+    pub fn import(&mut self, rows: &[SavedSender], now_ns: u64) -> Vec<Change> {
         let now = secs(now_ns);
         let unix = crate::domain::unix_now();
         let mut changes = Vec::new();
@@ -98,7 +100,7 @@ impl Snapshot {
 
     /// The senders worth keeping (limited, or with at least half a point), at most `max`, the
     /// most important first; times on the wall clock.
-    pub fn rows(self, max: usize) -> Vec<crate::store::SavedSender> {
+    pub fn rows(self, max: usize) -> Vec<SavedSender> {
         let now = self.now;
         let offset = crate::domain::unix_now().saturating_sub(u64::from(now));
         let mut rows: Vec<(Sender, Tracked, f64)> = self
@@ -121,7 +123,7 @@ impl Snapshot {
                     Sender::User(u) => ("user", u.to_string()),
                     Sender::Country(c) => ("country", country_name(*c)),
                 };
-                crate::store::SavedSender {
+                SavedSender {
                     kind: kind.into(),
                     id,
                     points: points as f32,
@@ -133,4 +135,19 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// One sender of the engine, as saved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedSender {
+    /// `source`, `prefix`, `network`, `user` or `country`.
+    pub kind: String,
+    pub id: String,
+    pub points: f32,
+    /// Unix seconds when `points` were brought up to date.
+    pub at_unix: u64,
+    pub level: u8,
+    pub level_since_unix: u64,
+    #[serde(default)]
+    pub country: Option<String>,
 }

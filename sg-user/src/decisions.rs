@@ -1,0 +1,171 @@
+//! What producers of limits ask for, in the words the enforcer, the journal and the control
+//! protocol share: the learning loop's limits, operators' list and limit changes, and the
+//! journal line an operator's change is kept as.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    domain::{Limit, Network, unix_now},
+    engine::Change,
+};
+
+/// What a producer wants the kernel to hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// The learning loop's limit for a network (an address is a /32 or /128); None releases it.
+    Learned {
+        network: Network,
+        limit: Option<Limit>,
+    },
+    /// An operator's change to a list or a limit.
+    Operator(ListChange),
+}
+
+impl Decision {
+    /// The decision a level change stands for; None for senders enforced elsewhere (users,
+    /// through their sources) or only reported (countries).
+    pub fn learned(change: &Change) -> Option<Decision> {
+        let network = change.sender.network()?;
+        Some(Decision::Learned {
+            network,
+            limit: change.limit,
+        })
+    }
+}
+
+/// Which manual list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListKind {
+    Allow,
+    Deny,
+}
+
+impl ListKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListKind::Allow => "allow",
+            ListKind::Deny => "deny",
+        }
+    }
+}
+
+/// One change an operator asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListChange {
+    Add {
+        kind: ListKind,
+        network: Network,
+        ttl: Option<Duration>,
+        comment: Option<String>,
+    },
+    Del {
+        kind: ListKind,
+        network: Network,
+    },
+    LimitSet {
+        network: Network,
+        limit: Limit,
+        ttl: Option<Duration>,
+        comment: Option<String>,
+    },
+    LimitDel {
+        network: Network,
+    },
+}
+
+impl ListChange {
+    /// The journal line of this change.
+    pub fn op(&self) -> ListOp {
+        let op = |list: &str, network: &Network, present, ttl: &Option<Duration>| ListOp {
+            list: list.into(),
+            network: network.to_string(),
+            present,
+            expires_unix: ttl.map(|t| unix_now() + t.as_secs().max(1)),
+            limit: None,
+            comment: None,
+        };
+        match self {
+            ListChange::Add {
+                kind,
+                network,
+                ttl,
+                comment,
+            } => ListOp {
+                comment: comment.clone(),
+                ..op(kind.name(), network, true, ttl)
+            },
+            ListChange::Del { kind, network } => op(kind.name(), network, false, &None),
+            ListChange::LimitSet {
+                network,
+                limit,
+                ttl,
+                comment,
+            } => ListOp {
+                limit: Some(limit.to_string()),
+                comment: comment.clone(),
+                ..op("limit", network, true, ttl)
+            },
+            ListChange::LimitDel { network } => op("limit", network, false, &None),
+        }
+    }
+
+    /// The change a live journal entry stands for, with the time it has left (the daemon
+    /// puts these back at start).
+    pub fn from_op(op: &ListOp) -> anyhow::Result<ListChange> {
+        let network: Network = op.network.parse()?;
+        let ttl = op
+            .expires_unix
+            .map(|at| Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+        let comment = op.comment.clone();
+        Ok(match (op.list.as_str(), op.present) {
+            ("allow", true) => ListChange::Add {
+                kind: ListKind::Allow,
+                network,
+                ttl,
+                comment,
+            },
+            ("deny", true) => ListChange::Add {
+                kind: ListKind::Deny,
+                network,
+                ttl,
+                comment,
+            },
+            ("limit", true) => ListChange::LimitSet {
+                network,
+                limit: op.limit.as_deref().unwrap_or("").parse()?,
+                ttl,
+                comment,
+            },
+            ("allow", false) => ListChange::Del {
+                kind: ListKind::Allow,
+                network,
+            },
+            ("deny", false) => ListChange::Del {
+                kind: ListKind::Deny,
+                network,
+            },
+            ("limit", false) => ListChange::LimitDel { network },
+            (other, _) => anyhow::bail!("unknown list {other}"),
+        })
+    }
+}
+
+/// One CLI change to a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListOp {
+    /// `allow`, `deny` or `limit`.
+    pub list: String,
+    /// The network as written (CIDR).
+    pub network: String,
+    /// false: removed.
+    pub present: bool,
+    /// Wall-clock expiry (Unix seconds); None = never.
+    pub expires_unix: Option<u64>,
+    /// For limits: `30/min burst 10` or `block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
