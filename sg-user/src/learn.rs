@@ -25,7 +25,7 @@ use crate::{
     domain::{Network, Sender},
     enforcer::{Decision, Enforcer, Outcome as Enforced},
     enforcer::{ListKind, Maps},
-    engine::{Change, Engine, Geo},
+    engine::{Change, Engine},
     lists::Change as ListChange,
     parsers::{Outcome, Parsers},
     sources::{Line, Text},
@@ -155,7 +155,7 @@ pub fn run(
     let config = &mut config;
     let mut recent: std::collections::VecDeque<(u64, Change)> = Default::default();
     let geo = match &config.geoip {
-        Some(path) => match Geo::open(path) {
+        Some(path) => match crate::config::read_geo(path) {
             Ok(g) => Some(g),
             Err(e) => {
                 eprintln!("slowgate: {e:#}; countries are not used");
@@ -193,7 +193,11 @@ pub fn run(
     if let Some(store) = &store {
         match store.load_senders() {
             Ok(rows) if !rows.is_empty() => {
-                let back = engine.import(&rows, crate::domain::boot_time_ns());
+                let back = engine.import(
+                    &rows,
+                    crate::domain::boot_time_ns(),
+                    crate::domain::unix_now(),
+                );
                 eprintln!(
                     "slowgate: restored {} senders, {} of them limited",
                     rows.len(),
@@ -434,7 +438,8 @@ impl Saver {
         let Some(tx) = &self.snapshots else {
             return false;
         };
-        match tx.try_send(engine.snapshot(crate::domain::boot_time_ns())) {
+        match tx.try_send(engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now()))
+        {
             Ok(()) => true,
             Err(std::sync::mpsc::TrySendError::Full(_)) => false,
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
@@ -450,7 +455,8 @@ impl Saver {
     /// The last snapshot, written before this returns (at stop).
     fn finish(mut self, engine: &Engine) {
         if let Some(tx) = self.snapshots.take() {
-            let _ = tx.send(engine.snapshot(crate::domain::boot_time_ns()));
+            let _ =
+                tx.send(engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now()));
         }
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()

@@ -14,7 +14,7 @@ use anyhow::Context;
 use crate::{
     config::Config,
     domain::{FastMap, FastSet, Limit, Sender, format_duration, format_time},
-    engine::{Change, Engine, Geo},
+    engine::{Change, Engine},
     events::{Event, EventKind},
     parsers::{Format, Outcome, Parsers},
 };
@@ -132,7 +132,11 @@ pub fn run(config: &Config, format: Format, logs: &[PathBuf]) -> anyhow::Result<
     // Stable: lines of one file keep their order within a second.
     events.sort_by_key(|(t, file, _)| (*t, *file));
 
-    let geo = config.geoip.as_deref().map(Geo::open).transpose()?;
+    let geo = config
+        .geoip
+        .as_deref()
+        .map(crate::config::read_geo)
+        .transpose()?;
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
     engine.set_allowed(config.allow.iter().map(|n| n.to_ipnet()).collect());
     let mut rows: FastMap<Sender, Row> = FastMap::default();

@@ -146,3 +146,25 @@ fn no_source_file_is_longer_than_700_lines() {
         assert!(lines <= 700, "{file}: {lines} lines");
     }
 }
+
+#[test]
+fn the_engine_reads_no_clock_and_opens_no_file() {
+    for (module, file, text) in sources() {
+        if module != "engine" {
+            continue;
+        }
+        for io in [
+            "unix_now",
+            "boot_time_ns",
+            "SystemTime",
+            "Instant::now",
+            "std::fs",
+            "File::",
+        ] {
+            assert!(
+                !text.contains(io),
+                "{file} uses {io}: the caller passes time and data"
+            );
+        }
+    }
+}

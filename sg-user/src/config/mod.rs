@@ -70,6 +70,14 @@ pub struct Config {
     pub control_group: Option<String>,
 }
 
+/// Reads the GeoIP2 database at `path` for the engine (which opens no file itself).
+pub fn read_geo(path: &Path) -> anyhow::Result<crate::engine::Geo> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("read the GeoIP database {}", path.display()))?;
+    crate::engine::Geo::from_bytes(bytes)
+        .with_context(|| format!("the GeoIP database {}", path.display()))
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {

@@ -23,9 +23,10 @@ struct IsoCode<'a> {
 }
 
 impl Geo {
-    pub fn open(path: &std::path::Path) -> anyhow::Result<Geo> {
-        let reader = maxminddb::Reader::open_readfile(path)
-            .map_err(|e| anyhow::anyhow!("open the GeoIP database {}: {e}", path.display()))?;
+    /// A database the caller read (the engine opens no file).
+    pub fn from_bytes(bytes: Vec<u8>) -> anyhow::Result<Geo> {
+        let reader = maxminddb::Reader::from_source(bytes)
+            .map_err(|e| anyhow::anyhow!("not a GeoIP2 database: {e}"))?;
         Ok(Geo { reader })
     }
 

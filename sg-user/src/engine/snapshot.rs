@@ -10,27 +10,30 @@ use crate::domain::{Sender, country_name};
 
 impl Engine {
     /// The senders worth keeping across a restart (limited, or with at least half a point),
-    /// at most `max`, the most important first; times on the wall clock.
-    pub fn export(&self, now_ns: u64, max: usize) -> Vec<SavedSender> {
-        self.snapshot(now_ns).rows(max)
+    /// at most `max`, the most important first; times on the wall clock, which reads
+    /// `unix_s` (seconds) when the engine's clock reads `now_ns`.
+    pub fn export(&self, now_ns: u64, unix_s: u64, max: usize) -> Vec<SavedSender> {
+        self.snapshot(now_ns, unix_s).rows(max)
     }
 
     /// A copy of what [`Engine::export`] reads, taken quickly so that the rest (choosing,
     /// sorting, writing) can run on another thread.
-    pub fn snapshot(&self, now_ns: u64) -> Snapshot {
+    pub fn snapshot(&self, now_ns: u64, unix_s: u64) -> Snapshot {
         Snapshot {
             senders: self.tracked.iter().map(|(s, t)| (s.clone(), *t)).collect(),
             now: secs(now_ns),
+            unix: unix_s,
             half_life: self.config.half_life,
         }
     }
 
     /// Takes back what [`Engine::export`] saved, decayed for the time that passed (a restart,
     /// a reboot). Returns the changes that put limited senders back at their level, for the
-    /// enforcer. Rows that do not parse are skipped.
-    pub fn import(&mut self, rows: &[SavedSender], now_ns: u64) -> Vec<Change> {
+    /// enforcer. Rows that do not parse are skipped. `unix_s` is the wall clock (seconds) when
+    /// the engine's clock reads `now_ns`.
+    pub fn import(&mut self, rows: &[SavedSender], now_ns: u64, unix_s: u64) -> Vec<Change> {
         let now = secs(now_ns);
-        let unix = crate::domain::unix_now();
+        let unix = unix_s;
         let mut changes = Vec::new();
         for row in rows {
             let sender = match row.kind.as_str() {
@@ -86,6 +89,8 @@ impl Engine {
 pub struct Snapshot {
     senders: Vec<(Sender, Tracked)>,
     now: u32,
+    /// The wall clock (seconds) when the engine's clock read `now`.
+    unix: u64,
     half_life: Duration,
 }
 
@@ -102,7 +107,7 @@ impl Snapshot {
     /// most important first; times on the wall clock.
     pub fn rows(self, max: usize) -> Vec<SavedSender> {
         let now = self.now;
-        let offset = crate::domain::unix_now().saturating_sub(u64::from(now));
+        let offset = self.unix.saturating_sub(u64::from(now));
         let mut rows: Vec<(Sender, Tracked, f64)> = self
             .senders
             .into_iter()

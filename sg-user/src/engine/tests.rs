@@ -276,10 +276,13 @@ fn an_allowed_sender_never_gets_points_or_a_limit() {
 #[test]
 fn countries_weigh_events_and_may_have_their_own_levels() {
     // GeoLite2 test data: 81.2.69.142 is GB, 111.235.160.1 is CN (lookups only, no traffic).
-    let geo = Geo::open(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/geoip/GeoLite2-Country-Test.mmdb"
-    )))
+    let geo = Geo::from_bytes(
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/geoip/GeoLite2-Country-Test.mmdb"
+        ))
+        .unwrap(),
+    )
     .unwrap();
     assert_eq!(geo.country(ip("81.2.69.142")), Some(*b"GB"));
     assert_eq!(geo.country(ip("111.235.160.1")), Some(*b"CN"));
