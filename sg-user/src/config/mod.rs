@@ -16,6 +16,7 @@ pub use crate::{
     sources::Source,
 };
 
+pub mod error;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -103,10 +104,10 @@ impl Config {
         validate(raw, path).map_err(|e| {
             // Name the line of the key the error is about, as for syntax errors.
             let message = format!("{e:#}");
-            let line = message
-                .split_once("key `")
-                .and_then(|(_, rest)| rest.split_once('`'))
-                .and_then(|(key, _)| line_of(text, key));
+            let line = e
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<error::ConfigError>())
+                .and_then(|error| line_of(text, &error.key));
             match line {
                 Some(line) => anyhow::anyhow!("{}:{line}: {message}", path.display()),
                 None => anyhow::anyhow!("{}: {message}", path.display()),

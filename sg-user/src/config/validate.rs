@@ -2,9 +2,9 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use anyhow::{Context, bail};
 use sg_common::service;
 
+use super::error::{key_bail, key_error};
 use super::{
     AttachMode, Capacity, Config, Source,
     raw::{RawBucket, RawConfig, RawLevel},
@@ -17,18 +17,24 @@ use crate::{
 
 pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.interfaces.is_empty() {
-        bail!("key `interfaces`: name at least one interface to protect, like [\"eth0\"]");
+        key_bail!(
+            format!("interfaces"),
+            "name at least one interface to protect, like [\"eth0\"]"
+        );
     }
     for name in &raw.interfaces {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-            bail!("key `interfaces`: `{name}` is not an interface name");
+            key_bail!(format!("interfaces"), "`{name}` is not an interface name");
         }
     }
     let attach_mode = match raw.attach_mode.as_str() {
         "auto" => AttachMode::Auto,
         "native" => AttachMode::Native,
         "skb" => AttachMode::Skb,
-        other => bail!("key `attach_mode`: `{other}` is not one of auto, native, skb"),
+        other => key_bail!(
+            format!("attach_mode"),
+            "`{other}` is not one of auto, native, skb"
+        ),
     };
     let mut ports = BTreeMap::new();
     for (name, list, svc) in [
@@ -39,25 +45,28 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     ] {
         for &port in list {
             if port == 0 {
-                bail!("key `ports.{name}`: port 0 is not a port");
+                key_bail!(format!("ports.{name}"), "port 0 is not a port");
             }
             if let Some(prev) = ports.insert(port, svc) {
-                bail!(
-                    "key `ports.{name}`: port {port} is already listed under `ports.{}`",
+                key_bail!(
+                    format!("ports.{name}"),
+                    "port {port} is already listed under `ports.{}`",
                     service::NAMES[prev as usize]
                 );
             }
         }
     }
     if !(8..=32).contains(&raw.prefix.ipv4) {
-        bail!(
-            "key `prefix.ipv4`: {} is not a prefix length between 8 and 32",
+        key_bail!(
+            format!("prefix.ipv4"),
+            "{} is not a prefix length between 8 and 32",
             raw.prefix.ipv4
         );
     }
     if !(16..=128).contains(&raw.prefix.ipv6) {
-        bail!(
-            "key `prefix.ipv6`: {} is not a prefix length between 16 and 128",
+        key_bail!(
+            format!("prefix.ipv6"),
+            "{} is not a prefix length between 16 and 128",
             raw.prefix.ipv6
         );
     }
@@ -68,7 +77,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
                 let rate: Rate = b
                     .rate
                     .parse()
-                    .with_context(|| format!("key `{key}.rate`"))?;
+                    .map_err(|e| key_error!(format!("{key}.rate"), "{e:#}"))?;
                 check_burst(&format!("{key}.burst"), b.burst)?;
                 Ok(Some((rate, b.burst)))
             }
@@ -77,7 +86,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let source_ceiling = bucket("ceiling.source", raw.ceiling.source)?;
     let prefix_ceiling = bucket("ceiling.prefix", raw.ceiling.prefix)?;
     let sweep_interval = parse_duration(&raw.enforcement.sweep_interval)
-        .context("key `enforcement.sweep_interval`")?;
+        .map_err(|e| key_error!("enforcement.sweep_interval".to_string(), "{e:#}"))?;
     within(
         "enforcement.sweep_interval",
         sweep_interval,
@@ -92,27 +101,30 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         ("capacity.prefixes", c.prefixes),
     ] {
         if !(16..=16_777_216).contains(&value) {
-            bail!("key `{key}`: {value} is outside 16..=16777216");
+            key_bail!(format!("{key}"), "{value} is outside 16..=16777216");
         }
         if key.ends_with("sources") || key.ends_with("prefixes") {
             // Slot tables are indexed by masking a hash.
             if !value.is_power_of_two() {
-                bail!(
-                    "key `{key}`: {value} is not a power of two (try {})",
+                key_bail!(
+                    format!("{key}"),
+                    "{value} is not a power of two (try {})",
                     value.next_power_of_two()
                 );
             }
         }
     }
     if !(8..=raw.prefix.ipv4).contains(&raw.prefix.network_ipv4) {
-        bail!(
-            "key `prefix.network_ipv4`: {} is not a prefix length between 8 and prefix.ipv4",
+        key_bail!(
+            format!("prefix.network_ipv4"),
+            "{} is not a prefix length between 8 and prefix.ipv4",
             raw.prefix.network_ipv4
         );
     }
     if !(16..=raw.prefix.ipv6).contains(&raw.prefix.network_ipv6) {
-        bail!(
-            "key `prefix.network_ipv6`: {} is not a prefix length between 16 and prefix.ipv6",
+        key_bail!(
+            format!("prefix.network_ipv6"),
+            "{} is not a prefix length between 16 and prefix.ipv6",
             raw.prefix.network_ipv6
         );
     }
@@ -120,7 +132,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     for (i, s) in raw.sources.iter().enumerate() {
         let key = format!("sources[{i}]");
         let format = <Format as clap::ValueEnum>::from_str(&s.format, true)
-            .map_err(|_| anyhow::anyhow!("key `{key}.format`: unknown format {:?} (known: auto, postfix, sendmail, qmail, exim, dovecot, rspamd)", s.format))?;
+            .map_err(|_| key_error!(format!("{key}.format"), "unknown format {:?} (known: auto, postfix, sendmail, qmail, exim, dovecot, rspamd)", s.format))?;
         let journald = !s.journald_units.is_empty() || !s.journald_identifiers.is_empty();
         sources.push(match (&s.path, journald) {
             (Some(path), false) => Source::File {
@@ -133,12 +145,16 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
                 format,
             },
             _ => {
-                bail!("key `{key}`: give either `path`, or `journald_units`/`journald_identifiers`")
+                key_bail!(
+                    format!("{key}"),
+                    "give either `path`, or `journald_units`/`journald_identifiers`"
+                )
             }
         });
     }
     let p = &raw.points;
-    let half_life = parse_duration(&p.half_life).context("key `points.half_life`")?;
+    let half_life = parse_duration(&p.half_life)
+        .map_err(|e| key_error!("points.half_life".to_string(), "{e:#}"))?;
     within(
         "points.half_life",
         half_life,
@@ -146,31 +162,36 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         365 * DAY,
     )?;
     if !(p.step_down_below > 0.0 && p.step_down_below < 1.0) {
-        bail!(
-            "key `points.step_down_below`: {} is not a fraction between 0 and 1 (a sender \
+        key_bail!(
+            format!("points.step_down_below"),
+            "{} is not a fraction between 0 and 1 (a sender \
              must be able to come down)",
             p.step_down_below
         );
     }
     if !(16..=MAX_TRACKED).contains(&p.max_tracked) {
-        bail!(
-            "key `points.max_tracked`: {} is outside 16..={MAX_TRACKED}",
+        key_bail!(
+            format!("points.max_tracked"),
+            "{} is outside 16..={MAX_TRACKED}",
             p.max_tracked
         );
     }
-    let limit_ttl = parse_duration(&p.limit_ttl).context("key `points.limit_ttl`")?;
+    let limit_ttl = parse_duration(&p.limit_ttl)
+        .map_err(|e| key_error!("points.limit_ttl".to_string(), "{e:#}"))?;
     within(
         "points.limit_ttl",
         limit_ttl,
         Duration::from_secs(10),
         30 * DAY,
     )?;
-    let min_hold = parse_duration(&p.min_hold).context("key `points.min_hold`")?;
+    let min_hold = parse_duration(&p.min_hold)
+        .map_err(|e| key_error!("points.min_hold".to_string(), "{e:#}"))?;
     within("points.min_hold", min_hold, Duration::ZERO, 30 * DAY)?;
     for (name, weight) in p.weights.named() {
         if !(weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight)) {
-            bail!(
-                "key `points.weights.{name}`: {weight} is not a weight between 0 and {MAX_WEIGHT}"
+            key_bail!(
+                format!("points.weights.{name}"),
+                "{weight} is not a weight between 0 and {MAX_WEIGHT}"
             );
         }
     }
@@ -178,7 +199,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     for (code, m) in &raw.countries.multipliers {
         let key = format!("countries.multipliers.{code}");
         if !(m.is_finite() && (0.0..=MAX_MULTIPLIER).contains(m)) {
-            bail!("key `{key}`: {m} is not a multiplier between 0 and {MAX_MULTIPLIER}");
+            key_bail!(
+                format!("{key}"),
+                "{m} is not a multiplier between 0 and {MAX_MULTIPLIER}"
+            );
         }
         country_multipliers.insert(country_code(&key, code)?, *m);
     }
@@ -190,7 +214,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if (!country_levels.is_empty() || !country_multipliers.is_empty())
         && raw.countries.database.is_none()
     {
-        bail!("key `countries.database`: per-country settings need a GeoIP2 country database");
+        key_bail!(
+            format!("countries.database"),
+            "per-country settings need a GeoIP2 country database"
+        );
     }
     let engine = EngineConfig {
         weights: p.weights.clone(),
@@ -211,30 +238,39 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         match raw.metrics.listen.as_str() {
             "" => None,
             text => Some(text.parse().map_err(|_| {
-                anyhow::anyhow!("key `metrics.listen`: {text:?} is not ADDRESS:PORT")
+                key_error!(format!("metrics.listen"), "{text:?} is not ADDRESS:PORT")
             })?),
         };
     let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
         list.iter()
-            .map(|n| n.parse::<Network>().with_context(|| format!("key `{key}`")))
+            .map(|n| {
+                n.parse::<Network>()
+                    .map_err(|e| key_error!(format!("{key}"), "{e:#}"))
+            })
             .collect()
     };
     let allow = networks("lists.allow", &raw.lists.allow)?;
     let deny = networks("lists.deny", &raw.lists.deny)?;
     let mut limits = Vec::new();
     for l in raw.lists.limit {
-        let net: Network = l.network.parse().context("key `lists.limit.network`")?;
+        let net: Network = l
+            .network
+            .parse()
+            .map_err(|e| key_error!("lists.limit.network".to_string(), "{e:#}"))?;
         let limit = match (l.block, l.rate, l.burst) {
             (true, None, None) => Limit::Block,
             (false, Some(rate), Some(burst)) => {
                 check_burst("lists.limit.burst", burst)?;
                 Limit::Rate {
-                    rate: rate.parse().context("key `lists.limit.rate`")?,
+                    rate: rate
+                        .parse()
+                        .map_err(|e| key_error!("lists.limit.rate".to_string(), "{e:#}"))?,
                     burst,
                 }
             }
-            _ => bail!(
-                "key `lists.limit` for {net}: give either `rate` and `burst`, or `block = true`"
+            _ => key_bail!(
+                "lists.limit".to_string(),
+                "for {net}: give either `rate` and `burst`, or `block = true`"
             ),
         };
         limits.push((net, limit));
@@ -343,23 +379,30 @@ fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
             (false, Some(rate), Some(burst)) => {
                 check_burst(&format!("{at}.burst"), burst)?;
                 Limit::Rate {
-                    rate: rate.parse().with_context(|| format!("key `{at}.rate`"))?,
+                    rate: rate
+                        .parse()
+                        .map_err(|e| key_error!(format!("{at}.rate"), "{e:#}"))?,
                     burst,
                 }
             }
-            _ => bail!("key `{at}`: give either `rate` and `burst`, or `block = true`"),
+            _ => key_bail!(
+                format!("{at}"),
+                "give either `rate` and `burst`, or `block = true`"
+            ),
         };
         if !(row.points > 0.0 && row.points <= MAX_POINTS) {
-            bail!(
-                "key `{at}.points`: {} is not a number of points between 0 and {MAX_POINTS}",
+            key_bail!(
+                format!("{at}.points"),
+                "{} is not a number of points between 0 and {MAX_POINTS}",
                 row.points
             );
         }
         if let Some(prev) = table.last().map(|r: &LevelRow| r.points)
             && row.points <= prev
         {
-            bail!(
-                "key `{at}.points`: levels must climb ({} after {prev})",
+            key_bail!(
+                format!("{at}.points"),
+                "levels must climb ({} after {prev})",
                 row.points
             );
         }
@@ -369,7 +412,7 @@ fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
         });
     }
     if table.is_empty() {
-        bail!("key `{key}`: at least one level is needed");
+        key_bail!(format!("{key}"), "at least one level is needed");
     }
     Ok(table)
 }
@@ -377,7 +420,10 @@ fn level_table(key: &str, rows: &[RawLevel]) -> anyhow::Result<Vec<LevelRow>> {
 fn country_code(key: &str, code: &str) -> anyhow::Result<[u8; 2]> {
     let b = code.as_bytes();
     if b.len() != 2 || !b.iter().all(u8::is_ascii_uppercase) {
-        bail!("key `{key}`: {code:?} is not an ISO 3166 country code like \"DE\"");
+        key_bail!(
+            format!("{key}"),
+            "{code:?} is not an ISO 3166 country code like \"DE\""
+        );
     }
     Ok([b[0], b[1]])
 }
@@ -393,8 +439,9 @@ const MAX_POINTS: f64 = 1e12;
 /// Refuses a duration outside `min..=max`, naming the key.
 fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::Result<()> {
     if value < min || value > max {
-        bail!(
-            "key `{key}`: {} is outside {}..={}",
+        key_bail!(
+            format!("{key}"),
+            "{} is outside {}..={}",
             crate::domain::format_duration(value),
             crate::domain::format_duration(min),
             crate::domain::format_duration(max)
@@ -406,7 +453,7 @@ fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::R
 /// The kernel clamps bursts to 65535 (sg-ebpf bucket.rs); refuse what it would change.
 pub fn check_burst(key: &str, burst: u32) -> anyhow::Result<()> {
     if !(1..=65_535).contains(&burst) {
-        bail!("key `{key}`: burst {burst} is outside 1..=65535");
+        key_bail!(format!("{key}"), "burst {burst} is outside 1..=65535");
     }
     Ok(())
 }
