@@ -302,7 +302,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                     control::Op::Lists(change) => operator_change(&current, &maps, &learning_tx, change).await,
                     control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::rows(&maps, &store, &list))
-                        .map_err(|e| format!("{e:#}")),
+                        .map_err(|e| format!("{e:#}"))
+                        .and_then(|rows| control::protocol::reply(&rows)),
                 };
                 let _ = reply.send(answer);
             }
@@ -370,7 +371,10 @@ async fn reload(
         // The learning loop's enforcer writes the new config's lists.
         ask_learning_loop(learning, learn::Request::Reload(Box::new(new.clone()))).await?;
         *current = new;
-        Ok(serde_json::json!({ "reloaded": current.path.display().to_string(), "needs_restart": restart }))
+        control::protocol::reply(&control::protocol::Reloaded {
+            reloaded: current.path.display().to_string(),
+            needs_restart: restart.iter().map(|s| s.to_string()).collect(),
+        })
     }
     .await;
     match &result {

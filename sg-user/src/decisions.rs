@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::{
     domain::{Limit, Network, unix_now},
@@ -52,7 +53,8 @@ impl ListKind {
 }
 
 /// One change an operator asks for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Value", into = "Value")]
 pub enum ListChange {
     Add {
         kind: ListKind,
@@ -168,4 +170,77 @@ pub struct ListOp {
     pub limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+}
+
+/// A change as the control protocol carries it.
+impl From<ListChange> for Value {
+    fn from(change: ListChange) -> Value {
+        let change = &change;
+        let ttl = |t: &Option<Duration>| t.map(|d| d.as_secs());
+        match change {
+            ListChange::Add {
+                kind,
+                network,
+                ttl: t,
+                comment,
+            } => json!({"op": "add", "list": kind.name(), "network": network.to_string(),
+                    "ttl_secs": ttl(t), "comment": comment}),
+            ListChange::Del { kind, network } => {
+                json!({"op": "del", "list": kind.name(), "network": network.to_string()})
+            }
+            ListChange::LimitSet {
+                network,
+                limit,
+                ttl: t,
+                comment,
+            } => json!({"op": "set", "list": "limit", "network": network.to_string(),
+                    "limit": limit.to_string(), "ttl_secs": ttl(t), "comment": comment}),
+            ListChange::LimitDel { network } => {
+                json!({"op": "del", "list": "limit", "network": network.to_string()})
+            }
+        }
+    }
+}
+
+/// The reverse, for the daemon.
+impl TryFrom<Value> for ListChange {
+    type Error = String;
+
+    fn try_from(v: Value) -> Result<ListChange, String> {
+        let v = &v;
+        let network: Network = v["network"]
+            .as_str()
+            .ok_or("`network` is missing")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let ttl = v["ttl_secs"].as_u64().map(Duration::from_secs);
+        let comment = v["comment"].as_str().map(str::to_string);
+        let kind = match v["list"].as_str() {
+            Some("allow") => Some(ListKind::Allow),
+            Some("deny") => Some(ListKind::Deny),
+            Some("limit") => None,
+            other => return Err(format!("unknown list {other:?}")),
+        };
+        match (v["op"].as_str(), kind) {
+            (Some("add"), Some(kind)) => Ok(ListChange::Add {
+                kind,
+                network,
+                ttl,
+                comment,
+            }),
+            (Some("del"), Some(kind)) => Ok(ListChange::Del { kind, network }),
+            (Some("set"), None) => Ok(ListChange::LimitSet {
+                network,
+                limit: v["limit"]
+                    .as_str()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|e| format!("{e:#}"))?,
+                ttl,
+                comment,
+            }),
+            (Some("del"), None) => Ok(ListChange::LimitDel { network }),
+            (op, _) => Err(format!("unknown op {op:?}")),
+        }
+    }
 }

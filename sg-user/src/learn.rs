@@ -118,25 +118,7 @@ pub struct Stats {
 
 pub type SharedStats = Arc<Mutex<Stats>>;
 
-/// What the control socket asks of the learning loop.
-pub enum Request {
-    Top {
-        n: usize,
-    },
-    Show {
-        who: Sender,
-    },
-    Release {
-        who: Sender,
-    },
-    /// A new config, already validated; its lists go to the kernel through the enforcer.
-    Reload(Box<Config>),
-    /// An operator's change to a list or a limit, already journaled by the daemon.
-    Operator(ListChange),
-}
-
-pub type Reply = Result<serde_json::Value, String>;
-pub type Requests = Receiver<(Request, tokio::sync::oneshot::Sender<Reply>)>;
+pub use crate::control::{Reply, Requests, ToLearning as Request};
 
 /// Level changes remembered for `slowgate show` (the oldest go first).
 const HISTORY: usize = 10_000;
@@ -236,42 +218,50 @@ pub fn run(
         let mut arrived = None;
         while let Ok((request, reply)) = requests.try_recv() {
             let now = crate::domain::boot_time_ns();
-            let answer = match request {
-                Request::Top { n } => {
-                    serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
-                }
-                Request::Show { who } => Ok(show(&engine, &maps, &recent, &who, now)),
-                Request::Release { who } => {
-                    let released = engine.release(&who, now);
-                    let was = released.as_ref().map_or(0, |c| c.from);
-                    changes.extend(released);
-                    Ok(serde_json::json!({ "released": who.to_string(), "level_was": was }))
-                }
-                Request::Reload(new) => {
-                    let failed: Vec<String> = enforcer
-                        .apply(&mut maps, &config_lists(&new))
-                        .into_iter()
-                        .filter_map(|o| match o {
-                            Enforced::Failed(e) => Some(format!("{e:#}")),
-                            _ => None,
-                        })
-                        .collect();
-                    changes.extend(engine.set_config(new.engine.clone(), now));
-                    enforcer.ttl = new.limit_ttl;
-                    *config = *new;
-                    refresh_allowed(&mut engine, &mut maps, config);
-                    if failed.is_empty() {
-                        Ok(serde_json::json!({ "reloaded": true }))
-                    } else {
-                        Err(format!("`[lists]`: {}", failed.join("; ")))
+            let answer =
+                match request {
+                    Request::Top { n } => {
+                        serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
                     }
-                }
-                Request::Operator(change) => {
-                    crate::enforcer::said(enforcer.apply(&mut maps, &[Decision::Operator(change)]))
-                        .map(|said| serde_json::json!({ "said": said }))
-                        .map_err(|e| format!("{e:#}"))
-                }
-            };
+                    Request::Show { who } => {
+                        crate::control::protocol::reply(&show(&engine, &maps, &recent, &who, now))
+                    }
+                    Request::Release { who } => {
+                        let released = engine.release(&who, now);
+                        let was = released.as_ref().map_or(0, |c| c.from);
+                        changes.extend(released);
+                        crate::control::protocol::reply(&crate::control::protocol::Released {
+                            released: who.to_string(),
+                            level_was: was,
+                        })
+                    }
+                    Request::Reload(new) => {
+                        let failed: Vec<String> = enforcer
+                            .apply(&mut maps, &config_lists(&new))
+                            .into_iter()
+                            .filter_map(|o| match o {
+                                Enforced::Failed(e) => Some(format!("{e:#}")),
+                                _ => None,
+                            })
+                            .collect();
+                        changes.extend(engine.set_config(new.engine.clone(), now));
+                        enforcer.ttl = new.limit_ttl;
+                        *config = *new;
+                        refresh_allowed(&mut engine, &mut maps, config);
+                        if failed.is_empty() {
+                            Ok(serde_json::json!({ "reloaded": true }))
+                        } else {
+                            Err(format!("`[lists]`: {}", failed.join("; ")))
+                        }
+                    }
+                    Request::Operator(change) => crate::enforcer::said(
+                        enforcer.apply(&mut maps, &[Decision::Operator(change)]),
+                    )
+                    .map_err(|e| format!("{e:#}"))
+                    .and_then(|said| {
+                        crate::control::protocol::reply(&crate::control::protocol::Said { said })
+                    }),
+                };
             let _ = reply.send(answer);
         }
         match lines.recv_timeout(TICK / 4) {
@@ -513,15 +503,16 @@ fn show(
     history: &std::collections::VecDeque<(u64, Change)>,
     who: &Sender,
     now: u64,
-) -> serde_json::Value {
-    let changes: Vec<serde_json::Value> = history
+) -> crate::control::protocol::Shown {
+    let changes = history
         .iter()
         .filter(|(_, c)| &c.sender == who)
-        .map(|(at, c)| {
-            serde_json::json!({
-                "unix_time": at, "from": c.from, "to": c.to, "points": c.points,
-                "events": c.events,
-            })
+        .map(|(at, c)| crate::control::protocol::ShownChange {
+            unix_time: *at,
+            from: c.from,
+            to: c.to,
+            points: c.points,
+            events: c.events.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
         })
         .collect();
     let net = match who {
@@ -550,12 +541,12 @@ fn show(
             }
         }
     }
-    serde_json::json!({
-        "sender": who.to_string(),
-        "tracked": engine.info(who, now),
-        "changes": changes,
-        "kernel_entries": lists,
-    })
+    crate::control::protocol::Shown {
+        sender: who.to_string(),
+        tracked: engine.info(who, now),
+        changes,
+        kernel_entries: lists,
+    }
 }
 
 fn format_name(format: crate::parsers::Format) -> &'static str {

@@ -18,10 +18,11 @@
 //! 7. `config`: the config file to runtime settings.
 //! 8. `store`, `history`: what survives a restart (journal, points snapshot, history).
 //! 9. `lists`, `drops`: operators' entries as commands see them; drop reports.
-//! 10. `learn`: the learning loop, which owns the engine and the enforcer while the daemon runs.
-//! 11. `metrics`, `control`: the Prometheus endpoint; the control socket.
-//! 12. `daemon`, `replay`, `report`: `slowgate run`, `replay`, `report`.
-//! 13. `cli`: the command line.
+//! 10. `control`: the control socket, its typed protocol, and what it asks the learning loop.
+//! 11. `learn`: the learning loop, which owns the engine and the enforcer while the daemon runs.
+//! 12. `metrics`: the Prometheus endpoint.
+//! 13. `daemon`, `replay`, `report`: `slowgate run`, `replay`, `report`.
+//! 14. `cli`: the command line.
 
 pub mod cli;
 pub mod config;

@@ -5,14 +5,25 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{Network, format_duration},
-    enforcer::{Decision, Enforcer},
-    enforcer::{Entry, ListKind, Maps},
+    enforcer::{Decision, Enforcer, ListKind, Maps},
     store::Store,
 };
+
+/// One entry of a list as commands show it (the reply to the control socket's `rows`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub network: String,
+    /// The limit (`limit` list), empty for allow and deny.
+    pub limit: String,
+    pub expires_in_seconds: Option<u64>,
+    pub comment: Option<String>,
+}
+
+pub type Rows = Vec<Row>;
 
 pub use crate::decisions::ListChange as Change;
 
@@ -34,9 +45,9 @@ pub fn journal(maps: &Maps, store: &Store, change: &Change) -> anyhow::Result<()
     store.record(&change.op())
 }
 
-/// The entries of `list` (`allow`, `deny`, `limit`) as JSON rows, with the comments the store
-/// keeps for them.
-pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Value> {
+/// The entries of `list` (`allow`, `deny`, `limit`), with the comments the store keeps for
+/// them.
+pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Rows> {
     let comments: std::collections::HashMap<String, String> = store
         .list_entries()
         .unwrap_or_default()
@@ -44,19 +55,13 @@ pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Value> {
         .filter(|op| op.list == list)
         .filter_map(|op| Some((op.network, op.comment?)))
         .collect();
-    fn row<T>(
-        e: &Entry<T>,
-        what: String,
-        comments: &std::collections::HashMap<String, String>,
-    ) -> Value {
-        json!({
-            "network": e.network.to_string(),
-            "limit": what,
-            "expires_in_seconds": e.remaining.map(|d| d.as_secs()),
-            "comment": comments.get(&e.network.to_string()),
-        })
-    }
-    let rows: Vec<Value> = match list {
+    let row = |network: &Network, limit: String, remaining: Option<Duration>| Row {
+        network: network.to_string(),
+        limit,
+        expires_in_seconds: remaining.map(|d| d.as_secs()),
+        comment: comments.get(&network.to_string()).cloned(),
+    };
+    Ok(match list {
         "allow" | "deny" => {
             let kind = if list == "allow" {
                 ListKind::Allow
@@ -65,98 +70,29 @@ pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Value> {
             };
             maps.list_entries(kind)?
                 .iter()
-                .map(|e| row(e, String::new(), &comments))
+                .map(|e| row(&e.network, String::new(), e.remaining))
                 .collect()
         }
         _ => maps
             .limit_entries()?
             .iter()
-            .map(|e| row(e, e.value.to_string(), &comments))
+            .map(|e| row(&e.network, e.value.to_string(), e.remaining))
             .collect(),
-    };
-    Ok(Value::Array(rows))
+    })
 }
 
 /// Prints rows from [`rows`] as a table.
-pub fn print(rows: &Value) {
-    for r in rows.as_array().into_iter().flatten() {
-        let expires = r["expires_in_seconds"]
-            .as_u64()
+pub fn print(rows: &Rows) {
+    for r in rows {
+        let expires = r
+            .expires_in_seconds
             .map(|s| format!("expires in {}", format_duration(Duration::from_secs(s))))
             .unwrap_or_else(|| "permanent".into());
-        let note = r["comment"]
-            .as_str()
+        let note = r
+            .comment
+            .as_deref()
             .map(|c| format!("  # {c}"))
             .unwrap_or_default();
-        println!(
-            "{:<45} {:<24} {expires}{note}",
-            r["network"].as_str().unwrap_or(""),
-            r["limit"].as_str().unwrap_or("")
-        );
-    }
-}
-
-/// A change as the control protocol carries it.
-pub fn to_json(change: &Change) -> Value {
-    let ttl = |t: &Option<Duration>| t.map(|d| d.as_secs());
-    match change {
-        Change::Add {
-            kind,
-            network,
-            ttl: t,
-            comment,
-        } => json!({"op": "add", "list": kind.name(), "network": network.to_string(),
-                    "ttl_secs": ttl(t), "comment": comment}),
-        Change::Del { kind, network } => {
-            json!({"op": "del", "list": kind.name(), "network": network.to_string()})
-        }
-        Change::LimitSet {
-            network,
-            limit,
-            ttl: t,
-            comment,
-        } => json!({"op": "set", "list": "limit", "network": network.to_string(),
-                    "limit": limit.to_string(), "ttl_secs": ttl(t), "comment": comment}),
-        Change::LimitDel { network } => {
-            json!({"op": "del", "list": "limit", "network": network.to_string()})
-        }
-    }
-}
-
-/// The reverse of [`to_json`], for the daemon.
-pub fn from_json(v: &Value) -> Result<Change, String> {
-    let network: Network = v["network"]
-        .as_str()
-        .ok_or("`network` is missing")?
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let ttl = v["ttl_secs"].as_u64().map(Duration::from_secs);
-    let comment = v["comment"].as_str().map(str::to_string);
-    let kind = match v["list"].as_str() {
-        Some("allow") => Some(ListKind::Allow),
-        Some("deny") => Some(ListKind::Deny),
-        Some("limit") => None,
-        other => return Err(format!("unknown list {other:?}")),
-    };
-    match (v["op"].as_str(), kind) {
-        (Some("add"), Some(kind)) => Ok(Change::Add {
-            kind,
-            network,
-            ttl,
-            comment,
-        }),
-        (Some("del"), Some(kind)) => Ok(Change::Del { kind, network }),
-        (Some("set"), None) => Ok(Change::LimitSet {
-            network,
-            limit: v["limit"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e| format!("{e:#}"))?,
-            ttl,
-            comment,
-        }),
-        (Some("del"), None) => Ok(Change::LimitDel { network }),
-        (op, _) => Err(format!("unknown op {op:?}")),
+        println!("{:<45} {:<24} {expires}{note}", r.network, r.limit);
     }
 }

@@ -3,10 +3,10 @@
 use super::*;
 
 use anyhow::Context;
-use serde_json::json;
 
 use crate::{
     config::check_burst,
+    control::protocol::{Request as Control, Rows, Said},
     domain::{Limit, Rate},
     enforcer::{ListKind, Maps},
 };
@@ -16,11 +16,8 @@ use crate::{
 pub(super) fn change_lists(cli: &Cli, change: crate::lists::Change) -> anyhow::Result<()> {
     match cli.live_control() {
         Some(socket) => {
-            let result = crate::control::call(
-                &socket,
-                json!({"command": "lists", "change": crate::lists::to_json(&change)}),
-            )?;
-            println!("{}", result["said"].as_str().unwrap_or("done"));
+            let said: Said = crate::control::call(&socket, &Control::Lists { change })?;
+            println!("{}", said.said);
         }
         None => {
             let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
@@ -34,12 +31,17 @@ pub(super) fn change_lists(cli: &Cli, change: crate::lists::Change) -> anyhow::R
 }
 
 pub(super) fn list_rows(cli: &Cli, list: &str, json_out: bool) -> anyhow::Result<()> {
-    let rows = match cli.live_control() {
-        Some(socket) => crate::control::call(&socket, json!({"command": "rows", "list": list}))?,
+    let rows: Rows = match cli.live_control() {
+        Some(socket) => crate::control::call(
+            &socket,
+            &Control::Rows {
+                list: list.to_string(),
+            },
+        )?,
         None => crate::lists::rows(&Maps::open_pinned(&cli.pin_dir()?)?, &cli.store()?, list)?,
     };
     if json_out {
-        println!("{rows}");
+        println!("{}", serde_json::to_string(&rows)?);
     } else {
         crate::lists::print(&rows);
     }

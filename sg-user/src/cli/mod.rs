@@ -18,6 +18,10 @@ use lists::{limit_command, list_command};
 
 use crate::{
     config::Config,
+    control::{
+        call,
+        protocol::{self, Request as Control},
+    },
     domain::{Network, parse_duration},
     enforcer::{self, ListKind},
 };
@@ -54,93 +58,86 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::Status { json } => status(cli, *json),
         Command::Parse { format, file } => parse(*format, file),
         Command::Top { n, json } => {
-            let result =
-                crate::control::call(&cli.control_socket(), json!({"command": "top", "n": n}))?;
+            let rows: protocol::Top = call(&cli.control_socket(), &Control::Top { n: *n })?;
             if *json {
-                println!("{result}");
+                println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!(
                     "{:<28} {:>5} {:>9} {:>7}  recent events",
                     "sender", "level", "points", "country"
                 );
-                for row in result.as_array().into_iter().flatten() {
+                for row in &rows {
                     println!(
                         "{:<28} {:>5} {:>9.1} {:>7}  {}",
-                        row["sender"].as_str().unwrap_or(""),
-                        row["level"],
-                        row["points"].as_f64().unwrap_or(0.0),
-                        row["country"].as_str().unwrap_or("-"),
-                        events_text(&row["recent_events"])
+                        row.sender,
+                        row.level,
+                        row.points,
+                        row.country.as_deref().unwrap_or("-"),
+                        events_text(&row.recent_events)
                     );
                 }
             }
             Ok(())
         }
         Command::Show { who, json } => {
-            let result = crate::control::call(
-                &cli.control_socket(),
-                json!({"command": "show", "who": who}),
-            )?;
+            let shown: protocol::Shown =
+                call(&cli.control_socket(), &Control::Show { who: who.clone() })?;
             if *json {
-                println!("{result}");
+                println!("{}", serde_json::to_string(&shown)?);
                 return Ok(());
             }
-            println!("sender:  {}", result["sender"].as_str().unwrap_or(""));
-            match result["tracked"].as_object() {
+            println!("sender:  {}", shown.sender);
+            match &shown.tracked {
                 Some(t) => {
                     println!(
                         "level:   {} ({})",
-                        t["level"],
-                        t["limit"].as_str().unwrap_or("no limit")
+                        t.level,
+                        t.limit.as_deref().unwrap_or("no limit")
                     );
-                    println!("points:  {:.1}", t["points"].as_f64().unwrap_or(0.0));
-                    if let Some(c) = t["country"].as_str() {
+                    println!("points:  {:.1}", t.points);
+                    if let Some(c) = &t.country {
                         println!("country: {c}");
                     }
-                    println!("recent:  {}", events_text(&t["recent_events"]));
+                    println!("recent:  {}", events_text(&t.recent_events));
                 }
                 None => println!("not tracked (no points)"),
             }
             println!("level changes:");
-            for c in result["changes"].as_array().into_iter().flatten() {
+            for c in &shown.changes {
                 println!(
                     "  {} level {} -> {} ({:.1} points; {})",
-                    crate::domain::format_time(
-                        c["unix_time"].as_u64().unwrap_or(0) * 1_000_000_000
-                    ),
-                    c["from"],
-                    c["to"],
-                    c["points"].as_f64().unwrap_or(0.0),
-                    events_text(&c["events"])
+                    crate::domain::format_time(c.unix_time * 1_000_000_000),
+                    c.from,
+                    c.to,
+                    c.points,
+                    events_text(&c.events)
                 );
             }
             println!("kernel entries that match:");
-            for e in result["kernel_entries"].as_array().into_iter().flatten() {
-                println!("  {}", e.as_str().unwrap_or(""));
+            for e in &shown.kernel_entries {
+                println!("  {e}");
             }
             Ok(())
         }
         Command::Release { who } => {
-            let result = crate::control::call(
+            let released: protocol::Released = call(
                 &cli.control_socket(),
-                json!({"command": "release", "who": who}),
+                &Control::Release { who: who.clone() },
             )?;
             println!(
                 "released {} (was at level {})",
-                result["released"].as_str().unwrap_or(who),
-                result["level_was"]
+                released.released, released.level_was
             );
             Ok(())
         }
         Command::Reload => {
-            let result = crate::control::call(&cli.control_socket(), json!({"command": "reload"}))?;
-            println!(
-                "reloaded {}",
-                result["reloaded"].as_str().unwrap_or("the config")
-            );
-            if let Some(r) = result["needs_restart"].as_array().filter(|r| !r.is_empty()) {
-                let names: Vec<&str> = r.iter().filter_map(|v| v.as_str()).collect();
-                println!("changes that need a restart: {}", names.join(", "));
+            let reloaded: protocol::Reloaded = call(&cli.control_socket(), &Control::Reload)?;
+            println!("reloaded {}", reloaded.reloaded);
+            if !reloaded.needs_restart.is_empty() {
+                println!(
+                    "changes that need a restart: {}",
+                    reloaded.needs_restart.join(", ")
+                );
             }
             Ok(())
         }
@@ -192,14 +189,9 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `[["unknown_recipient", 5], ...]` as `unknown_recipient x5, ...`.
-fn events_text(events: &serde_json::Value) -> String {
-    let parts: Vec<String> = events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some(format!("{} x{}", e[0].as_str()?, e[1])))
-        .collect();
+/// `[("unknown_recipient", 5), ...]` as `unknown_recipient x5, ...`.
+fn events_text(events: &[(String, u32)]) -> String {
+    let parts: Vec<String> = events.iter().map(|(k, n)| format!("{k} x{n}")).collect();
     if parts.is_empty() {
         "-".into()
     } else {

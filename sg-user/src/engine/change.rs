@@ -3,7 +3,7 @@
 use crate::domain::{Limit, Sender, country_name};
 
 /// One sender as `slowgate top` and `show` print it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SenderInfo {
     pub sender: String,
     pub level: usize,
@@ -11,7 +11,7 @@ pub struct SenderInfo {
     pub country: Option<String>,
     pub limit: Option<String>,
     /// Events since the last level change, most frequent first.
-    pub recent_events: Vec<(&'static str, u32)>,
+    pub recent_events: Vec<(String, u32)>,
 }
 
 /// A level change for the enforcer and the log.

@@ -265,7 +265,10 @@ impl Engine {
             limit: self
                 .limit_for(sender, usize::from(t.level))
                 .map(|l| l.to_string()),
-            recent_events: events,
+            recent_events: events
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
         })
     }
 

@@ -1,8 +1,5 @@
-//! The control socket: a Unix socket speaking one JSON object per line, versioned.
-//!
-//! Request: `{"version":1,"command":"top","n":10}`, `{"version":1,"command":"show","who":"..."}`,
-//! `{"version":1,"command":"release","who":"..."}`, `{"version":1,"command":"reload"}`.
-//! Answer: `{"version":1,"ok":true,"result":...}` or `{"version":1,"ok":false,"error":"..."}`.
+//! The control socket: a Unix socket speaking one JSON object per line, versioned; the
+//! messages are [`protocol`]'s types, shared by this server and the CLI's [`call`].
 //!
 //! Only root and members of the configured group may talk to it: the socket file is mode 0660
 //! with that group, and the daemon checks the peer's credentials (SO_PEERCRED) as well.
@@ -16,21 +13,41 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::{
-    domain::Sender,
-    engine::EngineConfig,
-    learn::{Reply, Request},
-};
+pub mod protocol;
 
-pub const VERSION: u64 = 1;
+use protocol::Request as Control;
+pub use protocol::VERSION;
+
+use crate::{domain::Sender, engine::EngineConfig};
+
+/// What the control socket asks of the learning loop (which answers on the oneshot).
+pub enum ToLearning {
+    Top {
+        n: usize,
+    },
+    Show {
+        who: Sender,
+    },
+    Release {
+        who: Sender,
+    },
+    /// A new config, already validated; its lists go to the kernel through the enforcer.
+    Reload(Box<crate::config::Config>),
+    /// An operator's change to a list or a limit, already journaled by the daemon.
+    Operator(crate::decisions::ListChange),
+}
+
+pub type Reply = Result<serde_json::Value, String>;
+pub type Requests = std::sync::mpsc::Receiver<(ToLearning, tokio::sync::oneshot::Sender<Reply>)>;
+
+use ToLearning as Request;
 
 /// Requests the daemon's main task answers.
 pub enum Op {
     Reload,
-    Lists(crate::lists::Change),
+    Lists(crate::decisions::ListChange),
     Rows(String),
 }
 /// Longest request line accepted.
@@ -132,10 +149,7 @@ pub async fn serve(listener: tokio::net::UnixListener, handles: std::sync::Arc<H
                 Ok(Ok(_)) => answer(&line, &handles).await,
                 _ => Err("no request".into()),
             };
-            let body = match answer {
-                Ok(result) => json!({"version": VERSION, "ok": true, "result": result}),
-                Err(error) => json!({"version": VERSION, "ok": false, "error": error}),
-            };
+            let body = protocol::answer_line(&answer);
             let _ = write.write_all(format!("{body}\n").as_bytes()).await;
         });
     }
@@ -144,40 +158,29 @@ pub async fn serve(listener: tokio::net::UnixListener, handles: std::sync::Arc<H
 use tokio::io::AsyncReadExt as _;
 
 async fn answer(line: &str, handles: &Handles) -> Reply {
-    let request: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    match request["version"].as_u64() {
-        Some(VERSION) => {}
-        other => {
-            return Err(format!(
-                "protocol version {other:?} not spoken (this is {VERSION})"
-            ));
-        }
-    }
-    let who = || -> Result<Sender, String> {
-        let text = request["who"].as_str().ok_or("`who` is missing")?;
+    let request = protocol::parse_request(line)?;
+    let who = |text: &str| -> Result<Sender, String> {
         Sender::parse(text, handles.engine.lengths()).map_err(|e| e.to_string())
     };
     let (reply, wait) = tokio::sync::oneshot::channel();
-    match request["command"].as_str() {
-        Some("top") => {
-            let n = request["n"].as_u64().unwrap_or(20).min(10_000) as usize;
-            to_learning_loop(handles, Request::Top { n }, reply)?;
+    match request {
+        Control::Top { n } => {
+            to_learning_loop(handles, Request::Top { n: n.min(10_000) }, reply)?;
         }
-        Some("show") => to_learning_loop(handles, Request::Show { who: who()? }, reply)?,
-        Some("release") => to_learning_loop(handles, Request::Release { who: who()? }, reply)?,
-        Some("reload") => to_main(handles, Op::Reload, reply).await?,
-        Some("lists") => {
-            let change = crate::lists::from_json(&request["change"])?;
-            to_main(handles, Op::Lists(change), reply).await?
+        Control::Show { who: text } => {
+            to_learning_loop(handles, Request::Show { who: who(&text)? }, reply)?
         }
-        Some("rows") => {
-            let list = request["list"].as_str().unwrap_or("").to_string();
+        Control::Release { who: text } => {
+            to_learning_loop(handles, Request::Release { who: who(&text)? }, reply)?
+        }
+        Control::Reload => to_main(handles, Op::Reload, reply).await?,
+        Control::Lists { change } => to_main(handles, Op::Lists(change), reply).await?,
+        Control::Rows { list } => {
             if !["allow", "deny", "limit"].contains(&list.as_str()) {
                 return Err(format!("unknown list {list:?}"));
             }
             to_main(handles, Op::Rows(list), reply).await?
         }
-        other => return Err(format!("unknown command {other:?}")),
     }
     match tokio::time::timeout(Duration::from_secs(10), wait).await {
         Ok(Ok(answer)) => answer,
@@ -208,8 +211,9 @@ fn to_learning_loop(
         .map_err(|_| "the learning loop is busy or stopped; try again".to_string())
 }
 
-/// The client side: one request, one answer (the `result`, or the daemon's error).
-pub fn call(socket: &Path, request: Value) -> anyhow::Result<Value> {
+/// The client side: one request, one answer, read as the request's reply type `T` (or the
+/// daemon's error).
+pub fn call<T: serde::de::DeserializeOwned>(socket: &Path, request: &Control) -> anyhow::Result<T> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the daemon at {} (is `slowgate run` running? pass --control)",
@@ -217,20 +221,10 @@ pub fn call(socket: &Path, request: Value) -> anyhow::Result<Value> {
         )
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut request = request;
-    request["version"] = json!(VERSION);
-    writeln!(stream, "{request}")?;
+    writeln!(stream, "{}", protocol::request_line(request))?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    let answer: Value = serde_json::from_str(&line).context("the daemon's answer is not JSON")?;
-    if answer["ok"] == json!(true) {
-        Ok(answer["result"].clone())
-    } else {
-        bail!(
-            "{}",
-            answer["error"].as_str().unwrap_or("the daemon refused")
-        )
-    }
+    protocol::parse_answer(&line)
 }
 
 #[cfg(test)]
