@@ -38,7 +38,7 @@ fn exit_on_any_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
-        eprintln!("slowgate: a worker panicked; exiting so that the supervisor restarts us");
+        tracing::error!("a worker panicked; exiting so that the supervisor restarts us");
         std::process::exit(70);
     }));
 }
@@ -66,13 +66,13 @@ fn reattach_lost(
         }
         match enforcer::attach(ebpf, iface, config.attach_mode, &config.pin_dir) {
             Ok(_) => {
-                eprintln!("slowgate: {iface}: protecting again");
+                tracing::info!("{iface}: protecting again");
                 missing.remove(iface);
             }
             Err(e) => {
                 if missing.insert(iface.clone()) {
-                    eprintln!(
-                        "slowgate: {iface}: not protected: {e:#}; attaching again when it is back"
+                    tracing::warn!(
+                        "{iface}: not protected: {e:#}; attaching again when it is back"
                     );
                 }
             }
@@ -152,7 +152,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         let mode = match enforcer::attach(&mut ebpf, iface, config.attach_mode, pin_dir)? {
             Some(mode) => mode,
             None => {
-                eprintln!("slowgate: {iface}: re-using the program already attached");
+                tracing::info!("{iface}: re-using the program already attached");
                 previous
                     .iter()
                     .find(|a| a.ifindex == ifindex)
@@ -166,8 +166,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             mode,
             name,
         });
-        eprintln!(
-            "slowgate: protecting {iface} ({} XDP)",
+        tracing::info!(
+            "protecting {iface} ({} XDP)",
             sg_common::mode::NAMES[mode as usize]
         );
     }
@@ -221,21 +221,18 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         group,
     });
     tokio::spawn(control::serve(listener, handles));
-    eprintln!(
-        "slowgate: control socket {}",
-        config.control_socket.display()
-    );
+    tracing::info!("control socket {}", config.control_socket.display());
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen for metrics on {addr} (key `metrics.listen`)"))?;
         let metrics_maps = std::sync::Arc::new(Maps::open_pinned(pin_dir)?);
         tokio::spawn(serve_metrics(listener, metrics_maps, stats.clone()));
-        eprintln!("slowgate: metrics on http://{addr}/metrics");
+        tracing::info!("metrics on http://{addr}/metrics");
     }
-    eprintln!("slowgate: learning from {} source(s)", config.sources.len());
-    eprintln!(
-        "slowgate: ready; {} allow, {} deny, {} limit entries from {}; pins under {}",
+    tracing::info!("learning from {} source(s)", config.sources.len());
+    tracing::info!(
+        "ready; {} allow, {} deny, {} limit entries from {}; pins under {}",
         config.allow.len(),
         config.deny.len(),
         config.limits.len(),
@@ -265,8 +262,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             _ = sweep.tick() => {
                 match maps.sweep() {
                     Ok(0) => {}
-                    Ok(n) => eprintln!("slowgate: removed {n} expired entries"),
-                    Err(e) => eprintln!("slowgate: sweeping expired entries failed: {e:#}"),
+                    Ok(n) => tracing::info!("removed {n} expired entries"),
+                    Err(e) => tracing::warn!("sweeping expired entries failed: {e:#}"),
                 }
                 // Keep the program's boot clock in step (a suspend moves CLOCK_BOOTTIME).
                 if let Ok(offset) = enforcer::boot_offset_ns(&mut ebpf, tick_ns)
@@ -274,7 +271,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 {
                     boot_offset = offset;
                     if let Err(e) = maps.write_config(&current.kernel_config(), tick_ns, offset) {
-                        eprintln!("slowgate: updating the program's clock failed: {e:#}");
+                        tracing::warn!("updating the program's clock failed: {e:#}");
                     }
                 }
             }
@@ -314,7 +311,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                     }
                 }
                 for line in drop_log.due(std::time::Instant::now()) {
-                    eprintln!("{line}");
+                    tracing::info!("{}", line.strip_prefix("slowgate: ").unwrap_or(&line));
                 }
             }
         }
@@ -325,9 +322,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     }
     // Readers are not joined: one may sit in a read from journalctl; they end with the process.
     drop(readers);
-    eprintln!(
-        "slowgate: stopping; the pinned program keeps enforcing (`slowgate detach` removes it)"
-    );
+    tracing::info!("stopping; the pinned program keeps enforcing (`slowgate detach` removes it)");
     Ok(())
 }
 
@@ -378,12 +373,12 @@ async fn reload(
     }
     .await;
     match &result {
-        Ok(v) => eprintln!(
-            "slowgate: reloaded {} ({})",
+        Ok(v) => tracing::info!(
+            "reloaded {} ({})",
             current.path.display(),
             v["needs_restart"]
         ),
-        Err(e) => eprintln!("slowgate: reload refused, the running config stays: {e}"),
+        Err(e) => tracing::warn!("reload refused, the running config stays: {e}"),
     }
     notify("READY=1");
     result
@@ -408,7 +403,7 @@ fn notify(state: &str) {
         socket.send_to(state.as_bytes(), &path)
     };
     if let Err(e) = sent {
-        eprintln!("slowgate: cannot notify systemd ({state}): {e}");
+        tracing::warn!("cannot notify systemd ({state}): {e}");
     }
 }
 
@@ -438,7 +433,7 @@ async fn serve_metrics(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, most likely: wait instead of spinning.
-                eprintln!("slowgate: metrics: accept failed: {e}; pausing 1 s");
+                tracing::warn!("metrics: accept failed: {e}; pausing 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -483,7 +478,7 @@ fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config)
     {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("slowgate: cannot read CLI-added entries: {e:#}");
+            tracing::warn!("cannot read CLI-added entries: {e:#}");
             return;
         }
     };
@@ -491,7 +486,7 @@ fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config)
     for op in &entries {
         match crate::lists::Change::from_op(op) {
             Ok(change) => decisions.push((op, Decision::Operator(change))),
-            Err(e) => eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network),
+            Err(e) => tracing::warn!("stored {} entry {}: {e:#}", op.list, op.network),
         }
     }
     let (ops, decisions): (Vec<_>, Vec<_>) = decisions.into_iter().unzip();
@@ -499,13 +494,13 @@ fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config)
     for (op, outcome) in ops.iter().zip(enforcer.apply(maps, &decisions)) {
         match outcome {
             Outcome::Failed(e) => {
-                eprintln!("slowgate: stored {} entry {}: {e:#}", op.list, op.network)
+                tracing::warn!("stored {} entry {}: {e:#}", op.list, op.network)
             }
             _ => restored += 1,
         }
     }
     if restored > 0 {
-        eprintln!("slowgate: restored {restored} entries added with the CLI");
+        tracing::info!("restored {restored} entries added with the CLI");
     }
 }
 
@@ -525,7 +520,7 @@ async fn operator_change(
         .map_err(|e| format!("{e:#}"))?;
     let answer = ask_learning_loop(learning, learn::Request::Operator(change)).await?;
     if let Some(said) = answer["said"].as_str() {
-        eprintln!("slowgate: control: {said}");
+        tracing::info!("control: {said}");
     }
     Ok(answer)
 }

@@ -74,10 +74,10 @@ fn enforce(enforcer: &mut Enforcer, maps: &mut Maps, changes: &[Change]) -> u64 
         };
         match outcome {
             Enforced::KeptOperators => {
-                eprintln!("slowgate: {network}: keeping the operator's limit")
+                tracing::info!("{network}: keeping the operator's limit")
             }
             Enforced::Failed(e) => {
-                eprintln!("slowgate: {network}: could not write the limit: {e:#}");
+                tracing::error!("{network}: could not write the limit: {e:#}");
                 failed += 1;
             }
             Enforced::Done(_) | Enforced::Nothing => {}
@@ -140,7 +140,7 @@ pub fn run(
         Some(path) => match crate::config::read_geo(path) {
             Ok(g) => Some(g),
             Err(e) => {
-                eprintln!("slowgate: {e:#}; countries are not used");
+                tracing::warn!("{e:#}; countries are not used");
                 None
             }
         },
@@ -168,7 +168,7 @@ pub fn run(
     let store = match crate::store::Store::open(&config.state_dir) {
         Ok(store) => Some(store),
         Err(e) => {
-            eprintln!("slowgate: {e:#}; points will not survive a restart");
+            tracing::warn!("{e:#}; points will not survive a restart");
             None
         }
     };
@@ -180,15 +180,15 @@ pub fn run(
                     crate::domain::boot_time_ns(),
                     crate::domain::unix_now(),
                 );
-                eprintln!(
-                    "slowgate: restored {} senders, {} of them limited",
+                tracing::info!(
+                    "restored {} senders, {} of them limited",
                     rows.len(),
                     back.len()
                 );
                 enforce(&mut enforcer, &mut maps, &back);
             }
             Ok(_) => {}
-            Err(e) => eprintln!("slowgate: {e:#}; starting without saved points"),
+            Err(e) => tracing::warn!("{e:#}; starting without saved points"),
         }
     }
     let saver = store.map(Saver::start);
@@ -197,7 +197,7 @@ pub fn run(
     let mut history = match crate::history::History::open(&config.state_dir) {
         Ok(h) => Some(h),
         Err(e) => {
-            eprintln!("slowgate: {e:#}; no history for reports");
+            tracing::warn!("{e:#}; no history for reports");
             None
         }
     };
@@ -304,7 +304,7 @@ pub fn run(
                 refresh_allowed(&mut engine, &mut maps, config);
             }
             for e in enforcer.refresh_ttls(&mut maps, now) {
-                eprintln!("slowgate: {e:#}");
+                tracing::info!("{e:#}");
             }
         }
         let unix = crate::domain::unix_now();
@@ -323,7 +323,7 @@ pub fn run(
             };
             let limited = engine.limited_count() as u64;
             if let Err(e) = h.write(&[minute.record(limited)]) {
-                eprintln!("slowgate: writing history failed: {e:#}");
+                tracing::warn!("writing history failed: {e:#}");
             }
             last_dropped = dropped;
             last_events = stats.events_by_kind;
@@ -354,7 +354,7 @@ pub fn run(
             dirty = true;
             stats.changes += changes.len() as u64;
             for change in &changes {
-                eprintln!("slowgate: {change}");
+                tracing::info!("{change}");
                 if recent.len() == HISTORY {
                     recent.pop_front();
                 }
@@ -366,7 +366,7 @@ pub fn run(
                     .map(|c| crate::history::Record::change(unix, c))
                     .collect();
                 if let Err(e) = h.write(&records) {
-                    eprintln!("slowgate: writing history failed: {e:#}");
+                    tracing::warn!("writing history failed: {e:#}");
                 }
             }
         }
@@ -402,7 +402,7 @@ impl Saver {
                     let ok = match store.save_senders(&snapshot.rows(SAVE_MAX)) {
                         Ok(()) => true,
                         Err(e) => {
-                            eprintln!("slowgate: saving points failed: {e:#}");
+                            tracing::warn!("saving points failed: {e:#}");
                             false
                         }
                     };

@@ -9,7 +9,8 @@
 //!
 //! Layers, each importing only from the ones before it (`tests/layers.rs` checks it):
 //!
-//! 1. `domain`: durations, rates, limits, networks, senders, clocks; no I/O.
+//! 1. `domain`: durations, rates, limits, networks, senders, clocks; no I/O. `logging`: the
+//!    daemon's log lines (`tracing` to stderr).
 //! 2. `events`, `parsers`: a log line to typed events.
 //! 3. `tail`, `sources`: where lines come from (files followed across rotations, journald).
 //! 4. `engine`: events and a caller's clock to level changes; sans-IO.
@@ -37,6 +38,7 @@ pub mod events;
 pub mod history;
 pub mod learn;
 pub mod lists;
+pub mod logging;
 pub mod metrics;
 pub mod parsers;
 pub mod replay;

@@ -265,7 +265,7 @@ fn follow_file(
             Ok(()) => reported = false,
             Err(e) if !reported => {
                 SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
-                eprintln!("slowgate: reading {}: {e} (retrying)", path.display());
+                tracing::warn!("reading {}: {e} (retrying)", path.display());
                 reported = true;
             }
             Err(_) => {
@@ -385,8 +385,8 @@ fn follow_journal(
             Ok(c) => c,
             Err(e) => {
                 SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "slowgate: cannot run {} for journald sources: {e} (retrying in 5s)",
+                tracing::warn!(
+                    "cannot run {} for journald sources: {e} (retrying in 5s)",
                     program.display()
                 );
                 sleep_unless(stop, Duration::from_secs(5));
@@ -444,7 +444,7 @@ fn follow_journal(
         let _ = child.kill();
         let _ = child.wait();
         if !stop.load(Ordering::Relaxed) {
-            eprintln!("slowgate: journalctl ended; restarting it in 5s");
+            tracing::warn!("journalctl ended; restarting it in 5s");
             sleep_unless(stop, Duration::from_secs(5));
         }
     }

@@ -69,8 +69,8 @@ impl Store {
         let (ops, lines, bad) =
             read_json_lines::<ListOp>(file).context("read the lists journal")?;
         if bad > 0 {
-            eprintln!(
-                "slowgate: {}: skipped {bad} damaged line(s), kept every other entry",
+            tracing::info!(
+                "{}: skipped {bad} damaged line(s), kept every other entry",
                 self.journal().display()
             );
         }

@@ -4,8 +4,9 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Layer of each top-level module, as `lib.rs` lists them.
-const LAYERS: [(&str, u32); 22] = [
+const LAYERS: [(&str, u32); 23] = [
     ("domain", 1),
+    ("logging", 1),
     ("events", 2),
     ("parsers", 2),
     ("tail", 3),

@@ -238,8 +238,8 @@ pub fn attach(
                     Ok(None) => "an interface that is gone".to_string(),
                     Err(e) => format!("nothing readable ({e:#})"),
                 };
-                eprintln!(
-                    "slowgate: {iface}: the pinned program was attached to {was}, not to {iface} \
+                tracing::warn!(
+                    "{iface}: the pinned program was attached to {was}, not to {iface} \
                      (index {want}); attaching again"
                 );
                 std::fs::remove_file(&pin)
