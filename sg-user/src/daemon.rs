@@ -260,11 +260,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = sweep.tick() => {
-                match maps.sweep() {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!("removed {n} expired entries"),
-                    Err(e) => tracing::warn!("sweeping expired entries failed: {e:#}"),
-                }
+                // (The learning loop's enforcer sweeps expired entries.)
                 // Keep the program's boot clock in step (a suspend moves CLOCK_BOOTTIME).
                 if let Ok(offset) = enforcer::boot_offset_ns(&mut ebpf, tick_ns)
                     && offset.abs_diff(boot_offset) > 2 * tick_ns

@@ -162,6 +162,7 @@ pub fn run(
     };
     let mut stats = Stats::default();
     let mut last_tick = Instant::now();
+    let mut last_sweep = Instant::now();
     let mut ticks = 0u32;
     refresh_allowed(&mut engine, &mut maps, config);
     // Points and levels from before the restart (or the reboot), decayed for the time between.
@@ -191,16 +192,17 @@ pub fn run(
             Err(e) => tracing::warn!("{e:#}; starting without saved points"),
         }
     }
-    let saver = store.map(Saver::start);
     // What `slowgate report` reads: level changes, and every minute the drops, the events and
     // the limited senders.
-    let mut history = match crate::history::History::open(&config.state_dir) {
+    let history = match crate::history::History::open(&config.state_dir) {
         Ok(h) => Some(h),
         Err(e) => {
             tracing::warn!("{e:#}; no history for reports");
             None
         }
     };
+    // Snapshots and history go to disk on a thread of their own.
+    let mut saver = Saver::start(store, history);
     let dropped_now = |maps: &Maps| {
         maps.counters()
             .map_or(0, |c| c[sg_common::counter::DROPPED as usize])
@@ -303,14 +305,20 @@ pub fn run(
             if ticks.is_multiple_of(ALLOW_REFRESH) {
                 refresh_allowed(&mut engine, &mut maps, config);
             }
+            if last_sweep.elapsed() >= config.sweep_interval {
+                last_sweep = Instant::now();
+                match enforcer.sweep(&mut maps) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("removed {n} expired entries"),
+                    Err(e) => tracing::warn!("sweeping expired entries failed: {e:#}"),
+                }
+            }
             for e in enforcer.refresh_ttls(&mut maps, now) {
                 tracing::info!("{e:#}");
             }
         }
         let unix = crate::domain::unix_now();
-        if let Some(h) = &mut history
-            && unix >= minute_start + 60
-        {
+        if unix >= minute_start + 60 {
             let dropped = dropped_now(&maps);
             let mut events = [0u64; crate::engine::KIND_NAMES.len()];
             for (i, n) in stats.events_by_kind.iter().enumerate() {
@@ -322,17 +330,12 @@ pub fn run(
                 events,
             };
             let limited = engine.limited_count() as u64;
-            if let Err(e) = h.write(&[minute.record(limited)]) {
-                tracing::warn!("writing history failed: {e:#}");
-            }
+            saver.history(vec![minute.record(limited)]);
             last_dropped = dropped;
             last_events = stats.events_by_kind;
             minute_start = unix / 60 * 60;
         }
-        if let Some(saver) = &saver
-            && (dirty || !changes.is_empty())
-            && last_save.elapsed() >= save_every(engine.tracked())
-        {
+        if (dirty || !changes.is_empty()) && last_save.elapsed() >= save_every(engine.tracked()) {
             // A copy for the saver thread; when it is still writing the last one, next time.
             if saver.offer(&engine) {
                 dirty = false;
@@ -360,20 +363,15 @@ pub fn run(
                 }
                 recent.push_back((unix, change.clone()));
             }
-            if let Some(h) = &mut history {
-                let records: Vec<_> = changes
+            saver.history(
+                changes
                     .iter()
                     .map(|c| crate::history::Record::change(unix, c))
-                    .collect();
-                if let Err(e) = h.write(&records) {
-                    tracing::warn!("writing history failed: {e:#}");
-                }
-            }
+                    .collect(),
+            );
         }
     }
-    if let Some(saver) = saver {
-        saver.finish(&engine);
-    }
+    saver.finish(&engine);
 }
 
 /// How often the senders are saved while anything changes: every second, and a second more
@@ -382,56 +380,119 @@ fn save_every(tracked: usize) -> Duration {
     SAVE_EVERY * (1 + (tracked / 100_000) as u32)
 }
 
-/// The thread that writes the senders' snapshots, so the learning loop never waits on disk.
+/// Senders saved at most (the most important first).
+const SAVE_MAX: usize = 200_000;
+/// How often the senders are saved while anything changes: a crash loses about this much.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The thread that writes the senders' snapshots and the history, so the learning loop never
+/// waits on disk.
 struct Saver {
-    snapshots: Option<std::sync::mpsc::SyncSender<crate::engine::Snapshot>>,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// (saves, errors, Unix time of the last save).
     counts: Arc<Mutex<(u64, u64, u64)>>,
+    /// A snapshot is queued or being written: the next one waits.
+    snapshot_pending: Arc<AtomicBool>,
+    /// History batches dropped because the thread was that far behind.
+    history_lost: u64,
 }
 
+enum Job {
+    Snapshot(crate::engine::Snapshot),
+    History(Vec<crate::history::Record>),
+}
+
+/// History batches and a snapshot queued at most (the disk can fall behind this far).
+const SAVER_QUEUE: usize = 1024;
+
 impl Saver {
-    fn start(store: crate::store::Store) -> Saver {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::engine::Snapshot>(1);
+    fn start(
+        store: Option<crate::store::Store>,
+        mut history: Option<crate::history::History>,
+    ) -> Saver {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(SAVER_QUEUE);
         let counts = Arc::new(Mutex::new((0, 0, 0)));
-        let shared = counts.clone();
+        let pending = Arc::new(AtomicBool::new(false));
+        let (shared, busy) = (counts.clone(), pending.clone());
         let thread = std::thread::Builder::new()
             .name("sg-saver".into())
             .spawn(move || {
-                for snapshot in rx {
-                    let ok = match store.save_senders(&snapshot.rows(SAVE_MAX)) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!("saving points failed: {e:#}");
-                            false
+                for job in rx {
+                    match job {
+                        Job::Snapshot(snapshot) => {
+                            let Some(store) = &store else { continue };
+                            let ok = match store.save_senders(&snapshot.rows(SAVE_MAX)) {
+                                Ok(()) => true,
+                                Err(e) => {
+                                    tracing::warn!("saving points failed: {e:#}");
+                                    false
+                                }
+                            };
+                            busy.store(false, Ordering::Release);
+                            let mut c = shared.lock().unwrap_or_else(|e| e.into_inner());
+                            if ok {
+                                c.0 += 1;
+                                c.2 = crate::domain::unix_now();
+                            } else {
+                                c.1 += 1;
+                            }
                         }
-                    };
-                    let mut c = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    if ok {
-                        c.0 += 1;
-                        c.2 = crate::domain::unix_now();
-                    } else {
-                        c.1 += 1;
+                        Job::History(records) => {
+                            if let Some(h) = &mut history
+                                && let Err(e) = h.write(&records)
+                            {
+                                tracing::warn!("writing history failed: {e:#}");
+                            }
+                        }
                     }
                 }
             })
             .expect("spawn the saver thread");
         Saver {
-            snapshots: Some(tx),
+            jobs: Some(tx),
             thread: Some(thread),
             counts,
+            snapshot_pending: pending,
+            history_lost: 0,
         }
     }
 
     /// Hands a snapshot to the saver thread; false when it is still busy with the last one.
     fn offer(&self, engine: &Engine) -> bool {
-        let Some(tx) = &self.snapshots else {
+        let Some(tx) = &self.jobs else {
             return false;
         };
-        match tx.try_send(engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now()))
-        {
+        if self.snapshot_pending.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let snapshot = engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
+        match tx.try_send(Job::Snapshot(snapshot)) {
             Ok(()) => true,
-            Err(std::sync::mpsc::TrySendError::Full(_)) => false,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.snapshot_pending.store(false, Ordering::Release);
+                false
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                panic!("the saver thread is gone")
+            }
+        }
+    }
+
+    /// Queues history records; when the thread is too far behind they are dropped and counted.
+    fn history(&mut self, records: Vec<crate::history::Record>) {
+        let Some(tx) = &self.jobs else { return };
+        match tx.try_send(Job::History(records)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.history_lost += 1;
+                if self.history_lost.is_power_of_two() {
+                    tracing::warn!(
+                        "the disk is behind: {} history batches not written",
+                        self.history_lost
+                    );
+                }
+            }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                 panic!("the saver thread is gone")
             }
@@ -442,11 +503,12 @@ impl Saver {
         *self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The last snapshot, written before this returns (at stop).
+    /// The last snapshot, written with everything queued before this returns (at stop).
     fn finish(mut self, engine: &Engine) {
-        if let Some(tx) = self.snapshots.take() {
-            let _ =
-                tx.send(engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now()));
+        if let Some(tx) = self.jobs.take() {
+            let snapshot =
+                engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
+            let _ = tx.send(Job::Snapshot(snapshot));
         }
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
@@ -456,12 +518,6 @@ impl Saver {
     }
 }
 
-/// Senders saved at most (the most important first).
-const SAVE_MAX: usize = 200_000;
-/// How often the senders are saved while anything changes: a crash loses about this much.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
-
-/// Writes the snapshot; false (and a log line) when it failed.
 fn handle(
     parsers: &mut Parsers,
     engine: &mut Engine,

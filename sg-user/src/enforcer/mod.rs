@@ -59,6 +59,9 @@ pub trait Table {
     fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool>;
     /// Tells the kernel that entries changed.
     fn publish(&mut self) -> anyhow::Result<()>;
+    /// Removes the entries whose expiry has passed (the kernel already ignores them) and tells
+    /// the kernel when any went; returns how many.
+    fn sweep_expired(&mut self) -> anyhow::Result<usize>;
 }
 
 impl Table for Maps {
@@ -89,6 +92,9 @@ impl Table for Maps {
     }
     fn publish(&mut self) -> anyhow::Result<()> {
         Maps::publish(self)
+    }
+    fn sweep_expired(&mut self) -> anyhow::Result<usize> {
+        Maps::sweep(self)
     }
 }
 
@@ -257,6 +263,12 @@ impl Enforcer {
         failed
     }
 
+    /// Removes expired entries (every `sweep_interval`; the owner of the maps does it, so a
+    /// sweep never races a write).
+    pub fn sweep(&mut self, table: &mut impl Table) -> anyhow::Result<usize> {
+        table.sweep_expired()
+    }
+
     /// How many limits the learning loop holds.
     pub fn learned_count(&self) -> usize {
         self.learned.len()
@@ -324,6 +336,9 @@ mod tests {
         fn publish(&mut self) -> anyhow::Result<()> {
             self.generation += 1;
             Ok(())
+        }
+        fn sweep_expired(&mut self) -> anyhow::Result<usize> {
+            Ok(0)
         }
     }
 
