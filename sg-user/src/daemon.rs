@@ -24,6 +24,9 @@ use crate::{
 /// Lines waiting for the engine at most; a reader waits when it is full (the log keeps them).
 const LINE_QUEUE: usize = 65_536;
 
+/// How long the daemon waits for its log readers to stop.
+const READER_JOIN: Duration = Duration::from_secs(5);
+
 /// How often the drop-event ring buffer is drained.
 const EVENT_POLL: Duration = Duration::from_millis(200);
 
@@ -316,8 +319,20 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     if learning.join().is_err() {
         anyhow::bail!("the learning loop panicked");
     }
-    // Readers are not joined: one may sit in a read from journalctl; they end with the process.
-    drop(readers);
+    // The readers see `stop` within their poll interval (a file's inotify wait, journalctl's
+    // output wait), and a send to the learning loop, now gone, fails at once: join them, for
+    // READER_JOIN at most so that a stuck one cannot hold the exit.
+    let deadline = std::time::Instant::now() + READER_JOIN;
+    while readers.iter().any(|r| !r.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for reader in readers {
+        if !reader.is_finished() {
+            tracing::warn!("a log reader did not stop in {} s", READER_JOIN.as_secs());
+        } else if reader.join().is_err() {
+            anyhow::bail!("a log reader panicked");
+        }
+    }
     tracing::info!("stopping; the pinned program keeps enforcing (`slowgate detach` removes it)");
     Ok(())
 }

@@ -357,7 +357,13 @@ pub fn run(
             dirty = true;
             stats.changes += changes.len() as u64;
             for change in &changes {
-                tracing::info!("{change}");
+                tracing::info!(
+                    sender = %change.sender,
+                    from = change.from,
+                    to = change.to,
+                    points = %format_args!("{:.1}", change.points),
+                    "{change}"
+                );
                 if recent.len() == HISTORY {
                     recent.pop_front();
                 }
