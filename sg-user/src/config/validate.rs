@@ -1,13 +1,20 @@
 //! Raw config to runtime settings: every number checked, errors naming the key.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::Duration,
+};
 
 use sg_common::service;
 
 use super::error::{key_bail, key_error};
 use super::{
     AttachMode, Capacity, Config, Source,
-    raw::{RawBucket, RawConfig, RawLevel},
+    raw::{
+        RawBucket, RawCapacity, RawCeiling, RawConfig, RawCountries, RawEnforcement, RawLevel,
+        RawLists, RawMetrics, RawPoints, RawPorts, RawPrefix, RawSource,
+    },
 };
 use crate::{
     domain::{Limit, Network, Rate, parse_duration},
@@ -16,18 +23,63 @@ use crate::{
 };
 
 pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
-    if raw.interfaces.is_empty() {
+    interfaces(&raw.interfaces)?;
+    let attach_mode = attach_mode(&raw.attach_mode)?;
+    let ports = ports(&raw.ports)?;
+    prefix(&raw.prefix)?;
+    let (source_ceiling, prefix_ceiling) = ceilings(raw.ceiling)?;
+    let sweep_interval = enforcement(&raw.enforcement)?;
+    let capacity = capacity(&raw.capacity)?;
+    let sources = sources(&raw.sources)?;
+    let (engine, limit_ttl) = points(&raw.points, &raw.countries, &raw.levels, &raw.prefix)?;
+    let metrics = metrics(&raw.metrics)?;
+    let (allow, deny, limits) = lists(raw.lists)?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        interfaces: raw.interfaces,
+        attach_mode,
+        pin_dir: raw.pin_dir,
+        state_dir: raw.state_dir,
+        ports,
+        prefix_v4: raw.prefix.ipv4,
+        prefix_v6: raw.prefix.ipv6,
+        source_ceiling,
+        prefix_ceiling,
+        drop_established_from_blocked: raw.enforcement.drop_established_from_blocked,
+        drop_event_sample: raw.enforcement.drop_event_sample,
+        sweep_interval,
+        capacity,
+        allow,
+        deny,
+        limits,
+        sources,
+        engine,
+        geoip: raw.countries.database,
+        limit_ttl,
+        metrics,
+        control_socket: raw.control.socket,
+        control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
+    })
+}
+
+/// `interfaces`: at least one, each a possible interface name.
+fn interfaces(interfaces: &[String]) -> anyhow::Result<()> {
+    if interfaces.is_empty() {
         key_bail!(
             format!("interfaces"),
             "name at least one interface to protect, like [\"eth0\"]"
         );
     }
-    for name in &raw.interfaces {
+    for name in interfaces {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             key_bail!(format!("interfaces"), "`{name}` is not an interface name");
         }
     }
-    let attach_mode = match raw.attach_mode.as_str() {
+    Ok(())
+}
+
+fn attach_mode(text: &str) -> anyhow::Result<AttachMode> {
+    Ok(match text {
         "auto" => AttachMode::Auto,
         "native" => AttachMode::Native,
         "skb" => AttachMode::Skb,
@@ -35,13 +87,17 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             format!("attach_mode"),
             "`{other}` is not one of auto, native, skb"
         ),
-    };
+    })
+}
+
+/// `[ports]`: port -> service, no port twice.
+fn ports(raw: &RawPorts) -> anyhow::Result<BTreeMap<u16, u8>> {
     let mut ports = BTreeMap::new();
     for (name, list, svc) in [
-        ("smtp", &raw.ports.smtp, service::SMTP),
-        ("submission", &raw.ports.submission, service::SUBMISSION),
-        ("pop3", &raw.ports.pop3, service::POP3),
-        ("imap", &raw.ports.imap, service::IMAP),
+        ("smtp", &raw.smtp, service::SMTP),
+        ("submission", &raw.submission, service::SUBMISSION),
+        ("pop3", &raw.pop3, service::POP3),
+        ("imap", &raw.imap, service::IMAP),
     ] {
         for &port in list {
             if port == 0 {
@@ -56,20 +112,45 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             }
         }
     }
-    if !(8..=32).contains(&raw.prefix.ipv4) {
+    Ok(ports)
+}
+
+/// `[prefix]`: the lengths senders are tracked at.
+fn prefix(raw: &RawPrefix) -> anyhow::Result<()> {
+    if !(8..=32).contains(&raw.ipv4) {
         key_bail!(
             format!("prefix.ipv4"),
             "{} is not a prefix length between 8 and 32",
-            raw.prefix.ipv4
+            raw.ipv4
         );
     }
-    if !(16..=128).contains(&raw.prefix.ipv6) {
+    if !(16..=128).contains(&raw.ipv6) {
         key_bail!(
             format!("prefix.ipv6"),
             "{} is not a prefix length between 16 and 128",
-            raw.prefix.ipv6
+            raw.ipv6
         );
     }
+    if !(8..=raw.ipv4).contains(&raw.network_ipv4) {
+        key_bail!(
+            format!("prefix.network_ipv4"),
+            "{} is not a prefix length between 8 and prefix.ipv4",
+            raw.network_ipv4
+        );
+    }
+    if !(16..=raw.ipv6).contains(&raw.network_ipv6) {
+        key_bail!(
+            format!("prefix.network_ipv6"),
+            "{} is not a prefix length between 16 and prefix.ipv6",
+            raw.network_ipv6
+        );
+    }
+    Ok(())
+}
+
+/// `[ceiling]`: the default ceilings per source and per prefix.
+#[allow(clippy::type_complexity)]
+fn ceilings(raw: RawCeiling) -> anyhow::Result<(Option<(Rate, u32)>, Option<(Rate, u32)>)> {
     let bucket = |key: &str, b: Option<RawBucket>| -> anyhow::Result<Option<(Rate, u32)>> {
         match b {
             None => Ok(None),
@@ -83,9 +164,15 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             }
         }
     };
-    let source_ceiling = bucket("ceiling.source", raw.ceiling.source)?;
-    let prefix_ceiling = bucket("ceiling.prefix", raw.ceiling.prefix)?;
-    let sweep_interval = parse_duration(&raw.enforcement.sweep_interval)
+    Ok((
+        bucket("ceiling.source", raw.source)?,
+        bucket("ceiling.prefix", raw.prefix)?,
+    ))
+}
+
+/// `[enforcement]`: the sweep interval (the rest needs no check).
+fn enforcement(raw: &RawEnforcement) -> anyhow::Result<Duration> {
+    let sweep_interval = parse_duration(&raw.sweep_interval)
         .map_err(|e| key_error!("enforcement.sweep_interval".to_string(), "{e:#}"))?;
     within(
         "enforcement.sweep_interval",
@@ -93,7 +180,11 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         Duration::from_secs(1),
         DAY,
     )?;
-    let c = raw.capacity;
+    Ok(sweep_interval)
+}
+
+/// `[capacity]`: map sizes.
+fn capacity(c: &RawCapacity) -> anyhow::Result<Capacity> {
     for (key, value) in [
         ("capacity.lists", c.lists),
         ("capacity.policies", c.policies),
@@ -114,22 +205,18 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             }
         }
     }
-    if !(8..=raw.prefix.ipv4).contains(&raw.prefix.network_ipv4) {
-        key_bail!(
-            format!("prefix.network_ipv4"),
-            "{} is not a prefix length between 8 and prefix.ipv4",
-            raw.prefix.network_ipv4
-        );
-    }
-    if !(16..=raw.prefix.ipv6).contains(&raw.prefix.network_ipv6) {
-        key_bail!(
-            format!("prefix.network_ipv6"),
-            "{} is not a prefix length between 16 and prefix.ipv6",
-            raw.prefix.network_ipv6
-        );
-    }
+    Ok(Capacity {
+        lists: c.lists,
+        policies: c.policies,
+        sources: c.sources,
+        prefixes: c.prefixes,
+    })
+}
+
+/// `[[sources]]`: a file or journald, and a format.
+fn sources(raw: &[RawSource]) -> anyhow::Result<Vec<Source>> {
     let mut sources = Vec::new();
-    for (i, s) in raw.sources.iter().enumerate() {
+    for (i, s) in raw.iter().enumerate() {
         let key = format!("sources[{i}]");
         let format = <Format as clap::ValueEnum>::from_str(&s.format, true)
             .map_err(|_| key_error!(format!("{key}.format"), "unknown format {:?} (known: auto, postfix, sendmail, qmail, exim, dovecot, rspamd)", s.format))?;
@@ -152,7 +239,16 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             }
         });
     }
-    let p = &raw.points;
+    Ok(sources)
+}
+
+/// `[points]`, `[[levels]]` and `[countries]`: the engine's settings, and the limits' TTL.
+fn points(
+    p: &RawPoints,
+    countries: &RawCountries,
+    levels: &[RawLevel],
+    prefix: &RawPrefix,
+) -> anyhow::Result<(EngineConfig, Duration)> {
     let half_life = parse_duration(&p.half_life)
         .map_err(|e| key_error!("points.half_life".to_string(), "{e:#}"))?;
     within(
@@ -195,8 +291,32 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             );
         }
     }
-    let mut country_multipliers = std::collections::HashMap::new();
-    for (code, m) in &raw.countries.multipliers {
+    let (country_levels, country_multipliers) = country_settings(countries)?;
+    let engine = EngineConfig {
+        weights: p.weights.clone(),
+        half_life,
+        levels: level_table("levels", levels)?,
+        country_levels,
+        country_multipliers,
+        down_fraction: p.step_down_below,
+        min_hold,
+        prefix_v4: prefix.ipv4,
+        prefix_v6: prefix.ipv6,
+        network_v4: prefix.network_ipv4,
+        network_v6: prefix.network_ipv6,
+        network_after: prefix.network_after,
+        max_tracked: p.max_tracked,
+    };
+    Ok((engine, limit_ttl))
+}
+
+/// `[countries]`: per-country level tables and multipliers (they need the database).
+#[allow(clippy::type_complexity)]
+fn country_settings(
+    countries: &RawCountries,
+) -> anyhow::Result<(HashMap<[u8; 2], Vec<LevelRow>>, HashMap<[u8; 2], f64>)> {
+    let mut country_multipliers = HashMap::new();
+    for (code, m) in &countries.multipliers {
         let key = format!("countries.multipliers.{code}");
         if !(m.is_finite() && (0.0..=MAX_MULTIPLIER).contains(m)) {
             key_bail!(
@@ -206,41 +326,37 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         }
         country_multipliers.insert(country_code(&key, code)?, *m);
     }
-    let mut country_levels = std::collections::HashMap::new();
-    for (code, rows) in &raw.countries.levels {
+    let mut country_levels = HashMap::new();
+    for (code, rows) in &countries.levels {
         let key = format!("countries.levels.{code}");
         country_levels.insert(country_code(&key, code)?, level_table(&key, rows)?);
     }
     if (!country_levels.is_empty() || !country_multipliers.is_empty())
-        && raw.countries.database.is_none()
+        && countries.database.is_none()
     {
         key_bail!(
             format!("countries.database"),
             "per-country settings need a GeoIP2 country database"
         );
     }
-    let engine = EngineConfig {
-        weights: p.weights.clone(),
-        half_life,
-        levels: level_table("levels", &raw.levels)?,
-        country_levels,
-        country_multipliers,
-        down_fraction: p.step_down_below,
-        min_hold,
-        prefix_v4: raw.prefix.ipv4,
-        prefix_v6: raw.prefix.ipv6,
-        network_v4: raw.prefix.network_ipv4,
-        network_v6: raw.prefix.network_ipv6,
-        network_after: raw.prefix.network_after,
-        max_tracked: p.max_tracked,
-    };
+    Ok((country_levels, country_multipliers))
+}
+
+/// `[metrics]`: where the endpoint listens, if anywhere.
+fn metrics(raw: &RawMetrics) -> anyhow::Result<Option<std::net::SocketAddr>> {
     let metrics =
-        match raw.metrics.listen.as_str() {
+        match raw.listen.as_str() {
             "" => None,
             text => Some(text.parse().map_err(|_| {
                 key_error!(format!("metrics.listen"), "{text:?} is not ADDRESS:PORT")
             })?),
         };
+    Ok(metrics)
+}
+
+/// `[lists]`: allow, deny and limit entries.
+#[allow(clippy::type_complexity)]
+fn lists(raw: RawLists) -> anyhow::Result<(Vec<Network>, Vec<Network>, Vec<(Network, Limit)>)> {
     let networks = |key: &str, list: &[String]| -> anyhow::Result<Vec<Network>> {
         list.iter()
             .map(|n| {
@@ -249,10 +365,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             })
             .collect()
     };
-    let allow = networks("lists.allow", &raw.lists.allow)?;
-    let deny = networks("lists.deny", &raw.lists.deny)?;
+    let allow = networks("lists.allow", &raw.allow)?;
+    let deny = networks("lists.deny", &raw.deny)?;
     let mut limits = Vec::new();
-    for l in raw.lists.limit {
+    for l in raw.limit {
         let net: Network = l
             .network
             .parse()
@@ -275,37 +391,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         };
         limits.push((net, limit));
     }
-    Ok(Config {
-        path: path.to_path_buf(),
-        interfaces: raw.interfaces,
-        attach_mode,
-        pin_dir: raw.pin_dir,
-        state_dir: raw.state_dir,
-        ports,
-        prefix_v4: raw.prefix.ipv4,
-        prefix_v6: raw.prefix.ipv6,
-        source_ceiling,
-        prefix_ceiling,
-        drop_established_from_blocked: raw.enforcement.drop_established_from_blocked,
-        drop_event_sample: raw.enforcement.drop_event_sample,
-        sweep_interval,
-        capacity: Capacity {
-            lists: c.lists,
-            policies: c.policies,
-            sources: c.sources,
-            prefixes: c.prefixes,
-        },
-        allow,
-        deny,
-        limits,
-        sources,
-        engine,
-        geoip: raw.countries.database,
-        limit_ttl,
-        metrics,
-        control_socket: raw.control.socket,
-        control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
-    })
+    Ok((allow, deny, limits))
 }
 
 /// The line (1-based) where a dotted key is set: `prefix.ipv4`, `levels[1].points`,
