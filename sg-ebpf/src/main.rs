@@ -249,8 +249,8 @@ mod program {
             _ => {}
         }
         let prefix = Remembered::of_prefix(src, config, generation, now, seen.prefix)?;
-        match prefix.verdict {
-            verdict::BLOCK => return Some(reason::POLICY_BLOCK),
+        let by_prefix = match prefix.verdict {
+            verdict::BLOCK => Some(reason::POLICY_BLOCK),
             verdict::NETWORK_LIMIT => {
                 let key = network_of(src, config);
                 let policy = POLICY.get_ptr_mut(&key)?;
@@ -264,13 +264,24 @@ mod program {
                         u64::from(prefix.burst),
                     )
                 });
-                return (!ok).then_some(reason::POLICY_RATE);
+                (!ok).then_some(reason::POLICY_RATE)
             }
             verdict::LIMIT => {
-                return (!prefix.take(now, config, prefix.interval_ns, u64::from(prefix.burst)))
-                    .then_some(reason::POLICY_RATE);
+                (!prefix.take(now, config, prefix.interval_ns, u64::from(prefix.burst)))
+                    .then_some(reason::POLICY_RATE)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(why) = by_prefix {
+            // Counted in the prefix's slot too: userspace reads a limited prefix's refusals.
+            prefix.note_rule_drop();
+            return Some(why);
+        }
+        if matches!(
+            prefix.verdict,
+            verdict::BLOCK | verdict::NETWORK_LIMIT | verdict::LIMIT
+        ) {
+            return None;
         }
         let ceiling = config.source_ceiling;
         let over = if ceiling.interval_ns != 0
@@ -704,6 +715,16 @@ mod program {
         fn spend_first_contact(&self, now: u64, config: &Config, ceiling: &sg_common::Bucket) {
             if ceiling.interval_ns != 0 {
                 let _ = self.take(now, config, ceiling.interval_ns, ceiling.burst);
+            }
+        }
+
+        /// Counts a drop by a list or a policy in the slot (for the refusals userspace reads).
+        #[inline(always)]
+        fn note_rule_drop(&self) {
+            // SAFETY: the slot points to a map value, valid for this program run; a lost
+            // increment between two CPUs only undercounts a report.
+            unsafe {
+                (*self.slot).dropped_by_rule = (*self.slot).dropped_by_rule.wrapping_add(1);
             }
         }
 

@@ -163,6 +163,8 @@ pub fn run(
     let mut stats = Stats::default();
     let mut last_tick = Instant::now();
     let mut last_sweep = Instant::now();
+    // The kernel's refusal count of each limited sender, as last read.
+    let mut refusals: std::collections::HashMap<Network, u32> = Default::default();
     let mut ticks = 0u32;
     refresh_allowed(&mut engine, &mut maps, config);
     // Points and levels from before the restart (or the reboot), decayed for the time between.
@@ -286,15 +288,36 @@ pub fn run(
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             let now = crate::domain::boot_time_ns();
+            // The kernel's refusals since the last tick hold a knocking sender at its level
+            // (read before the tick, which would otherwise step it down first).
+            let limited = engine.limited(now);
+            refusals.retain(|network, _| {
+                limited
+                    .iter()
+                    .any(|(s, _, _)| s.network().as_ref() == Some(network))
+            });
+            for (sender, _, _) in limited.iter().take(MAX_REFUSAL_READS) {
+                let Some(network) = sender.network() else {
+                    continue;
+                };
+                let Ok(Some(drops)) = maps.rule_drops(network) else {
+                    continue;
+                };
+                let before = refusals.insert(network, drops);
+                if before.is_some_and(|b| b != drops) {
+                    engine.refused(sender, now);
+                }
+            }
             changes.extend(engine.tick(now));
             let levels = config.engine.levels.len() + 1;
             stats.senders_by_level = vec![0; levels.max(8)];
             stats.limited_points.clear();
-            for (sender, level, points) in engine.limited(now) {
-                if let Some(n) = stats.senders_by_level.get_mut(level) {
+            let limited = engine.limited(now);
+            for (sender, level, points) in &limited {
+                if let Some(n) = stats.senders_by_level.get_mut(*level) {
                     *n += 1;
                 }
-                stats.limited_points.push((sender.kind(), points));
+                stats.limited_points.push((sender.kind(), *points));
             }
             stats.tracked = engine.tracked() as u64;
             stats.senders_by_level[0] =
@@ -385,6 +408,9 @@ pub fn run(
 fn save_every(tracked: usize) -> Duration {
     SAVE_EVERY * (1 + (tracked / 100_000) as u32)
 }
+
+/// Limited senders whose refusals are read each tick at most (a syscall each).
+const MAX_REFUSAL_READS: usize = 10_000;
 
 /// Senders saved at most (the most important first).
 const SAVE_MAX: usize = 200_000;

@@ -1175,6 +1175,36 @@ fn verdicts(
             && (after as f64) / attack_min <= 30.0,
     });
 
+    // 1b. While it keeps knocking, the kernel's refusals hold it at its top level; once it
+    // stops, it comes down one level at a time.
+    let path = kernel.paths.get(FLOOD_V4).cloned().unwrap_or_default();
+    let top = kernel.max_level(FLOOD_V4);
+    let attack_ms = timing.attack.as_millis() as u64;
+    let reached = path.iter().find(|p| p.1 == top).map(|p| p.0);
+    // A second of slack at the end: the last SYNs and the step-down tick may cross.
+    let held = reached.is_some_and(|at| {
+        path.iter()
+            .filter(|p| p.0 > at && p.0 + 1000 < attack_ms)
+            .all(|p| p.1 == top)
+    });
+    let after: Vec<usize> = path
+        .iter()
+        .filter(|p| p.0 >= attack_ms)
+        .map(|p| p.1)
+        .collect();
+    let one_by_one = after.windows(2).all(|w| w[1] + 1 == w[0]) && after.last() == Some(&0);
+    rows.push(Row {
+        check: "flood held at its top level while it kept trying, then down one level at a time",
+        measured: format!(
+            "kernel levels (s, level): {}",
+            path.iter()
+                .map(|p| format!("{:.0}:{}", p.0 as f64 / 1000.0, p.1))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        pass: top > 1 && held && one_by_one,
+    });
+
     // 2. The float flood: the /64 is limited as one sender, a fresh address of it too.
     let single = (0..FLOAT_ADDRESSES)
         .filter(|i| kernel.max_level(&format!("2001:db8:f::{:x}", 0x100 + i)) > 0)

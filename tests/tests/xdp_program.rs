@@ -856,3 +856,25 @@ fn entries_stay_in_the_filter_when_a_reload_changes_the_prefix_lengths() {
     }
     assert_eq!(p.counter(counter::FIRST_CONTACT), 0);
 }
+
+#[test]
+fn refusals_are_counted_for_the_limited_source_and_the_limited_prefix() {
+    let mut p = program();
+    p.maps
+        .limit_set(net("203.0.113.77"), Limit::Block, None)
+        .unwrap();
+    p.maps
+        .limit_set(net("198.51.100.0/24"), Limit::Block, None)
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(p.run(&v4_tcp([203, 0, 113, 77], 25, TCP_SYN)), XDP_DROP);
+    }
+    for host in [1, 2, 3, 4] {
+        assert_eq!(p.run(&v4_tcp([198, 51, 100, host], 25, TCP_SYN)), XDP_DROP);
+    }
+    // What the learning loop reads each second to hold a knocking sender at its level.
+    assert_eq!(p.maps.rule_drops(net("203.0.113.77")).unwrap(), Some(3));
+    assert_eq!(p.maps.rule_drops(net("198.51.100.0/24")).unwrap(), Some(4));
+    // A prefix whose slot nobody claimed (its source was decided by its own block).
+    assert_eq!(p.maps.rule_drops(net("203.0.113.0/24")).unwrap(), None);
+}

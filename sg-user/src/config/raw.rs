@@ -116,6 +116,9 @@ pub(super) struct RawPoints {
     pub(super) step_down_below: f64,
     #[serde(default = "default_min_hold")]
     pub(super) min_hold: String,
+    /// Longest a sender is held at its level by the kernel's refusals of its connections.
+    #[serde(default = "default_refusal_hold_max")]
+    pub(super) refusal_hold_max: String,
     #[serde(default = "default_max_tracked")]
     pub(super) max_tracked: usize,
     #[serde(default = "default_limit_ttl")]
@@ -129,6 +132,9 @@ pub(super) fn default_half_life() -> String {
 }
 pub(super) fn default_down_fraction() -> f64 {
     0.8
+}
+pub(super) fn default_refusal_hold_max() -> String {
+    "24h".into()
 }
 pub(super) fn default_min_hold() -> String {
     "5m".into()
@@ -146,6 +152,7 @@ impl Default for RawPoints {
             half_life: default_half_life(),
             step_down_below: default_down_fraction(),
             min_hold: default_min_hold(),
+            refusal_hold_max: default_refusal_hold_max(),
             max_tracked: default_max_tracked(),
             limit_ttl: default_limit_ttl(),
             weights: Weights::default(),

@@ -283,6 +283,14 @@ fn points(
     let min_hold = parse_duration(&p.min_hold)
         .map_err(|e| key_error!("points.min_hold".to_string(), "{e:#}"))?;
     within("points.min_hold", min_hold, Duration::ZERO, 30 * DAY)?;
+    let refusal_hold_max = parse_duration(&p.refusal_hold_max)
+        .map_err(|e| key_error!("points.refusal_hold_max".to_string(), "{e:#}"))?;
+    within(
+        "points.refusal_hold_max",
+        refusal_hold_max,
+        Duration::ZERO,
+        30 * DAY,
+    )?;
     for (name, weight) in p.weights.named() {
         if !(weight.is_finite() && (0.0..=MAX_WEIGHT).contains(&weight)) {
             key_bail!(
@@ -300,6 +308,7 @@ fn points(
         country_multipliers,
         down_fraction: p.step_down_below,
         min_hold,
+        refusal_hold_max,
         prefix_v4: prefix.ipv4,
         prefix_v6: prefix.ipv6,
         network_v4: prefix.network_ipv4,

@@ -485,6 +485,19 @@ impl Maps {
             .then_some((slot.dropped_by_rule, slot.dropped_by_ceiling)))
     }
 
+    /// Drops by a list or policy the program counted in the slot of `net`: a source (its own
+    /// slot) or a prefix of the configured length (the prefix's slot); None when it has no slot.
+    pub fn rule_drops(&self, net: Network) -> anyhow::Result<Option<u32>> {
+        if net.is_host() {
+            return Ok(self.source_drops(net)?.map(|(rule, _)| rule));
+        }
+        let config = self.read_config()?;
+        let (index, fingerprint) =
+            sg_common::slot_hash(&net.addr, &config.seed, config.prefix_slots_mask);
+        let slot = self.prefixes.get(&index, 0).context("read PREFIXES")?;
+        Ok((slot.tag >> 32 == fingerprint >> 32).then_some(slot.dropped_by_rule))
+    }
+
     /// One counter, CPU by CPU.
     pub fn counter_per_cpu(&self, index: u32) -> anyhow::Result<Vec<u64>> {
         Ok(self.counters.get(&index, 0)?.iter().copied().collect())

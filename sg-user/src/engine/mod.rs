@@ -55,7 +55,12 @@ struct Tracked {
     recent: [u8; KIND_NAMES.len()],
     /// Second of this sender's live entry in the timer queue; [`NOT_SCHEDULED`] when none.
     due_s: u32,
+    /// Second since which the kernel's refusals hold it at its level; [`NOT_HELD`] when not.
+    held_since_s: u32,
 }
+
+/// `Tracked::held_since_s` of a sender no refusal holds.
+const NOT_HELD: u32 = u32::MAX;
 
 /// `Tracked::due_s` of a sender with no entry in the timer queue.
 const NOT_SCHEDULED: u32 = u32::MAX;
@@ -76,6 +81,7 @@ impl Tracked {
             country,
             recent: [0; KIND_NAMES.len()],
             due_s: NOT_SCHEDULED,
+            held_since_s: NOT_HELD,
         }
     }
 }
@@ -303,6 +309,34 @@ impl Engine {
         self.tracked.len()
     }
 
+    /// The kernel refused connections of `sender` since the last call: a limited sender that
+    /// keeps knocking stays at its level (its hold restarts), for `refusal_hold_max` at most
+    /// from the first refusal on. Refusals never raise a level (SYNs can be spoofed). Returns
+    /// whether the level is held.
+    pub fn refused(&mut self, sender: &Sender, now_ns: u64) -> bool {
+        let now = secs(now_ns);
+        let max = self
+            .config
+            .refusal_hold_max
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32;
+        let Some(t) = self.tracked.get_mut(sender) else {
+            return false;
+        };
+        if t.level == 0 {
+            return false;
+        }
+        if t.held_since_s == NOT_HELD {
+            t.held_since_s = now;
+        }
+        if now.saturating_sub(t.held_since_s) >= max {
+            return false;
+        }
+        t.level_since_s = now;
+        self.schedule(sender, 0);
+        true
+    }
+
     /// How many tracked senders have a level above 0.
     pub fn limited_count(&self) -> usize {
         self.limited.len()
@@ -510,6 +544,11 @@ impl Engine {
         }
         let points = decay(entry.points, entry.at_s, now, half_life);
         let events = counted(&entry.recent);
+        // A hold by refusals spans the steps down (its maximum is for the whole way back); it
+        // ends when points raise the level or the sender is back to 0.
+        if level > from || level == 0 {
+            entry.held_since_s = NOT_HELD;
+        }
         entry.level = level as u8;
         entry.level_since_s = now;
         entry.recent = [0; KIND_NAMES.len()];

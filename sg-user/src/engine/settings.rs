@@ -146,6 +146,9 @@ pub struct EngineConfig {
     pub down_fraction: f64,
     /// Shortest time a level is held before stepping down one.
     pub min_hold: Duration,
+    /// Longest the kernel's refusals of a sender's connections hold it at its level (they may
+    /// hold a level, never raise one: SYNs can be spoofed).
+    pub refusal_hold_max: Duration,
     pub prefix_v4: u8,
     pub prefix_v6: u8,
     pub network_v4: u8,

@@ -39,6 +39,7 @@ fn config() -> EngineConfig {
         country_multipliers: HashMap::new(),
         down_fraction: 0.8,
         min_hold: Duration::from_secs(60),
+        refusal_hold_max: Duration::from_secs(86_400),
         prefix_v4: 24,
         prefix_v6: 64,
         network_v4: 16,
@@ -399,4 +400,60 @@ fn the_limited_set_follows_every_way_a_level_changes() {
         check(&e, minute * MINUTE);
     }
     assert_eq!(e.limited_count(), 0);
+}
+
+#[test]
+fn refusals_hold_a_knocking_sender_at_its_level_for_the_maximum_at_most() {
+    let mut e = Engine::new(EngineConfig {
+        refusal_hold_max: Duration::from_secs(3600),
+        ..config()
+    });
+    let s = Sender::Source(ip("203.0.113.9"));
+    record_n(&mut e, &harvest("203.0.113.9"), 40, 0); // level 3
+    // Refused every minute: its points decay, its level stays.
+    for minute in 1..=50 {
+        assert!(e.refused(&s, minute * MINUTE));
+        let changes = e.tick(minute * MINUTE);
+        assert!(changes.iter().all(|c| c.sender != s), "minute {minute}");
+    }
+    assert_eq!(e.level(&s), 3);
+    // It stops knocking: down one level at a time, a `min_hold` apart (its points are long
+    // under every threshold).
+    let mut steps = Vec::new();
+    for minute in 51..=60 {
+        for c in e
+            .tick(minute * MINUTE)
+            .into_iter()
+            .filter(|c| c.sender == s)
+        {
+            steps.push((minute, c.from, c.to));
+        }
+    }
+    assert_eq!(steps, [(51, 3, 2), (52, 2, 1), (53, 1, 0)]);
+    // Refusals that go on past the maximum (an hour from the first) hold it no more.
+    let t = Sender::Source(ip("203.0.113.12"));
+    record_n(&mut e, &harvest("203.0.113.12"), 40, 100 * MINUTE);
+    let mut minute = 100;
+    while e.level(&t) == 3 {
+        minute += 1;
+        e.refused(&t, minute * MINUTE);
+        e.tick(minute * MINUTE);
+        assert!(minute < 200, "held forever");
+    }
+    assert_eq!(
+        minute, 161,
+        "held for the hour from the first refusal, then let down"
+    );
+}
+
+#[test]
+fn refusals_never_raise_a_sender() {
+    let mut e = Engine::new(config());
+    let s = Sender::Source(ip("203.0.113.10"));
+    e.record(&harvest("203.0.113.10"), 0); // 2 points, level 0
+    for minute in 1..=10 {
+        assert!(!e.refused(&s, minute * MINUTE));
+    }
+    assert_eq!(e.level(&s), 0);
+    assert!(!e.refused(&Sender::Source(ip("203.0.113.11")), MINUTE));
 }
