@@ -37,6 +37,7 @@ mod settings;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod timers;
 
 pub use change::{Change, SenderInfo};
 pub use geo::Geo;
@@ -196,69 +197,6 @@ impl Engine {
         changes
     }
 
-    /// The first second at which `sender` (tracked as `t`) may leave its level: step down one,
-    /// or at level 0 be forgotten. [`NOT_SCHEDULED`] when never on its own (a limited network
-    /// follows its prefixes).
-    fn due(&self, sender: &Sender, t: &Tracked) -> u32 {
-        let half_life = self.config.half_life.as_secs_f64();
-        // The first whole second at which the decayed points are below `threshold`.
-        let below = |threshold: f64| -> u32 {
-            let points = f64::from(t.points);
-            if threshold <= 0.0 {
-                return NOT_SCHEDULED;
-            }
-            if points < threshold {
-                return t.at_s;
-            }
-            let seconds = (half_life * (points / threshold).log2()).floor();
-            t.at_s
-                .saturating_add(seconds.min(f64::from(u32::MAX)) as u32 + 1)
-        };
-        if t.level == 0 {
-            return below(NEGLIGIBLE_POINTS);
-        }
-        if matches!(sender, Sender::Network(_)) {
-            return NOT_SCHEDULED;
-        }
-        let threshold = self
-            .table(t.country)
-            .get(usize::from(t.level) - 1)
-            .map_or(0.0, |row| row.points);
-        let hold = self.config.min_hold.as_secs().min(u64::from(u32::MAX)) as u32;
-        below(threshold * self.config.down_fraction).max(t.level_since_s.saturating_add(hold))
-    }
-
-    /// Puts `sender`'s due time in the timer queue (not before `not_before`), superseding any
-    /// entry it had.
-    fn schedule(&mut self, sender: &Sender, not_before: u32) {
-        let Some(t) = self.tracked.get(sender) else {
-            return;
-        };
-        let due = self.due(sender, t).max(not_before);
-        if let Some(t) = self.tracked.get_mut(sender) {
-            t.due_s = due;
-        }
-        if due != NOT_SCHEDULED {
-            self.timers.entry(due).or_default().push(sender.clone());
-            self.timer_entries += 1;
-        }
-    }
-
-    /// Rebuilds the timer queue from the tracked senders.
-    fn reschedule_all(&mut self) {
-        self.timers.clear();
-        self.timer_entries = 0;
-        let senders: Vec<Sender> = self.tracked.keys().cloned().collect();
-        for sender in senders {
-            self.schedule(&sender, 0);
-        }
-    }
-
-    /// Timer entries taken off the queue so far: what ticks cost.
-    pub fn timer_pops(&self) -> u64 {
-        self.timer_pops
-    }
-
     /// What is known of one sender, or None when it is not tracked.
     pub fn info(&self, sender: &Sender, now_ns: u64) -> Option<SenderInfo> {
         let t = self.tracked.get(sender)?;
@@ -307,34 +245,6 @@ impl Engine {
 
     pub fn tracked(&self) -> usize {
         self.tracked.len()
-    }
-
-    /// The kernel refused connections of `sender` since the last call: a limited sender that
-    /// keeps knocking stays at its level (its hold restarts), for `refusal_hold_max` at most
-    /// from the first refusal on. Refusals never raise a level (SYNs can be spoofed). Returns
-    /// whether the level is held.
-    pub fn refused(&mut self, sender: &Sender, now_ns: u64) -> bool {
-        let now = secs(now_ns);
-        let max = self
-            .config
-            .refusal_hold_max
-            .as_secs()
-            .min(u64::from(u32::MAX)) as u32;
-        let Some(t) = self.tracked.get_mut(sender) else {
-            return false;
-        };
-        if t.level == 0 {
-            return false;
-        }
-        if t.held_since_s == NOT_HELD {
-            t.held_since_s = now;
-        }
-        if now.saturating_sub(t.held_since_s) >= max {
-            return false;
-        }
-        t.level_since_s = now;
-        self.schedule(sender, 0);
-        true
     }
 
     /// How many tracked senders have a level above 0.
