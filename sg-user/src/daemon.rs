@@ -375,7 +375,7 @@ async fn reload(
             .map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
         // The learning loop's enforcer writes the new config's lists.
-        ask_learning_loop(learning, learn::Request::Reload(Box::new(new.clone()))).await?;
+        control::ask_learning_loop(learning, learn::Request::Reload(Box::new(new.clone()))).await?;
         *current = new;
         control::protocol::reply(&control::protocol::Reloaded {
             reloaded: current.path.display().to_string(),
@@ -529,30 +529,11 @@ async fn operator_change(
     crate::store::Store::open(&current.state_dir)
         .and_then(|store| crate::lists::journal(maps, &store, &change))
         .map_err(|e| format!("{e:#}"))?;
-    let answer = ask_learning_loop(learning, learn::Request::Operator(change)).await?;
+    let answer = control::ask_learning_loop(learning, learn::Request::Operator(change)).await?;
     if let Some(said) = answer["said"].as_str() {
         tracing::info!("control: {said}");
     }
     Ok(answer)
-}
-
-/// Sends a request to the learning loop and waits for its answer (10 s at most).
-async fn ask_learning_loop(
-    learning: &std::sync::mpsc::SyncSender<(
-        learn::Request,
-        tokio::sync::oneshot::Sender<learn::Reply>,
-    )>,
-    request: learn::Request,
-) -> Result<serde_json::Value, String> {
-    let (reply, wait) = tokio::sync::oneshot::channel();
-    learning
-        .try_send((request, reply))
-        .map_err(|_| "the learning loop is busy; try again".to_string())?;
-    match tokio::time::timeout(Duration::from_secs(10), wait).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) => Err("the learning loop is gone".into()),
-        Err(_) => Err("the learning loop did not answer in 10 s".into()),
-    }
 }
 
 /// Puts the config's lists into the kernel. Entries added with the CLI stay.

@@ -172,11 +172,9 @@ fn ceilings(raw: RawCeiling) -> anyhow::Result<(Option<(Rate, u32)>, Option<(Rat
 
 /// `[enforcement]`: the sweep interval (the rest needs no check).
 fn enforcement(raw: &RawEnforcement) -> anyhow::Result<Duration> {
-    let sweep_interval = parse_duration(&raw.sweep_interval)
-        .map_err(|e| key_error!("enforcement.sweep_interval".to_string(), "{e:#}"))?;
-    within(
+    let sweep_interval = duration(
         "enforcement.sweep_interval",
-        sweep_interval,
+        &raw.sweep_interval,
         Duration::from_secs(1),
         DAY,
     )?;
@@ -249,11 +247,9 @@ fn points(
     levels: &[RawLevel],
     prefix: &RawPrefix,
 ) -> anyhow::Result<(EngineConfig, Duration)> {
-    let half_life = parse_duration(&p.half_life)
-        .map_err(|e| key_error!("points.half_life".to_string(), "{e:#}"))?;
-    within(
+    let half_life = duration(
         "points.half_life",
-        half_life,
+        &p.half_life,
         Duration::from_secs(1),
         365 * DAY,
     )?;
@@ -272,22 +268,16 @@ fn points(
             p.max_tracked
         );
     }
-    let limit_ttl = parse_duration(&p.limit_ttl)
-        .map_err(|e| key_error!("points.limit_ttl".to_string(), "{e:#}"))?;
-    within(
+    let limit_ttl = duration(
         "points.limit_ttl",
-        limit_ttl,
+        &p.limit_ttl,
         Duration::from_secs(10),
         30 * DAY,
     )?;
-    let min_hold = parse_duration(&p.min_hold)
-        .map_err(|e| key_error!("points.min_hold".to_string(), "{e:#}"))?;
-    within("points.min_hold", min_hold, Duration::ZERO, 30 * DAY)?;
-    let refusal_hold_max = parse_duration(&p.refusal_hold_max)
-        .map_err(|e| key_error!("points.refusal_hold_max".to_string(), "{e:#}"))?;
-    within(
+    let min_hold = duration("points.min_hold", &p.min_hold, Duration::ZERO, 30 * DAY)?;
+    let refusal_hold_max = duration(
         "points.refusal_hold_max",
-        refusal_hold_max,
+        &p.refusal_hold_max,
         Duration::ZERO,
         30 * DAY,
     )?;
@@ -532,6 +522,13 @@ const MAX_MULTIPLIER: f64 = 1e3;
 const MAX_POINTS: f64 = 1e12;
 
 /// Refuses a duration outside `min..=max`, naming the key.
+/// A duration from the config, between `min` and `max`.
+fn duration(key: &str, text: &str, min: Duration, max: Duration) -> anyhow::Result<Duration> {
+    let value = parse_duration(text).map_err(|e| key_error!(key.to_string(), "{e:#}"))?;
+    within(key, value, min, max)?;
+    Ok(value)
+}
+
 fn within(key: &str, value: Duration, min: Duration, max: Duration) -> anyhow::Result<()> {
     if value < min || value > max {
         key_bail!(

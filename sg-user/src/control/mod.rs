@@ -162,16 +162,13 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
     let who = |text: &str| -> Result<Sender, String> {
         Sender::parse(text, handles.engine.lengths()).map_err(|e| e.to_string())
     };
+    let learning = |request| ask_learning_loop(&handles.learning, request);
     let (reply, wait) = tokio::sync::oneshot::channel();
     match request {
-        Control::Top { n } => {
-            to_learning_loop(handles, Request::Top { n: n.min(10_000) }, reply)?;
-        }
-        Control::Show { who: text } => {
-            to_learning_loop(handles, Request::Show { who: who(&text)? }, reply)?
-        }
+        Control::Top { n } => return learning(Request::Top { n: n.min(10_000) }).await,
+        Control::Show { who: text } => return learning(Request::Show { who: who(&text)? }).await,
         Control::Release { who: text } => {
-            to_learning_loop(handles, Request::Release { who: who(&text)? }, reply)?
+            return learning(Request::Release { who: who(&text)? }).await;
         }
         Control::Reload => to_main(handles, Op::Reload, reply).await?,
         Control::Lists { change } => to_main(handles, Op::Lists(change), reply).await?,
@@ -200,15 +197,21 @@ async fn to_main(
         .map_err(|_| "the daemon is stopping".to_string())
 }
 
-fn to_learning_loop(
-    handles: &Handles,
+/// Sends a request to the learning loop and waits for its answer (10 s at most); the control
+/// socket and the daemon's own reloads and list changes ask it this way.
+pub async fn ask_learning_loop(
+    learning: &SyncSender<(Request, tokio::sync::oneshot::Sender<Reply>)>,
     request: Request,
-    reply: tokio::sync::oneshot::Sender<Reply>,
-) -> Result<(), String> {
-    handles
-        .learning
+) -> Reply {
+    let (reply, wait) = tokio::sync::oneshot::channel();
+    learning
         .try_send((request, reply))
-        .map_err(|_| "the learning loop is busy or stopped; try again".to_string())
+        .map_err(|_| "the learning loop is busy; try again".to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), wait).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err("the learning loop is gone".into()),
+        Err(_) => Err("the learning loop did not answer in 10 s".into()),
+    }
 }
 
 /// The client side: one request, one answer, read as the request's reply type `T` (or the

@@ -38,9 +38,16 @@ impl Maps {
         list: bool,
     ) -> anyhow::Result<()> {
         let keying = Keying::of(&self.read_config()?);
-        let mut lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
-        let mut lengths_changed = list && add_length(&mut lengths, prefix_len);
-        for place in keying.places(addr, prefix_len) {
+        let places = keying.places(addr, prefix_len);
+        // LIST_LENGTHS only matters for a list key or a short one (most keys are neither).
+        let short = places.iter().any(|p| matches!(p, Place::Short(..)));
+        let mut lengths = ListLengths::default();
+        let mut lengths_changed = false;
+        if list || short {
+            lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
+            lengths_changed = list && add_length(&mut lengths, prefix_len);
+        }
+        for place in places {
             match place {
                 Place::Line(index, bits) => {
                     let mut line = self.filter.get(&index, 0).context("read FILTER")?;

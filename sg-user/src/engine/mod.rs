@@ -548,13 +548,8 @@ impl Engine {
                     continue;
                 }
             } else if !matches!(sender, Sender::Network(_)) {
-                let threshold = self
-                    .table(t.country)
-                    .get(usize::from(t.level) - 1)
-                    .map_or(0.0, |row| row.points);
-                let min_hold = self.config.min_hold.as_secs() as u32;
-                let held = now.saturating_sub(t.level_since_s) >= min_hold;
-                if held && points < threshold * self.config.down_fraction {
+                let held = now.saturating_sub(t.level_since_s) >= self.min_hold_s();
+                if held && points < self.step_down_below(t) {
                     steps.push((sender, usize::from(t.level) - 1));
                     continue;
                 }

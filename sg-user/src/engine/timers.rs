@@ -28,12 +28,21 @@ impl Engine {
         if matches!(sender, Sender::Network(_)) {
             return NOT_SCHEDULED;
         }
+        below(self.step_down_below(t)).max(t.level_since_s.saturating_add(self.min_hold_s()))
+    }
+
+    /// The points a sender at level `t.level` (above 0) must fall under to step down one.
+    pub(super) fn step_down_below(&self, t: &Tracked) -> f64 {
         let threshold = self
             .table(t.country)
             .get(usize::from(t.level) - 1)
             .map_or(0.0, |row| row.points);
-        let hold = self.config.min_hold.as_secs().min(u64::from(u32::MAX)) as u32;
-        below(threshold * self.config.down_fraction).max(t.level_since_s.saturating_add(hold))
+        threshold * self.config.down_fraction
+    }
+
+    /// `min_hold` in whole seconds.
+    pub(super) fn min_hold_s(&self) -> u32 {
+        self.config.min_hold.as_secs().min(u64::from(u32::MAX)) as u32
     }
 
     /// Puts `sender`'s due time in the timer queue (not before `not_before`), superseding any
