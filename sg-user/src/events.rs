@@ -27,6 +27,10 @@ pub enum Service {
     Submission,
     Imap,
     Pop3,
+    /// Dovecot's ManageSieve.
+    Sieve,
+    /// Dovecot's auth process or PAM, which do not say which service asked.
+    Auth,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -55,6 +59,31 @@ pub enum EventKind {
     TooManyErrors,
     /// DMARC policy failure reported by Rspamd.
     DmarcFail,
+    /// Commands sent before the server's reply where the protocol forbids it (Postfix's
+    /// `improper command pipelining`, Exim's synchronization errors): spamware that does not wait.
+    Pipelining,
+    /// Talking before the server's greeting (postscreen `PREGREET`, sendmail's pre-greeting
+    /// traffic, Exim's `input sent without waiting for greeting`).
+    Pregreet,
+    /// A connection that ended before any mail was offered (`lost connection after CONNECT`,
+    /// `no MAIL in SMTP connection`, `did not issue MAIL/EXPN/VRFY/ETRN`, postscreen `HANGUP`):
+    /// scanners, and now and then a legitimate client whose network failed, so it weighs little.
+    LostEarly,
+    /// Commands the protocol does not allow at that point or at all (AUTH when not advertised,
+    /// non-SMTP commands, bare newlines, command count/time/length limits, too many invalid
+    /// IMAP/POP commands).
+    ProtocolError,
+    /// EXPN or VRFY refused: address probing.
+    ExpnVrfy,
+    /// A login attempt in plain text where the server does not allow it (Dovecot's `Aborted login
+    /// (tried to use disabled plaintext auth)`): a password-guessing bot that ignores the rules.
+    PlaintextAuth,
+    /// An IMAP/POP/submission connection that never tried to log in (`no auth attempts`,
+    /// `disconnected before auth was ready`): a probe or a scanner.
+    NoAuthProbe,
+    /// A content filter's spam verdict on the client's message (Exim's `local_scan()` rejects,
+    /// SpamAssassin's verdict lines).
+    Spam,
 }
 
 /// One event of one sender.

@@ -562,6 +562,7 @@ fn handle(
         .lines_by_format
         .entry(format_name(line.format))
         .or_default() += 1;
+    parsers.set_time(now);
     let outcome = match &line.text {
         Text::Raw(text) => parsers.parse(line.format, text),
         Text::Journal {

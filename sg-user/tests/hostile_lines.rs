@@ -108,6 +108,104 @@ const TEMPLATES: &[(Format, &str)] = &[
         "Nov 22 07:53:43 mx1 dovecot[7]: pop3-login: Login: user=<{}>, method=PLAIN, rip=203.0.113.9, lip=198.51.100.1, mpid=1, session=<x>",
     ),
     (
+        Format::Postfix,
+        "Nov 22 07:53:45 mx postfix/smtpd[1]: improper command pipelining after DATA from unknown[203.0.113.9]: {}",
+    ),
+    (
+        Format::Postfix,
+        "Nov 22 07:53:45 mx postfix/smtpd[1]: warning: unknown[203.0.113.9]:41234: SASL LOGIN authentication failed: authentication failure, sasl_username={}\n\
+         Nov 22 07:53:45 mx postfix/smtpd[1]: disconnect from unknown[203.0.113.9] ehlo=1 auth=0/2 commands=1/3",
+    ),
+    (
+        Format::Postfix,
+        "Nov 22 07:53:45 mx postfix/smtpd[1]: 4BCD1234AB: milter-reject: END-OF-MESSAGE from unknown[203.0.113.9]: 5.7.1 {}; from=<{}> to=<{}> proto=ESMTP helo=<{}>",
+    ),
+    (
+        Format::Postfix,
+        "Nov 22 07:53:45 mx postfix/smtpd[1]: warning: non-SMTP command from unknown[203.0.113.9]: {}",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:44 mx2 sm-mta[4104]: 5AM7rePq004104: {} [203.0.113.9]: possible SMTP attack: command=AUTH, count=5",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:44 mx2 sm-mta[4104]: 5AM7rePq004104: [203.0.113.9]: EXPN {} [rejected]",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:44 mx2 sm-mta[4104]: 5AM7rePq004104: rejecting commands from {} [203.0.113.9] due to pre-greeting traffic after 0 seconds",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:44 mx2 sm-mta[4104]: 5AM7rePq004104: {} [203.0.113.9] (may be forged) did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:44 mx2 sm-mta[4105]: 5AM7rePq004105: <{}>... No such user here\n\
+         Nov 22 07:53:44 mx2 sm-mta[4105]: 5AM7rePq004105: from=<{}>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay={} [203.0.113.9]",
+    ),
+    (
+        Format::Sendmail,
+        "Nov 22 07:53:41 mx2 sm-mta[4101]: 5AM7rePq004101: ruleset=check_rcpt, arg1=<{}>, relay={} [203.0.113.9], reject=550 5.7.1 <{}>... Relaying denied",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 SMTP protocol synchronization error (next input sent too soon: pipelining was not advertised): rejected \"{}\" H=({}) [203.0.113.9]:5000 I=[198.51.100.1]:25 next input=\"{}\"",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 SMTP protocol error in \"{}\" H=({}) [203.0.113.9]:5000 I=[198.51.100.1]:587 AUTH command used when not advertised",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 no MAIL in SMTP connection from ({}) [203.0.113.9]:5000 I=[198.51.100.1]:25 D=2s C=EHLO",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 SMTP connection from ({}) [203.0.113.9]:5000 I=[198.51.100.1]:25 closed by DROP in ACL",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 1vXyZa-000123-AB F=<{}> H=({}) [203.0.113.9]:5000 I=[198.51.100.1]:25 P=esmtp rejected by local_scan(): Rejected",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 H=({}) [203.0.113.9] sender verify fail for <{}>: Unrouteable address",
+    ),
+    (
+        Format::Exim,
+        "2026-11-22 07:53:44 1VxHWD-000NuW-83 SA: Action: silently tossed message: score=35.8 required=5.0 trigger=30.0 (scanned in 6/6 secs | Message-Id: {}). From <{}> (host={} [203.0.113.9]) for {}",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 auth-worker(77): Info: pam({},203.0.113.9,<AbCd>): pam_authenticate() failed: Authentication failure (password mismatch?)",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 mx dovecot: auth: sql({},203.0.113.9): unknown user",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser={} rhost=203.0.113.9  user={}",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser={} rhost=203.0.113.9",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 mx dovecot: pop3-login: Aborted login (tried to use disallowed plaintext auth): user=<{}>, rip=203.0.113.9, lip=198.51.100.1, session=<abc>",
+    ),
+    (
+        Format::Dovecot,
+        "Nov 22 07:53:43 mx dovecot: imap-login: Disconnected: Too many invalid commands (no auth attempts in 3 secs): user=<{}>, rip=203.0.113.9, lip=198.51.100.1",
+    ),
+    (
+        Format::Qmail,
+        "Sep  6 07:33:33 sd6 qmail: 1157520813.485077 rblsmtpd: 203.0.113.9 pid 19597 zen.spamhaus.org: 451 {}",
+    ),
+    (
         Format::Rspamd,
         "2026-11-22 07:53:40 #4711(normal) <8e1c2a>; task; rspamd_task_write_log: id: <{}>, qid: <4BCD1234>, ip: 203.0.113.9, from: <{}>, (default: F (add header): [7.20/15.00] [DMARC_POLICY_REJECT(2.00){example.com;reject;}]), len: 1234, time: 120.1ms, dns req: 12, digest: <ab>, rcpts: <{}>, mime_rcpts: <{}>",
     ),
@@ -146,6 +244,24 @@ const SHAPES: &[&str] = &[
     ">, method=PLAIN, rip=198.51.100.7, lip=",
     "SMTP connection from [198.51.100.7]:1",
     "<= a H=[198.51.100.7]:1 ",
+    " rhost=198.51.100.7",
+    "  user=",
+    " ruser=",
+    ",198.51.100.7",
+    ",198.51.100.7,<s>",
+    "): unknown user",
+    "pam(",
+    " (host=x [198.51.100.7]) for ",
+    " H=(x) [198.51.100.7] AUTH command used when not advertised",
+    " H=(x) [198.51.100.7]:1 I=[198.51.100.1]:25 next input=",
+    " P=esmtp rejected by local_scan()",
+    "[198.51.100.7]: possible SMTP attack: command=AUTH, count=5",
+    ", relay=[198.51.100.7], reject=550 5.1.1 <",
+    "arg1=<",
+    "... User unknown",
+    " [198.51.100.7] due to pre-greeting traffic",
+    " [198.51.100.7] did not issue MAIL/EXPN/VRFY/ETRN during connection to MTA",
+    " rip=198.51.100.7 (auth failed, 9 attempts",
     "NOQUEUE: reject: RCPT from unknown[198.51.100.7]: 550 ",
     "\n",
     "\r",

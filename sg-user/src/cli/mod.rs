@@ -232,7 +232,7 @@ fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Resu
         }
         lines += 1;
         let line = String::from_utf8_lossy(&buf);
-        match parsers.parse(format, &line) {
+        match parsers.parse_timed(format, &line).outcome {
             Outcome::NotUnderstood => not_understood += 1,
             Outcome::Understood(found) => {
                 with_events += u64::from(!found.is_empty());

@@ -58,7 +58,7 @@ fn bad_values_name_the_key() {
         ),
         ("[points]\nhalf_life = \"soon\"", "points.half_life"),
         ("[points.weights]\nrbl = \"x\"", "rbl"),
-        ("[points.weights]\nspam = 1.0", "spam"),
+        ("[points.weights]\nphishing = 1.0", "phishing"),
         (
             "[[levels]]\npoints = 20\nblock = true\n[[levels]]\npoints = 10\nblock = true",
             "levels[1].points",

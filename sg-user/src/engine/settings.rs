@@ -25,11 +25,19 @@ pub struct Weights {
     pub lost_after_auth: f64,
     pub too_many_errors: f64,
     pub dmarc_fail: f64,
+    pub pipelining: f64,
+    pub pregreet: f64,
+    pub lost_early: f64,
+    pub protocol_error: f64,
+    pub expn_vrfy: f64,
+    pub plaintext_auth: f64,
+    pub no_auth_probe: f64,
+    pub spam: f64,
 }
 
 impl Weights {
     /// Each weight with its key in `[points.weights]`.
-    pub fn named(&self) -> [(&'static str, f64); 12] {
+    pub fn named(&self) -> [(&'static str, f64); 20] {
         [
             ("connection", self.connection),
             ("message", self.message),
@@ -43,6 +51,14 @@ impl Weights {
             ("lost_after_auth", self.lost_after_auth),
             ("too_many_errors", self.too_many_errors),
             ("dmarc_fail", self.dmarc_fail),
+            ("pipelining", self.pipelining),
+            ("pregreet", self.pregreet),
+            ("lost_early", self.lost_early),
+            ("protocol_error", self.protocol_error),
+            ("expn_vrfy", self.expn_vrfy),
+            ("plaintext_auth", self.plaintext_auth),
+            ("no_auth_probe", self.no_auth_probe),
+            ("spam", self.spam),
         ]
     }
 }
@@ -62,12 +78,23 @@ impl Default for Weights {
             lost_after_auth: 2.0,
             too_many_errors: 3.0,
             dmarc_fail: 2.0,
+            // Weak signals weigh little: a legitimate client whose connection dropped once, or
+            // a mail client that opened a connection and closed it, must stay far from level 1
+            // (10 points); thirty such events in a half-life are a scanner.
+            pipelining: 1.0,
+            pregreet: 2.0,
+            lost_early: 0.3,
+            protocol_error: 1.0,
+            expn_vrfy: 2.0,
+            plaintext_auth: 2.0,
+            no_auth_probe: 0.3,
+            spam: 3.0,
         }
     }
 }
 
 /// Event kinds as counted per sender ("the events that moved it").
-pub const KIND_NAMES: [&str; 12] = [
+pub const KIND_NAMES: [&str; 20] = [
     "connection",
     "message",
     "unknown_recipient",
@@ -80,6 +107,14 @@ pub const KIND_NAMES: [&str; 12] = [
     "lost_after_auth",
     "too_many_errors",
     "dmarc_fail",
+    "pipelining",
+    "pregreet",
+    "lost_early",
+    "protocol_error",
+    "expn_vrfy",
+    "plaintext_auth",
+    "no_auth_probe",
+    "spam",
 ];
 
 /// The index of an event's kind in [`KIND_NAMES`].
@@ -99,6 +134,14 @@ pub fn kind_index(kind: &EventKind) -> usize {
         EventKind::LostAfterAuth => 9,
         EventKind::TooManyErrors => 10,
         EventKind::DmarcFail => 11,
+        EventKind::Pipelining => 12,
+        EventKind::Pregreet => 13,
+        EventKind::LostEarly => 14,
+        EventKind::ProtocolError => 15,
+        EventKind::ExpnVrfy => 16,
+        EventKind::PlaintextAuth => 17,
+        EventKind::NoAuthProbe => 18,
+        EventKind::Spam => 19,
     }
 }
 
@@ -121,6 +164,14 @@ impl Weights {
             EventKind::LostAfterAuth => self.lost_after_auth,
             EventKind::TooManyErrors => self.too_many_errors,
             EventKind::DmarcFail => self.dmarc_fail,
+            EventKind::Pipelining => self.pipelining,
+            EventKind::Pregreet => self.pregreet,
+            EventKind::LostEarly => self.lost_early,
+            EventKind::ProtocolError => self.protocol_error,
+            EventKind::ExpnVrfy => self.expn_vrfy,
+            EventKind::PlaintextAuth => self.plaintext_auth,
+            EventKind::NoAuthProbe => self.no_auth_probe,
+            EventKind::Spam => self.spam,
         }
     }
 }

@@ -7,13 +7,18 @@
 
 use std::net::IpAddr;
 
-use super::Outcome;
+use super::{
+    Outcome, agreed, field_starts,
+    ledger::{Clocked, Layer},
+    repeated,
+};
 use crate::events::{Event, EventKind, Service};
 
-const SERVICES: [(&str, Service); 3] = [
+const SERVICES: [(&str, Service); 4] = [
     ("imap-login", Service::Imap),
     ("pop3-login", Service::Pop3),
     ("submission-login", Service::Submission),
+    ("managesieve-login", Service::Sieve),
 ];
 
 fn service_of(program: &str) -> Option<Service> {
@@ -25,14 +30,26 @@ fn service_of(program: &str) -> Option<Service> {
 
 /// A Dovecot login or auth line, either form.
 pub fn is_dovecot(program: &str, message: &str) -> bool {
+    let message = untagged(message);
     service_of(program).is_some()
         || is_auth(program)
-        || (program == "dovecot" && (split_service(message).is_some() || is_auth(message)))
+        || ((program == "dovecot" || program == "auth")
+            && (split_service(message).is_some() || is_auth(message) || is_pam(message)))
 }
 
-/// The auth process (`auth: ...`, `auth-worker(123): ...`), or a message of it through syslog.
+/// The auth process (`auth: ...`, `auth-worker(123): ...`, `auth(default): ...`, Dovecot 1's
+/// `dovecot-auth`), or a message of it through syslog.
 fn is_auth(text: &str) -> bool {
-    text == "auth" || text.starts_with("auth: ") || text.starts_with("auth-worker")
+    text == "auth"
+        || text == "dovecot-auth"
+        || text.starts_with("auth: ")
+        || text.starts_with("auth(")
+        || text.starts_with("auth-worker")
+}
+
+/// A PAM module's failure line for Dovecot's PAM service.
+fn is_pam(message: &str) -> bool {
+    message.starts_with("pam_unix(dovecot:auth): ") || message.starts_with("pam_unix(imap:auth): ")
 }
 
 /// "imap-login: rest" inside a syslog `dovecot:` message.
@@ -41,13 +58,18 @@ fn split_service(message: &str) -> Option<(Service, &str)> {
     Some((service_of(program)?, rest))
 }
 
-pub fn parse(program: &str, message: &str) -> Outcome {
+/// Dovecot 1 through syslog repeats its tag (`dovecot[442]: dovecot: auth(default): ...`).
+fn untagged(message: &str) -> &str {
+    message.strip_prefix("dovecot: ").unwrap_or(message)
+}
+
+pub fn parse(program: &str, message: &str, ledger: Clocked<'_>) -> Outcome {
+    let message = untagged(message);
+    if is_pam(message) {
+        return pam_failure(message, ledger);
+    }
     if is_auth(program) || (program == "dovecot" && is_auth(message)) {
-        // `passwd-file(user,rip,<session>): unknown user` and the like (auth_verbose). Every
-        // failure the auth process reports is also reported, with its service, by the login
-        // process (or by the MTA, for SMTP AUTH through Dovecot SASL): counting both would
-        // double the points, so these lines carry no event.
-        return Outcome::Understood(Vec::new());
+        return auth_process(message, ledger);
     }
     let (service, text) = match service_of(program) {
         Some(s) => (s, message),
@@ -57,21 +79,162 @@ pub fn parse(program: &str, message: &str) -> Outcome {
         },
     };
     let text = text.strip_prefix("Info: ").unwrap_or(text);
-    let kind = if text.starts_with("Login: ") {
-        EventKind::AuthSuccess { service }
-    } else if (text.starts_with("Disconnected") || text.starts_with("Aborted login"))
-        && text.contains("(auth failed")
-    {
-        EventKind::AuthFailure { service }
-    } else if text.starts_with("Disconnected") || text.starts_with("Aborted login") {
-        return Outcome::Understood(Vec::new());
-    } else {
-        return Outcome::NotUnderstood;
-    };
     let Some(source) = remote_ip(text) else {
-        return Outcome::NotUnderstood;
+        return if text.starts_with("Disconnected") || text.starts_with("Aborted login") {
+            Outcome::Understood(Vec::new())
+        } else {
+            Outcome::NotUnderstood
+        };
     };
-    Outcome::Understood(vec![Event::new(kind, source).with_user(user(text))])
+    let user = user(text);
+    if text.starts_with("Login: ") {
+        let event = Event::new(EventKind::AuthSuccess { service }, source).with_user(user);
+        return Outcome::Understood(vec![event]);
+    }
+    // The reason is the server's text before the first `user=<` (the user name, the client's
+    // text, comes after it) or, in older versions without a user field, before `rip=`.
+    let reason_end = text
+        .find("user=<")
+        .or_else(|| text.find("rip="))
+        .unwrap_or(text.len());
+    let reason = &text[..reason_end];
+    let kind = if let Some(n) = failed_attempts(reason) {
+        let unreported = ledger.settle(source, n);
+        let events = repeated(EventKind::AuthFailure { service }, source, unreported);
+        let events = events.into_iter().map(|e| e.with_user(user)).collect();
+        return Outcome::Understood(events);
+    } else if reason.contains("(proxy dest auth failed)") {
+        EventKind::AuthFailure { service }
+    } else if reason.contains("plaintext auth") {
+        // "Aborted login (tried to use disabled plaintext auth)", also after "Too many invalid
+        // commands".
+        EventKind::PlaintextAuth
+    } else if reason.contains("Too many invalid commands") {
+        EventKind::ProtocolError
+    } else if reason.contains("client didn't finish SASL auth") {
+        EventKind::LostAfterAuth
+    } else if reason.contains("(no auth attempts")
+        || reason.contains("(disconnected before auth was ready")
+        || reason.contains("(disconnected before greeting")
+    {
+        EventKind::NoAuthProbe
+    } else {
+        return Outcome::Understood(Vec::new());
+    };
+    Outcome::Understood(vec![Event::new(kind, source).with_user(user)])
+}
+
+/// "(auth failed, 3 attempts in 12 secs)": the number of failed logins of the session.
+fn failed_attempts(reason: &str) -> Option<u32> {
+    let (_, after) = reason.split_once("(auth failed, ")?;
+    let (n, _) = after.split_once(" attempt")?;
+    n.parse().ok()
+}
+
+/// The auth process's failure lines (with `auth_verbose`): `pam(USER,IP): pam_authenticate()
+/// failed: ...`, `passwd-file(USER,IP,<SESSION>): unknown user`, `sql(USER,IP): Password
+/// mismatch`, `ldap(USER,IP,): invalid credentials`, after any number of server-written
+/// prefixes (`auth-worker(7): Info: conn unix:auth-worker (uid=143): auth-worker<13247>: `).
+///
+/// The user is the client's text and may hold `,`, `(` and `): `; nothing the client wrote comes
+/// after it, so the line is read from its end: the last `): ` ends the prefix, the failure text
+/// after it is the server's, and the prefix's last fields are the address and the session.
+fn auth_process(message: &str, ledger: Clocked<'_>) -> Outcome {
+    const PASSDBS: [&str; 11] = [
+        "pam(",
+        "passwd-file(",
+        "sql(",
+        "ldap(",
+        "passwd(",
+        "shadow(",
+        "checkpassword(",
+        "bsdauth(",
+        "dict(",
+        "lua(",
+        "oauth2(",
+    ];
+    const FAILURES: [&str; 6] = [
+        "unknown user",
+        "Password mismatch",
+        "password mismatch",
+        "invalid credentials",
+        "Invalid credentials",
+        "pam_authenticate() failed",
+    ];
+    let Some((prefix, failure)) = message.rsplit_once("): ") else {
+        return Outcome::Understood(Vec::new());
+    };
+    if !FAILURES.iter().any(|f| failure.starts_with(f)) {
+        return Outcome::Understood(Vec::new());
+    }
+    // The first passdb name that starts a word: the server's prefixes come before the user.
+    let Some(fields) = PASSDBS
+        .iter()
+        .filter_map(|name| {
+            let at = prefix
+                .match_indices(name)
+                .map(|(at, _)| at)
+                .find(|&at| at == 0 || matches!(prefix.as_bytes()[at - 1], b' ' | b':'))?;
+            Some((at, &prefix[at + name.len()..]))
+        })
+        .min_by_key(|(at, _)| *at)
+        .map(|(_, fields)| fields)
+    else {
+        return Outcome::Understood(Vec::new());
+    };
+    // "USER,IP", "USER,IP,<SESSION>" or "USER,IP," (an empty session).
+    let fields = match fields.rsplit_once(",<") {
+        Some((head, session)) if !session.contains(',') => head,
+        _ => fields.strip_suffix(',').unwrap_or(fields),
+    };
+    let Some((user, addr)) = fields.rsplit_once(',') else {
+        return Outcome::Understood(Vec::new());
+    };
+    let Ok(source) = addr.parse::<IpAddr>() else {
+        return Outcome::Understood(Vec::new());
+    };
+    let n = ledger.report(source, Layer::AuthProcess, 1);
+    let service = Service::Auth;
+    let events = repeated(EventKind::AuthFailure { service }, source, n);
+    Outcome::Understood(
+        events
+            .into_iter()
+            .map(|e| e.with_user(Some(user)))
+            .collect(),
+    )
+}
+
+/// `pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot
+/// ruser=USER rhost=IP[  user=USER]` (pam_unix's support.c). The user is the client's text and
+/// may be written on both sides of the address, so the line is read at every ` rhost=`: the
+/// server's reading always holds an address (followed by the end or `  user=`), and the address
+/// is taken only when no other reading does.
+fn pam_failure(message: &str, ledger: Clocked<'_>) -> Outcome {
+    let Some((_, fields)) = message.split_once(": authentication failure; ") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let Some((_, after_ruser)) = fields.split_once(" ruser=") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let Some(starts) = field_starts(after_ruser, " rhost=") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let readings = starts.into_iter().filter_map(|at| {
+        let rest = &after_ruser[at + " rhost=".len()..];
+        let addr = rest.split_once("  user=").map_or(rest, |(addr, _)| addr);
+        addr.trim_end().parse::<IpAddr>().ok()
+    });
+    let Some(source) = agreed(readings) else {
+        return Outcome::Understood(Vec::new());
+    };
+    let n = ledger.report(source, Layer::Pam, 1);
+    Outcome::Understood(repeated(
+        EventKind::AuthFailure {
+            service: Service::Auth,
+        },
+        source,
+        n,
+    ))
 }
 
 /// The last `rip=ADDR` of the line.
@@ -144,20 +307,81 @@ mod tests {
         assert_eq!(e[0].user.as_deref(), Some("carol"));
     }
 
-    #[test]
-    fn auth_process_lines_are_understood_without_counting_twice() {
-        for line in [
-            "Nov 22 07:53:40 mx dovecot[12]: auth: passwd-file(admin,203.0.113.9,<AbCd>): unknown user",
-            "Nov 22 07:53:40 auth-worker(77): Info: pam(admin,203.0.113.9,<AbCd>): pam_authenticate() failed: Authentication failure (password mismatch?)",
-            "Nov 22 07:53:40 auth: Info: sql(bob,2001:db8::9,<x>): Password mismatch",
-        ] {
-            assert!(parse_line(line).is_empty(), "{line}");
+    fn parse_lines(lines: &[&str]) -> Vec<Event> {
+        let mut p = crate::parsers::Parsers::default();
+        let mut out = Vec::new();
+        for line in lines {
+            match p.parse_timed(crate::parsers::Format::Dovecot, line).outcome {
+                Outcome::Understood(e) => out.extend(e),
+                Outcome::NotUnderstood => panic!("not understood: {line}"),
+            }
         }
+        out
     }
 
     #[test]
-    fn disconnects_without_auth_failure_have_no_event() {
-        assert!(parse_line("Nov 22 07:53:40 imap-login: Info: Disconnected (no auth attempts in 0 secs): user=<>, rip=203.0.113.9, lip=198.51.100.1, session=<z>").is_empty());
+    fn one_failure_reported_by_pam_the_auth_process_and_the_login_process_counts_once() {
+        let e = parse_lines(&[
+            "Nov 22 07:53:40 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=admin rhost=203.0.113.9  user=admin",
+            "Nov 22 07:53:40 mx dovecot[12]: auth-worker(77): pam(admin,203.0.113.9,<AbCd>): pam_authenticate() failed: Authentication failure (password mismatch?)",
+            "Nov 22 07:53:42 mx dovecot[12]: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<admin>, method=PLAIN, rip=203.0.113.9, lip=198.51.100.1, session=<AbCd>",
+        ]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].source, ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn auth_process_lines_count_when_the_login_process_reports_nothing() {
+        for line in [
+            "Nov 22 07:53:40 mx dovecot[12]: auth: passwd-file(admin,203.0.113.9,<AbCd>): unknown user",
+            "Nov 22 07:53:40 auth-worker(77): Info: pam(admin,203.0.113.9,<AbCd>): pam_authenticate() failed: Authentication failure (password mismatch?)",
+            "Nov 22 07:53:40 auth: Info: sql(bob,203.0.113.9,<x>): Password mismatch",
+            "Nov 22 07:53:40 auth: Info: ldap(dog,203.0.113.9,): invalid credentials",
+        ] {
+            let e = parse_lines(&[line]);
+            assert_eq!(e.len(), 1, "{line}");
+            assert_eq!(e[0].source, ip("203.0.113.9"), "{line}");
+        }
+        // A user name holding commas, brackets and an address cannot move the blame.
+        let e = parse_lines(&[
+            "Nov 22 07:53:40 auth-worker(77): Info: pam(x,198.51.100.66): unknown user,198.51.100.66,<q>,203.0.113.9,<AbCd>): unknown user",
+        ]);
+        assert_eq!(e[0].source, ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn pam_rhost_is_read_only_when_one_reading_holds() {
+        let e = parse_lines(&[
+            "Nov 22 07:53:40 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=x rhost=198.51.100.66 rhost=203.0.113.9",
+        ]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].source, ip("203.0.113.9"));
+        let e = parse_lines(&[
+            "Nov 22 07:53:40 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=x rhost=198.51.100.66  user=x rhost=203.0.113.9  user=x rhost=198.51.100.66  user=x",
+        ]);
+        assert!(e.is_empty(), "two readings hold an address: {e:?}");
+    }
+
+    #[test]
+    fn probes_and_protocol_abuse() {
+        let kinds: Vec<EventKind> = parse_lines(&[
+            "Nov 22 07:53:40 imap-login: Info: Disconnected (no auth attempts in 0 secs): user=<>, rip=203.0.113.9, lip=198.51.100.1, session=<z>",
+            "Nov 22 07:53:40 mx dovecot: pop3-login: Aborted login (tried to use disallowed plaintext auth): user=<x (no auth attempts>, rip=203.0.113.9, lip=198.51.100.1",
+            "Nov 22 07:53:40 mx dovecot: managesieve-login: Disconnected: Too many invalid commands. (no auth attempts in 0 secs): user=<>, rip=203.0.113.9",
+            "Nov 22 07:53:40 mx dovecot: imap-login: Disconnected (client didn't finish SASL auth, waited 2 secs): user=<>, method=PLAIN, rip=203.0.113.9",
+        ])
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::NoAuthProbe,
+                EventKind::PlaintextAuth,
+                EventKind::ProtocolError,
+                EventKind::LostAfterAuth
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use super::Outcome;
+use super::{Outcome, agreed, field_starts};
 use crate::events::{Event, EventKind, RejectKind, Service};
 
 pub fn is_exim(program: &str) -> bool {
@@ -23,10 +23,29 @@ pub fn parse(message: &str) -> Outcome {
         _ => message,
     };
     if let Some(rest) = text.strip_prefix("SMTP connection from ") {
+        if rest.ends_with(" closed by DROP in ACL") {
+            // The operator's ACL dropped it: a reject, decided by the server.
+            let reject = RejectKind::Other;
+            return host_then(rest, " closed by DROP in ACL", EventKind::Reject { reject });
+        }
         if rest.contains(" lost") || rest.contains(" closed by") {
             return Outcome::Understood(Vec::new());
         }
         return host_event(rest, EventKind::Connection);
+    }
+    if let Some(rest) = text.strip_prefix("no MAIL in SMTP connection from ") {
+        // "no MAIL in SMTP connection from NAME (HELO) [ADDR]:PORT I=[ADDR]:25 D=21s C=EHLO":
+        // connected, never offered mail.
+        return host_event(rest, EventKind::LostEarly);
+    }
+    if let Some(rest) = text.strip_prefix("SMTP protocol synchronization error (") {
+        return synchronization_error(rest);
+    }
+    if let Some(rest) = text.strip_prefix("SMTP protocol error in ") {
+        return protocol_error(rest);
+    }
+    if let Some(rest) = text.strip_prefix("SA: Action: ") {
+        return spamassassin(rest);
     }
     if let Some(rest) = text.strip_prefix("SMTP call from ") {
         let kind = if rest.contains("dropped: too many") {
@@ -67,6 +86,9 @@ pub fn parse(message: &str) -> Outcome {
     }
     if let Some(rest) = text.strip_prefix("H=") {
         return rejected(rest);
+    }
+    if text.starts_with("F=") && text.contains(" rejected by local_scan()") {
+        return local_scan(text);
     }
     if text.starts_with("=> ")
         || text.starts_with("-> ")
@@ -143,6 +165,12 @@ fn rejected(rest: &str) -> Outcome {
         Some(Host::Ambiguous) => return Outcome::Understood(Vec::new()),
         None => return Outcome::NotUnderstood,
     };
+    let after = skip_interface(after);
+    if after.starts_with("sender verify fail for ") {
+        // "H=HOST sender verify fail for <SENDER>: Unrouteable address"
+        let reject = RejectKind::Sender;
+        return Outcome::Understood(vec![Event::new(EventKind::Reject { reject }, addr)]);
+    }
     let Some(at) = after.find("rejected ") else {
         return Outcome::Understood(Vec::new());
     };
@@ -158,12 +186,169 @@ fn rejected(rest: &str) -> Outcome {
     } else if reason.contains("RBL") || reason.contains(" is listed") || reason.contains("blocked")
     {
         RejectKind::Rbl
-    } else if what.starts_with("MAIL") {
+    } else if what.starts_with("MAIL") || reason.contains("Sender verify failed") {
         RejectKind::Sender
     } else {
         RejectKind::Other
     };
     Outcome::Understood(vec![Event::new(EventKind::Reject { reject }, addr)])
+}
+
+/// `(input sent without waiting for greeting): rejected connection from H=HOST I=.. input="TEXT"`
+/// and `(next input sent too soon: pipelining was not advertised): rejected "CMD" H=HOST I=..
+/// next input="TEXT"` (smtp_in.c). In the first the client's text comes only after the host, so
+/// the first ` H=` is the server's; in the second the client's command comes before it and its
+/// input after, so the host is taken only when exactly one ` H=` reads as a host followed by
+/// `I=` or `next input=`.
+fn synchronization_error(rest: &str) -> Outcome {
+    if let Some(after) = rest.strip_prefix("input sent without waiting for greeting): ") {
+        return match after.strip_prefix("rejected connection from H=") {
+            Some(host) => host_event(host, EventKind::Pregreet),
+            None => Outcome::NotUnderstood,
+        };
+    }
+    if !rest.starts_with("next input sent too soon") {
+        return Outcome::NotUnderstood;
+    }
+    match unique_host(rest, " next input=") {
+        Some(addr) => Outcome::Understood(vec![Event::new(EventKind::Pipelining, addr)]),
+        None => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// Reads `text` at every pair of a ` H=` and a later `marker` (the server's next field): the
+/// text between must be a host and nothing else (but the server's ` I=`). The server's reading
+/// is always such a host, or a HELO with spaces that makes it ambiguous; so the address is
+/// taken only when the readings that are hosts agree and none is ambiguous.
+fn unique_host(text: &str, marker: &str) -> Option<IpAddr> {
+    let hosts = field_starts(text, " H=")?;
+    let markers = field_starts(text, marker)?;
+    let mut readings = Vec::new();
+    for &h in &hosts {
+        for &m in markers.iter().filter(|&&m| m > h + 3) {
+            match host(&text[h + 3..m]) {
+                Some(Host::Ambiguous) => return None,
+                Some(Host::At(addr, after)) if skip_interface(after).is_empty() => {
+                    readings.push(addr);
+                }
+                _ => {}
+            }
+        }
+    }
+    agreed(readings.into_iter())
+}
+
+/// `"AUTH LOGIN" H=HOST I=[ADDR]:587 AUTH command used when not advertised` (smtp_in.c): the
+/// quoted command is the client's text and comes first; everything after the host is the
+/// server's, so the host is read at the last ` H=` and must be followed by the server's reason
+/// alone.
+fn protocol_error(rest: &str) -> Outcome {
+    let Some((_, host_text)) = rest.rsplit_once(" H=") else {
+        return Outcome::NotUnderstood;
+    };
+    match host(host_text) {
+        Some(Host::At(addr, after)) => {
+            let reason = skip_interface(after);
+            let known = [
+                "AUTH command used when not advertised",
+                "too many syntax or protocol errors",
+                "too many nonmail commands",
+            ];
+            if known.contains(&reason.trim_end()) {
+                Outcome::Understood(vec![Event::new(EventKind::ProtocolError, addr)])
+            } else {
+                Outcome::Understood(Vec::new())
+            }
+        }
+        _ => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// `F=<SENDER> H=HOST I=.. P=esmtp rejected by local_scan(): Rejected: hits=7.5` (a content
+/// scanner's verdict). The sender is the client's text before ` H=`: the host is read between
+/// a ` H=` and a ` P=` ([`unique_host`]), the last ` P=` being the server's before its verdict.
+fn local_scan(text: &str) -> Outcome {
+    let Some((head, _verdict)) = text.rsplit_once(" rejected by local_scan()") else {
+        return Outcome::Understood(Vec::new());
+    };
+    // "... H=HOST I=.. P=esmtp": the protocol is the server's last word before the verdict.
+    let Some((head, proto)) = head.rsplit_once(" P=") else {
+        return Outcome::Understood(Vec::new());
+    };
+    if proto.is_empty() || !proto.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Outcome::Understood(Vec::new());
+    }
+    let head = format!("{head} P=");
+    match unique_host(&head, " P=") {
+        Some(addr) => Outcome::Understood(vec![Event::new(EventKind::Spam, addr)]),
+        None => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// sa-exim's verdicts: `flagged as Spam but accepted: score=8.2 ... From <SENDER> (host=NAME
+/// [ADDR]) for RCPT` and `silently tossed message: ...` (and the rejecting ones). The sender,
+/// the Message-Id before it and the recipient after it are the client's text, NAME its reverse
+/// DNS: the line is read at every ` (host=NAME [ADDR])` it can hold (followed by ` for ` or the
+/// end); the server's reading always holds, and the address is taken only when no other does.
+fn spamassassin(rest: &str) -> Outcome {
+    let spam = [
+        "flagged as Spam",
+        "silently tossed",
+        "permanently rejected",
+        "teergrubed",
+    ];
+    if !spam.iter().any(|s| rest.starts_with(s)) {
+        return Outcome::Understood(Vec::new());
+    }
+    // Every pair of a ` (host=` and a later `])` that ends the line or precedes ` for `.
+    let (Some(starts), Some(ends)) = (field_starts(rest, " (host="), field_starts(rest, "])"))
+    else {
+        return Outcome::Understood(Vec::new());
+    };
+    let ends: Vec<usize> = ends
+        .into_iter()
+        .filter(|&at| {
+            let tail = &rest[at + 2..];
+            tail.is_empty() || tail.starts_with(" for ")
+        })
+        .collect();
+    let readings = starts.iter().flat_map(|&start| {
+        ends.iter()
+            .filter(move |&&end| end > start)
+            .filter_map(move |&end| {
+                // "NAME [ADDR": the name is the client's reverse DNS, the address the server's.
+                let (before, addr) = rest[start + " (host=".len()..end].rsplit_once('[')?;
+                let addr: IpAddr = addr.parse().ok()?;
+                before.ends_with(' ').then_some(addr)
+            })
+    });
+    match agreed(readings) {
+        Some(addr) => Outcome::Understood(vec![Event::new(EventKind::Spam, addr)]),
+        None => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// The server's ` I=[ADDR]:PORT` after a host (log_selector +incoming_interface), skipped.
+fn skip_interface(after: &str) -> &str {
+    let after = after.trim_start_matches(' ');
+    match after.strip_prefix("I=[") {
+        Some(rest) => match rest.split_once(' ') {
+            Some((_, tail)) => tail,
+            None => "",
+        },
+        None => after,
+    }
+}
+
+/// The host, then exactly `tail` after it (and the server's interface).
+fn host_then(text: &str, tail: &str, kind: EventKind) -> Outcome {
+    match host(text) {
+        Some(Host::At(addr, after)) if skip_interface(after) == tail.trim_start() => {
+            Outcome::Understood(vec![Event::new(kind, addr)])
+        }
+        Some(_) => Outcome::Understood(Vec::new()),
+        None => Outcome::NotUnderstood,
+    }
 }
 
 fn host_event(text: &str, kind: EventKind) -> Outcome {

@@ -7,6 +7,7 @@
 
 pub mod dovecot;
 pub mod exim;
+pub mod ledger;
 pub mod postfix;
 pub mod qmail;
 pub mod rspamd;
@@ -15,7 +16,7 @@ pub mod syslog;
 
 use std::{net::IpAddr, str::FromStr};
 
-use crate::events::Event;
+use crate::events::{Event, EventKind};
 
 /// Which parser reads a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,9 +72,22 @@ pub enum Outcome {
 #[derive(Default)]
 pub struct Parsers {
     postfix: postfix::Postfix,
+    sendmail: sendmail::Sendmail,
+    /// Authentication failures reported by several processes, counted once (Postfix's SASL
+    /// lines, Dovecot's login and auth processes and PAM may all report the same one).
+    ledger: ledger::Ledger,
+    /// The time of the line being read, in seconds: the header's when the caller reads it
+    /// ([`Parsers::parse_timed`]), else what [`Parsers::set_time`] said.
+    now_s: u64,
 }
 
 impl Parsers {
+    /// The time lines are read at, for the parsers that match lines of one session (the
+    /// daemon reads lines as they are written, so its clock is their time).
+    pub fn set_time(&mut self, now_ns: u64) {
+        self.now_s = now_ns / 1_000_000_000;
+    }
+
     pub fn parse(&mut self, format: Format, line: &str) -> Outcome {
         match syslog::split(line) {
             Some(header) => self.parse_message(format, header.program, header.message),
@@ -90,8 +104,12 @@ impl Parsers {
                 outcome: Outcome::NotUnderstood,
             };
         };
+        let time_ns = header.time_ns();
+        if let Some(ns) = time_ns {
+            self.set_time(ns);
+        }
         Parsed {
-            time_ns: header.time_ns(),
+            time_ns,
             outcome: self.parse_message(format, header.program, header.message),
         }
     }
@@ -104,16 +122,47 @@ impl Parsers {
         if format != Format::Auto && format != found {
             return Outcome::NotUnderstood;
         }
+        let clocked = ledger::Clocked {
+            ledger: &mut self.ledger,
+            now_s: self.now_s,
+        };
         match found {
-            Format::Postfix => self.postfix.parse(program, message),
-            Format::Dovecot => dovecot::parse(program, message),
-            Format::Sendmail => sendmail::parse(message),
+            Format::Postfix => self.postfix.parse(program, message, clocked),
+            Format::Dovecot => dovecot::parse(program, message, clocked),
+            Format::Sendmail => self.sendmail.parse(message),
             Format::Qmail => qmail::parse(program, message),
             Format::Exim => exim::parse(message),
             Format::Rspamd => rspamd::parse(message),
             Format::Auto => Outcome::NotUnderstood,
         }
     }
+}
+
+/// The client of a line read every way it can be (attacker text that imitates the server's
+/// fields gives more readings): the address all readings agree on, or none. Sound whenever the
+/// server's own reading is always among them.
+pub fn agreed<T: PartialEq>(mut readings: impl Iterator<Item = T>) -> Option<T> {
+    let first = readings.next()?;
+    readings.all(|other| other == first).then_some(first)
+}
+
+/// The most places a line is read at: a line with more copies of a field is the client's
+/// doing, and reading it every way would take time quadratic in its length.
+pub const MAX_READINGS: usize = 16;
+
+/// Where `field` starts in `text`, or `None` when it occurs more than [`MAX_READINGS`] times.
+pub fn field_starts(text: &str, field: &str) -> Option<Vec<usize>> {
+    let starts: Vec<usize> = text
+        .match_indices(field)
+        .map(|(at, _)| at)
+        .take(MAX_READINGS + 1)
+        .collect();
+    (starts.len() <= MAX_READINGS).then_some(starts)
+}
+
+/// `n` events of one kind and client (a line that reports several failures).
+pub fn repeated(kind: EventKind, source: IpAddr, n: u32) -> Vec<Event> {
+    (0..n).map(|_| Event::new(kind.clone(), source)).collect()
 }
 
 /// `NAME[ADDR]` or `[ADDR]` or `[ADDR]:PORT` at the start of `text`, as Postfix writes a client.

@@ -10,7 +10,11 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Outcome, bracketed_client};
+use super::{
+    Outcome, bracketed_client,
+    ledger::{Clocked, Layer},
+    repeated,
+};
 use crate::events::{Event, EventKind, RejectKind, Service};
 
 /// Queue ids remembered between smtpd's `client=` and qmgr's `from=` lines. When full, the
@@ -35,7 +39,7 @@ fn one(kind: EventKind, source: IpAddr) -> Outcome {
 const NOTHING: Outcome = Outcome::Understood(Vec::new());
 
 impl Postfix {
-    pub fn parse(&mut self, program: &str, message: &str) -> Outcome {
+    pub fn parse(&mut self, program: &str, message: &str, ledger: Clocked<'_>) -> Outcome {
         let daemon = program.rsplit('/').next().unwrap_or(program);
         let service = if program.contains("submission") {
             Service::Submission
@@ -43,7 +47,7 @@ impl Postfix {
             Service::Smtp
         };
         match daemon {
-            "smtpd" => self.smtpd(message, service),
+            "smtpd" => self.smtpd(message, service, ledger),
             "postscreen" => postscreen(message),
             "qmgr" => self.qmgr(message),
             "cleanup" => self.cleanup(message),
@@ -51,37 +55,37 @@ impl Postfix {
         }
     }
 
-    fn smtpd(&mut self, message: &str, service: Service) -> Outcome {
+    fn smtpd(&mut self, message: &str, service: Service, ledger: Clocked<'_>) -> Outcome {
         if let Some(rest) = message.strip_prefix("connect from ") {
             return match bracketed_client(rest) {
                 Some((addr, _)) => one(EventKind::Connection, addr),
                 None => Outcome::NotUnderstood,
             };
         }
-        if message.starts_with("disconnect from ") {
-            return NOTHING;
+        if let Some(rest) = message.strip_prefix("disconnect from ") {
+            return disconnect(rest, service, ledger);
         }
-        if let Some(rest) = message.strip_prefix("lost connection after AUTH from ") {
-            return client_event(rest, EventKind::LostAfterAuth);
+        if let Some(rest) = message.strip_prefix("lost connection after ") {
+            return lost_after(rest);
         }
-        if message.starts_with("lost connection after ") || message.starts_with("timeout after ") {
-            return NOTHING;
+        if let Some(rest) = message.strip_prefix("timeout after ") {
+            return lost_after(rest);
+        }
+        if let Some(rest) = message.strip_prefix("improper command pipelining after ") {
+            // "improper command pipelining after CMD from NAME[ADDR]: TEXT": the client's text
+            // comes after the client.
+            return client_after(rest, " from ", EventKind::Pipelining);
         }
         if let Some(rest) = message.strip_prefix("too many errors after ") {
             // "too many errors after RCPT from NAME[ADDR]"
             return client_after(rest, " from ", EventKind::TooManyErrors);
         }
+        if let Some(rest) = message.strip_prefix("SSL_accept error from ") {
+            // A TLS handshake that failed: scanners, and clients with broken TLS.
+            return client_event(rest, EventKind::LostEarly);
+        }
         if let Some(rest) = message.strip_prefix("warning: ") {
-            // "warning: NAME[ADDR]: SASL LOGIN authentication failed: ..., sasl_username=u"
-            let Some((addr, after)) = bracketed_client(rest) else {
-                return NOTHING;
-            };
-            if after.starts_with(": SASL ") && after.contains(" authentication failed") {
-                let user = after.rsplit_once(", sasl_username=").map(|(_, u)| u);
-                let event = Event::new(EventKind::AuthFailure { service }, addr).with_user(user);
-                return Outcome::Understood(vec![event]);
-            }
-            return NOTHING;
+            return warning(rest, service, ledger);
         }
         if let Some((queue_id, rest)) = split_queue_id(message) {
             if let Some(client) = rest.strip_prefix("client=") {
@@ -98,12 +102,18 @@ impl Postfix {
                     None => NOTHING,
                 };
             }
-            if let Some(reject) = rest.strip_prefix("reject: ") {
+            if let Some(reject) = rest
+                .strip_prefix("reject: ")
+                .or_else(|| rest.strip_prefix("milter-reject: "))
+            {
                 return reject_line(reject);
             }
             return NOTHING;
         }
-        if let Some(reject) = message.strip_prefix("NOQUEUE: reject: ") {
+        if let Some(reject) = message
+            .strip_prefix("NOQUEUE: reject: ")
+            .or_else(|| message.strip_prefix("NOQUEUE: milter-reject: "))
+        {
             return reject_line(reject);
         }
         Outcome::NotUnderstood
@@ -192,6 +202,101 @@ impl Postfix {
     }
 }
 
+/// "disconnect from NAME[ADDR] ehlo=1 auth=0/3 quit=1 commands=2/5" (smtpd.c, Postfix 3.0+):
+/// the counts are the server's. `auth=S/T` means T AUTH commands, S of them successful; the
+/// failures no SASL line reported are counted here (some never are: a client that drops the
+/// connection in the middle of AUTH LOGIN, a failure logged only by Dovecot's auth process).
+fn disconnect(rest: &str, service: Service, ledger: Clocked<'_>) -> Outcome {
+    let Some((addr, counts)) = bracketed_client(rest) else {
+        return Outcome::NotUnderstood;
+    };
+    let failed = counts
+        .split(' ')
+        .find_map(|field| field.strip_prefix("auth="))
+        .and_then(|auth| auth.split_once('/'))
+        .and_then(|(ok, all)| Some(all.parse::<u32>().ok()?.saturating_sub(ok.parse().ok()?)));
+    match failed {
+        Some(n) if n > 0 => {
+            let unreported = ledger.settle(addr, n);
+            Outcome::Understood(repeated(
+                EventKind::AuthFailure { service },
+                addr,
+                unreported,
+            ))
+        }
+        _ => NOTHING,
+    }
+}
+
+/// "lost connection after CMD from NAME[ADDR]" and "timeout after CMD from NAME[ADDR]"
+/// (smtpd.c): gone after AUTH is a password guesser that gave up; gone before offering any
+/// mail (after CONNECT, EHLO, HELO, STARTTLS) is a scan; later (DATA, RCPT, ...) is a network
+/// problem as often as anything, and counts nothing.
+fn lost_after(rest: &str) -> Outcome {
+    let Some((command, _)) = rest.split_once(" from ") else {
+        return Outcome::NotUnderstood;
+    };
+    let kind = match command {
+        "AUTH" => EventKind::LostAfterAuth,
+        "CONNECT" | "EHLO" | "HELO" | "STARTTLS" | "UNKNOWN" => EventKind::LostEarly,
+        _ => return NOTHING,
+    };
+    client_after(rest, " from ", kind)
+}
+
+/// smtpd's warnings: "NAME[ADDR]: SASL LOGIN authentication failed: REASON, sasl_username=U"
+/// (with ":PORT" after the client when smtpd_client_port_logging is on), "non-SMTP command
+/// from NAME[ADDR]: TEXT", "Illegal address syntax from NAME[ADDR] in RCPT command: TEXT".
+fn warning(rest: &str, service: Service, ledger: Clocked<'_>) -> Outcome {
+    for prefix in ["non-SMTP command from ", "Illegal address syntax from "] {
+        if let Some(client) = rest.strip_prefix(prefix) {
+            return client_event(client, EventKind::ProtocolError);
+        }
+    }
+    let Some((addr, after)) = bracketed_client(rest) else {
+        return NOTHING;
+    };
+    let after = skip_port(after);
+    let Some(failure) = after
+        .strip_prefix(": SASL ")
+        .and_then(|a| a.split_once(" authentication failed"))
+        .map(|(_, reason)| reason)
+    else {
+        return NOTHING;
+    };
+    // The reason is the SASL library's text, written before the client's user name.
+    let reason = failure.split(", sasl_username=").next().unwrap_or(failure);
+    if reason.contains("Connection lost to authentication server") {
+        // Our own auth server was down: the client did nothing wrong.
+        return NOTHING;
+    }
+    if reason.contains("Invalid authentication mechanism") {
+        return one(EventKind::ProtocolError, addr);
+    }
+    let user = failure.rsplit_once(", sasl_username=").map(|(_, u)| u);
+    let n = ledger.report(addr, Layer::Server, 1);
+    let events = repeated(EventKind::AuthFailure { service }, addr, n)
+        .into_iter()
+        .map(|e| e.with_user(user))
+        .collect();
+    Outcome::Understood(events)
+}
+
+/// ":PORT" after a client, when Postfix logs client ports.
+fn skip_port(after: &str) -> &str {
+    match after.strip_prefix(':') {
+        Some(port) => {
+            let digits = port.bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 && port[digits..].starts_with(':') {
+                &port[digits..]
+            } else {
+                after
+            }
+        }
+        None => after,
+    }
+}
+
 /// "4Bz1Xy2Lq3z: rest": a queue id is hex (short ids) or base-52-ish (long ids), no spaces.
 fn split_queue_id(message: &str) -> Option<(&str, &str)> {
     let (id, rest) = message.split_once(": ")?;
@@ -261,28 +366,36 @@ fn postscreen(message: &str) -> Outcome {
     }
     // postscreen_smtpd.c writes the client right after the test's name; the command text the
     // client sent comes after it ("NON-SMTP COMMAND from [ADDR]:PORT CMD TEXT").
-    for test in [
-        "BARE NEWLINE from ",
-        "COMMAND PIPELINING from ",
-        "NON-SMTP COMMAND from ",
-        "COMMAND TIME LIMIT from ",
-        "COMMAND COUNT LIMIT from ",
-        "COMMAND LENGTH LIMIT from ",
+    for (test, kind) in [
+        ("COMMAND PIPELINING from ", EventKind::Pipelining),
+        ("BARE NEWLINE from ", EventKind::ProtocolError),
+        ("NON-SMTP COMMAND from ", EventKind::ProtocolError),
+        ("COMMAND TIME LIMIT from ", EventKind::ProtocolError),
+        ("COMMAND COUNT LIMIT from ", EventKind::ProtocolError),
+        ("COMMAND LENGTH LIMIT from ", EventKind::ProtocolError),
     ] {
         if let Some(rest) = message.strip_prefix(test) {
+            return client_event(rest, kind);
+        }
+    }
+    for list in ["BLACKLISTED ", "DENYLISTED "] {
+        if let Some(rest) = message.strip_prefix(list) {
             let reject = RejectKind::Other;
             return client_event(rest, EventKind::Reject { reject });
         }
     }
     // postscreen_early.c: "PREGREET 11 after 0.12 from [ADDR]:PORT: TEXT" and "HANGUP after
     // 0.5 from [ADDR]:PORT in tests before SMTP handshake": server-written numbers first.
-    let early = message
-        .strip_prefix("PREGREET ")
-        .and_then(|rest| rest.split_once(' '))
-        .filter(|(count, _)| !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()))
-        .map(|(_, rest)| rest)
-        .or_else(|| message.strip_prefix("HANGUP "));
-    if let Some(rest) = early {
+    let early = match message.strip_prefix("PREGREET ") {
+        Some(rest) => rest
+            .split_once(' ')
+            .filter(|(count, _)| !count.is_empty() && count.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(_, rest)| (rest, EventKind::Pregreet)),
+        None => message
+            .strip_prefix("HANGUP ")
+            .map(|rest| (rest, EventKind::LostEarly)),
+    };
+    if let Some((rest, kind)) = early {
         let client = rest
             .strip_prefix("after ")
             .and_then(|rest| rest.split_once(' '))
@@ -291,12 +404,7 @@ fn postscreen(message: &str) -> Outcome {
             })
             .and_then(|(_, rest)| rest.strip_prefix("from "));
         return match client {
-            Some(client) => client_event(
-                client,
-                EventKind::Reject {
-                    reject: RejectKind::Other,
-                },
-            ),
+            Some(client) => client_event(client, kind),
             None => Outcome::NotUnderstood,
         };
     }
@@ -306,7 +414,7 @@ fn postscreen(message: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parsers::{Format, Parsers};
+    use crate::parsers::{Format, Parsers, ledger::Ledger};
 
     fn events(lines: &[&str]) -> Vec<Event> {
         let mut p = Parsers::default();
@@ -449,7 +557,30 @@ mod tests {
         ]);
         assert_eq!(e[0].kind, EventKind::LostAfterAuth);
         assert_eq!(e[1].kind, EventKind::TooManyErrors);
-        assert_eq!(e.len(), 2);
+        // auth=0/1 with no SASL failure line: the one failed AUTH is counted at disconnect.
+        assert_eq!(
+            e[2].kind,
+            EventKind::AuthFailure {
+                service: Service::Smtp
+            }
+        );
+        assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn a_failure_logged_by_a_sasl_line_is_not_counted_again_at_disconnect() {
+        let e = events(&[
+            "Nov 22 07:53:45 mx postfix/smtpd[1]: warning: unknown[203.0.113.9]:41234: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+            "Nov 22 07:53:46 mx postfix/smtpd[1]: warning: unknown[203.0.113.9]:41234: SASL PLAIN authentication failed: authentication failure",
+            "Nov 22 07:53:47 mx postfix/smtpd[1]: disconnect from unknown[203.0.113.9] ehlo=1 auth=0/3 quit=1 commands=2/5",
+            "Nov 22 07:53:48 mx postfix/smtpd[1]: warning: unknown[203.0.113.9]: SASL LOGIN authentication failed: Connection lost to authentication server",
+        ]);
+        assert_eq!(
+            e.len(),
+            3,
+            "two SASL lines and the third AUTH at disconnect: {e:?}"
+        );
+        assert!(e.iter().all(|e| e.source == ip("203.0.113.9")));
     }
 
     #[test]
@@ -492,9 +623,14 @@ mod tests {
     #[test]
     fn the_queue_table_stays_bounded() {
         let mut p = Postfix::default();
+        let mut ledger = Ledger::default();
         for i in 0..(QUEUE_CAPACITY + 100) {
             let line = format!("Q{i:08}: client=unknown[203.0.113.9]");
-            p.parse("postfix/smtpd", &line);
+            let clocked = Clocked {
+                ledger: &mut ledger,
+                now_s: 0,
+            };
+            p.parse("postfix/smtpd", &line, clocked);
         }
         assert_eq!(p.clients.len(), QUEUE_CAPACITY);
         assert!(p.order.len() <= 2 * QUEUE_CAPACITY);

@@ -16,7 +16,7 @@ use crate::events::{Event, EventKind, RejectKind};
 pub fn is_qmail(program: &str) -> bool {
     matches!(
         program,
-        "tcpserver" | "rblsmtpd" | "qmail-smtpd" | "CHKUSER"
+        "tcpserver" | "rblsmtpd" | "qmail-smtpd" | "CHKUSER" | "qmail"
     )
 }
 
@@ -24,7 +24,49 @@ pub fn parse(program: &str, message: &str) -> Outcome {
     match program {
         "tcpserver" => tcpserver(message),
         "rblsmtpd" => rblsmtpd(message),
+        "qmail" => splogger(message),
+        "qmail-smtpd" if message.contains(" badiprbl: ") => badiprbl(message),
         _ => chkuser(message),
+    }
+}
+
+/// qmail's programs through syslog: splogger tags them all `qmail` and starts each message with
+/// a Unix time (`qmail: 1157520813.485077 rblsmtpd: 203.0.113.9 pid 19597 zen...: 451 ...`).
+fn splogger(message: &str) -> Outcome {
+    let text = match message.split_once(' ') {
+        Some((stamp, rest))
+            if !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+        {
+            rest
+        }
+        _ => message,
+    };
+    match text.split_once(": ") {
+        Some(("rblsmtpd", rest)) => rblsmtpd(rest),
+        Some(("tcpserver", rest)) => tcpserver(rest),
+        Some(("qmail-smtpd", rest)) if rest.contains(" badiprbl: ") => badiprbl(rest),
+        Some(("qmail-smtpd" | "CHKUSER", _)) => {
+            chkuser(text.split_once(": ").map_or(text, |(_, r)| r))
+        }
+        // qmail-send's deliveries and status lines name no client.
+        _ => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// The badiprbl patch: `421 badiprbl: ip 203.0.113.9 rbl: zen.spamhaus.org`.
+fn badiprbl(message: &str) -> Outcome {
+    let addr = message
+        .split_once(" badiprbl: ip ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|a| a.parse::<IpAddr>().ok());
+    match addr {
+        Some(addr) => Outcome::Understood(vec![Event::new(
+            EventKind::Reject {
+                reject: RejectKind::Rbl,
+            },
+            addr,
+        )]),
+        None => Outcome::NotUnderstood,
     }
 }
 
@@ -42,9 +84,15 @@ fn tcpserver(message: &str) -> Outcome {
     }
 }
 
+/// `203.0.113.9 pid 1234: 451 ...` (TCPREMOTEIP first), or older rblsmtpd's `ZONE blocked
+/// 203.0.113.9 NAME -` (the zone is the server's configuration).
 fn rblsmtpd(message: &str) -> Outcome {
-    let Some((addr, _)) = message.split_once(" pid ") else {
-        return Outcome::NotUnderstood;
+    let addr = match message.split_once(" pid ") {
+        Some((addr, _)) => addr,
+        None => match message.split_once(" blocked ") {
+            Some((zone, rest)) if !zone.contains(' ') => rest.split(' ').next().unwrap_or(""),
+            _ => return Outcome::NotUnderstood,
+        },
     };
     match addr.parse::<IpAddr>() {
         Ok(addr) => Outcome::Understood(vec![Event::new(

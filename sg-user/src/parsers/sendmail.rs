@@ -8,26 +8,84 @@
 //! - in `ruleset=... reject=` lines, where the rejected address is written both before and after
 //!   `relay=`, a line with more than one `relay=` is ambiguous and yields nothing.
 
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
 
-use super::{Outcome, bracketed_client};
+use super::{Outcome, agreed, field_starts, repeated};
 use crate::events::{Event, EventKind, RejectKind, Service};
 
+/// Queue ids with unknown recipients waiting for their `from=` line. When full, the oldest is
+/// forgotten (its unknown recipients are then not counted): memory stays bounded.
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// The most unknown recipients counted for one session.
+const MAX_UNKNOWN: u32 = 100;
+
+/// `sendmail`, `sm-mta`, `sm-msp-queue`, and the names sendmail gives its processes
+/// (`sm-acceptingconnections`).
 pub fn is_sendmail(program: &str) -> bool {
-    matches!(program, "sendmail" | "sm-mta" | "sm-msp-queue")
+    program == "sendmail" || program.starts_with("sm-")
 }
 
-pub fn parse(message: &str) -> Outcome {
-    // "QID: text" (a queue id of letters and digits) or plain text.
-    let text = match message.split_once(": ") {
-        Some((qid, rest)) if !qid.is_empty() && qid.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-            rest
+/// sendmail logs `QID: <rcpt>... User unknown` without the client, and the client only on the
+/// session's `QID: from=..., relay=` line; the parser keeps a bounded queue-id table between.
+#[derive(Default)]
+pub struct Sendmail {
+    unknown: HashMap<String, u32>,
+    order: VecDeque<String>,
+}
+
+impl Sendmail {
+    pub fn parse(&mut self, message: &str) -> Outcome {
+        // "QID: text" (a queue id of letters and digits) or plain text.
+        let (qid, text) = match message.split_once(": ") {
+            Some((qid, rest))
+                if !qid.is_empty() && qid.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                (Some(qid), rest)
+            }
+            _ => (None, message),
+        };
+        if let Some(fields) = text.strip_prefix("from=") {
+            let unknown = qid.and_then(|q| self.unknown.remove(q)).unwrap_or(0);
+            return accepted(fields, unknown);
         }
-        _ => message,
-    };
-    if let Some(fields) = text.strip_prefix("from=") {
-        return accepted(fields);
+        if text.starts_with('<')
+            && (text.ends_with("... User unknown") || text.ends_with("... No such user here"))
+        {
+            if let Some(qid) = qid {
+                self.remember_unknown(qid);
+            }
+            return Outcome::Understood(Vec::new());
+        }
+        parse_text(text)
     }
+
+    fn remember_unknown(&mut self, qid: &str) {
+        if let Some(n) = self.unknown.get_mut(qid) {
+            *n = (*n + 1).min(MAX_UNKNOWN);
+            return;
+        }
+        while self.unknown.len() >= QUEUE_CAPACITY {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.unknown.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.unknown.insert(qid.to_string(), 1);
+        self.order.push_back(qid.to_string());
+        if self.order.len() > 2 * QUEUE_CAPACITY {
+            let unknown = &self.unknown;
+            self.order.retain(|q| unknown.contains_key(q));
+        }
+    }
+}
+
+fn parse_text(text: &str) -> Outcome {
     if text.starts_with("ruleset=") {
         return reject(text);
     }
@@ -45,27 +103,112 @@ pub fn parse(message: &str) -> Outcome {
             None => Outcome::NotUnderstood,
         };
     }
-    if let Some(rest) = text.strip_prefix("lost input channel from ") {
-        // "lost input channel from NAME [ADDR] to MTA after auth": the client comes first.
-        let Some((addr, after)) = bracketed_or_named(rest) else {
-            return Outcome::NotUnderstood;
-        };
-        let kind = if after.trim_end().ends_with(" after auth") {
-            EventKind::LostAfterAuth
-        } else {
-            return Outcome::Understood(Vec::new());
-        };
-        return Outcome::Understood(vec![Event::new(kind, addr)]);
-    }
     if text.starts_with("to=") || text.starts_with('<') || text.starts_with("done") {
         // Deliveries and per-recipient notes carry no client.
         return Outcome::Understood(Vec::new());
     }
+    // Lines about a client `NAME [ADDR]`, the server's words after it. NAME comes from the
+    // client's reverse DNS, so the address is read backwards from the server's tail.
+    let signal = |kind: EventKind, client: &str| match address_at_end(client) {
+        Some(addr) => Outcome::Understood(vec![Event::new(kind, addr)]),
+        None => Outcome::NotUnderstood,
+    };
+    if let Some(rest) = text.strip_prefix("lost input channel from ") {
+        // "lost input channel from NAME [ADDR] to MTA after auth"
+        let Some((client, to)) = rest.rsplit_once(" to ") else {
+            return Outcome::NotUnderstood;
+        };
+        return match to.split_once(" after ") {
+            Some((daemon, "auth")) if is_word(daemon) => signal(EventKind::LostAfterAuth, client),
+            _ => Outcome::Understood(Vec::new()),
+        };
+    }
+    if let Some(rest) = text.strip_prefix("rejecting commands from ") {
+        // "rejecting commands from NAME [ADDR] due to pre-greeting traffic after 0 seconds"
+        return match rest.rsplit_once(" due to pre-greeting traffic after ") {
+            Some((client, after)) if after.strip_suffix(" seconds").is_some_and(is_number) => {
+                signal(EventKind::Pregreet, client)
+            }
+            _ => Outcome::NotUnderstood,
+        };
+    }
+    if let Some((client, attack)) = text.rsplit_once(": possible SMTP attack: command=") {
+        // "NAME [ADDR]: possible SMTP attack: command=AUTH, count=5", nothing after.
+        return match attack.split_once(", count=") {
+            Some((command, count)) if is_word(command) && is_number(count) => {
+                let kind = if command == "AUTH" {
+                    EventKind::AuthFailure {
+                        service: Service::Smtp,
+                    }
+                } else {
+                    EventKind::ProtocolError
+                };
+                signal(kind, client)
+            }
+            _ => Outcome::NotUnderstood,
+        };
+    }
+    if let Some((client, daemon)) =
+        text.rsplit_once(" did not issue MAIL/EXPN/VRFY/ETRN during connection to ")
+    {
+        return if is_word(daemon) {
+            signal(EventKind::LostEarly, client)
+        } else {
+            Outcome::NotUnderstood
+        };
+    }
+    if text.ends_with(" [rejected]") {
+        return expn_vrfy(text);
+    }
     Outcome::NotUnderstood
 }
 
-/// `from=<a@b>, size=N, class=0, nrcpts=N, msgid=<..>, proto=ESMTP, daemon=MTA, relay=..`
-fn accepted(fields: &str) -> Outcome {
+/// The address of `NAME [ADDR]`, `[ADDR]` or `relay=[ADDR]`, with ` (may be forged)` or not, at
+/// the end of `text`.
+fn address_at_end(text: &str) -> Option<IpAddr> {
+    let text = text.strip_suffix(" (may be forged)").unwrap_or(text);
+    let (before, addr) = text.strip_suffix(']')?.rsplit_once('[')?;
+    if !(before.is_empty() || before.ends_with(' ') || before.ends_with("relay=")) {
+        return None;
+    }
+    addr.strip_prefix("IPv6:").unwrap_or(addr).parse().ok()
+}
+
+/// "NAME [ADDR]: EXPN root [rejected]": the client's reverse name before the address and its
+/// argument after it. The line is read at every `]: EXPN ` or `]: VRFY ` (either case); the
+/// server's reading always holds an address, and it is taken only when no other reading does.
+fn expn_vrfy(text: &str) -> Outcome {
+    let Some(starts) = field_starts(text, "]: ") else {
+        return Outcome::Understood(Vec::new());
+    };
+    let readings = starts.into_iter().filter_map(|at| {
+        let verb = text.get(at + 3..at + 8)?.to_ascii_uppercase();
+        if verb != "EXPN " && verb != "VRFY " {
+            return None;
+        }
+        address_at_end(&text[..at + 1])
+    });
+    match agreed(readings) {
+        Some(addr) => Outcome::Understood(vec![Event::new(EventKind::ExpnVrfy, addr)]),
+        None => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// A word of the server's: a command or a daemon name (`AUTH`, `MTA-v4`).
+fn is_word(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `from=<a@b>, size=N, class=0, nrcpts=N, msgid=<..>, proto=ESMTP, daemon=MTA, relay=..`;
+/// `unknown` recipients of the session were refused before it.
+fn accepted(fields: &str, unknown: u32) -> Outcome {
     let Some(addr) = last_relay(fields) else {
         // Locally submitted mail (relay=root@localhost) has no client address.
         return Outcome::Understood(Vec::new());
@@ -73,34 +216,54 @@ fn accepted(fields: &str) -> Outcome {
     let number = |name: &str| field(fields, name).and_then(|v| v.parse::<u64>().ok());
     let recipients = number("nrcpts=").unwrap_or(1) as u32;
     let size = number("size=").unwrap_or(0);
-    let mut events = vec![Event::new(
-        EventKind::MessageAccepted { recipients, size },
-        addr,
-    )];
-    if fields.starts_with("<>,") {
-        events.push(Event::new(EventKind::Bounce, addr));
+    let reject = RejectKind::UnknownRecipient;
+    let mut events = repeated(EventKind::Reject { reject }, addr, unknown);
+    if recipients > 0 {
+        events.push(Event::new(
+            EventKind::MessageAccepted { recipients, size },
+            addr,
+        ));
+        if fields.starts_with("<>,") {
+            events.push(Event::new(EventKind::Bounce, addr));
+        }
     }
     Outcome::Understood(events)
 }
 
-/// `ruleset=check_rcpt, arg1=<x>, relay=NAME [ADDR], reject=550 5.1.1 <x>... User unknown`
+/// `ruleset=check_rcpt, arg1=<x>, relay=NAME [ADDR], reject=550 5.1.1 <x>... User unknown`.
+///
+/// The rejected address (the client's text) is written before `relay=` and again in the reply
+/// after it, and NAME is the client's reverse DNS, so each can imitate the relay field. The line
+/// is read at every pair of a `, relay=` and a later `, reject=`: a reading holds when the text
+/// between ends in `[ADDR]` (or `[ADDR] (may be forged)`). The server's reading always holds;
+/// the client is taken only when no other reading does.
 fn reject(text: &str) -> Outcome {
-    if text.matches("relay=").count() != 1 {
-        return Outcome::Understood(Vec::new());
-    }
-    let Some(addr) = last_relay(text) else {
-        return Outcome::NotUnderstood;
-    };
-    let Some((_, why)) = text.split_once(", reject=") else {
+    let (Some(relays), Some(rejects)) = (
+        field_starts(text, ", relay="),
+        field_starts(text, ", reject="),
+    ) else {
         return Outcome::Understood(Vec::new());
     };
-    let reject = if why.contains("User unknown") {
+    let readings = relays.iter().flat_map(|&relay| {
+        rejects
+            .iter()
+            .filter(move |&&r| r > relay)
+            .filter_map(move |&r| address_at_end(&text[relay + ", relay=".len()..r]))
+    });
+    let Some(addr) = agreed(readings) else {
+        return Outcome::Understood(Vec::new());
+    };
+    // The server's reply is the line's last field (what the client wrote in it can only make
+    // its own reject weigh more).
+    let why = text.rsplit_once(", reject=").map_or("", |(_, why)| why);
+    let reject = if why.contains("User unknown") || why.contains("No such user") {
         RejectKind::UnknownRecipient
     } else if why.contains("Relaying denied") {
         RejectKind::RelayDenied
     } else if text.starts_with("ruleset=check_relay")
         || why.contains("listed at")
         || why.contains("blocked using")
+        || why.contains(" RBL")
     {
         RejectKind::Rbl
     } else if text.starts_with("ruleset=check_mail") {
@@ -111,23 +274,13 @@ fn reject(text: &str) -> Outcome {
     Outcome::Understood(vec![Event::new(EventKind::Reject { reject }, addr)])
 }
 
-/// The address of the last `relay=NAME [ADDR]` or `relay=[ADDR]`.
+/// The address of `relay=NAME [ADDR]`, the line's last field (`from=` and `AUTH failure` lines):
+/// read from the end, so neither the client's text before it nor its reverse name can move it.
 fn last_relay(text: &str) -> Option<IpAddr> {
-    let (_, relay) = text.rsplit_once("relay=")?;
-    bracketed_or_named(relay).map(|(addr, _)| addr)
-}
-
-/// `NAME [ADDR]` or `[ADDR]` (sendmail puts a space between name and bracket; IPv6 as
-/// `[IPv6:2001:db8::1]`).
-fn bracketed_or_named(text: &str) -> Option<(IpAddr, &str)> {
-    let text = match text.split_once(' ') {
-        Some((name, rest)) if !name.starts_with('[') && rest.starts_with('[') => rest,
-        _ => text,
-    };
-    if !text.starts_with('[') {
+    if !text.contains("relay=") {
         return None;
     }
-    bracketed_client(text)
+    address_at_end(text.trim_end())
 }
 
 /// The value of `name` up to the next `,` (`nrcpts=3, ...` -> `3`).
@@ -142,7 +295,7 @@ mod tests {
     use super::*;
 
     fn events(line: &str) -> Vec<Event> {
-        match parse(line) {
+        match Sendmail::default().parse(line) {
             Outcome::Understood(e) => e,
             Outcome::NotUnderstood => panic!("not understood: {line}"),
         }
@@ -234,11 +387,18 @@ mod tests {
                 assert_eq!(e.source, ip("203.0.113.66"), "{line}");
             }
         }
-        // A rejected address that imitates relay= makes the line ambiguous: no event at all.
+        // A rejected address that imitates relay=: only one reading has the reply repeat its
+        // arg1 and a relay followed by reject=, the server's.
         let e = events(
             "ruleset=check_rcpt, arg1=<\"a, relay=[198.51.100.1], \"@x.test>, relay=[203.0.113.66], \
              reject=550 5.1.1 <\"a, relay=[198.51.100.1], \"@x.test>... User unknown",
         );
-        assert!(e.is_empty());
+        assert_eq!(e[0].source, ip("203.0.113.66"));
+        // One that imitates the whole layout reads two ways: no event at all.
+        let e = events(
+            "ruleset=check_rcpt, arg1=<a>, relay=[198.51.100.1], reject=550 5.1.1 <a>... User unknown>, \
+             relay=[203.0.113.66], reject=550 5.1.1 <a>, relay=[198.51.100.1], reject=550 5.1.1 <a>... User unknown>... User unknown",
+        );
+        assert!(e.is_empty(), "{e:?}");
     }
 }

@@ -163,6 +163,9 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
         Some(_) => token(rest)?.1,
         None => rest,
     };
+    if let Some(header) = tagged_after_date(rest, stamp) {
+        return Some(header);
+    }
     if rest.starts_with('#') {
         let (_proc, message) = token(rest)?;
         return Some(Header {
@@ -183,6 +186,46 @@ fn mainlog(line: &str) -> Option<Header<'_>> {
         message,
         stamp,
     })
+}
+
+/// After a `2026-11-22 07:53:40` stamp, a syslog tag rather than Exim's text: `HOST exim[12]: msg`
+/// (rsyslog with a date template) or, without a host, one of Dovecot's process tags
+/// (`auth-worker(7): msg`, `imap-login: msg`, Dovecot's `log_timestamp = "%Y-%m-%d %H:%M:%S "`).
+fn tagged_after_date<'a>(rest: &'a str, stamp: Stamp<'a>) -> Option<Header<'a>> {
+    let (first, after) = token(rest)?;
+    if let Some(tag) = first.strip_suffix(':') {
+        let dovecot = [
+            "auth",
+            "auth-worker",
+            "imap-login",
+            "pop3-login",
+            "submission-login",
+        ]
+        .iter()
+        .any(|p| tag == *p || tag.strip_prefix(p).is_some_and(|t| t.starts_with('(')));
+        return dovecot.then_some(Header {
+            program: tag,
+            message: after,
+            stamp,
+        });
+    }
+    let (second, message) = token(after)?;
+    let tag = second.strip_suffix("]:")?;
+    let (program, pid) = tag.split_once('[')?;
+    let host_ok = first
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    let program_ok = !program.is_empty()
+        && program
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'.'));
+    (host_ok && program_ok && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(
+        Header {
+            program,
+            message,
+            stamp,
+        },
+    )
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
