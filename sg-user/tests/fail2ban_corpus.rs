@@ -58,7 +58,10 @@ fn corpus() -> PathBuf {
             .status()
             .is_ok_and(|s| s.success())
     });
-    assert!(fetched, "apt-get download fail2ban failed (run `cargo xtask setup`)");
+    assert!(
+        fetched,
+        "apt-get download fail2ban failed (run `cargo xtask setup`)"
+    );
     let deb = std::fs::read_dir(&scratch)
         .unwrap()
         .filter_map(Result::ok)
@@ -90,7 +93,9 @@ fn labels(text: &str) -> BTreeMap<usize, Label> {
             let v: serde_json::Value = serde_json::from_str(json.trim()).expect("failJSON");
             pending = Some(Label {
                 matches: v["match"].as_bool().unwrap_or(false),
-                host: v["host"].as_str().map(|h| h.parse().expect("a host address")),
+                host: v["host"]
+                    .as_str()
+                    .map(|h| h.parse().expect("a host address")),
             });
         } else if !line.starts_with('#')
             && !line.trim().is_empty()
@@ -152,7 +157,10 @@ fn fail2ban_sample_mail_logs_are_attributed_to_the_labelled_client() {
             if let Some(host) = label.host
                 && on_line.iter().any(|s| *s != host)
             {
-                wrong.push(format!("{name}:{n}: {on_line:?} for {host}: {}", lines[n - 1]));
+                wrong.push(format!(
+                    "{name}:{n}: {on_line:?} for {host}: {}",
+                    lines[n - 1]
+                ));
             }
         }
         eprintln!("{name}: {file_attributed} of {file_labelled} failure lines attributed");
@@ -164,8 +172,16 @@ fn fail2ban_sample_mail_logs_are_attributed_to_the_labelled_client() {
         "fail2ban sample logs: {attributed} of {labelled} failure lines attributed ({:.1}%)",
         100.0 * share
     );
-    assert!(wrong.is_empty(), "blamed another client:\n{}", wrong.join("\n"));
-    assert!(missed.is_empty(), "failure lines missed:\n{}", missed.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "blamed another client:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        missed.is_empty(),
+        "failure lines missed:\n{}",
+        missed.join("\n")
+    );
     assert!(share >= 0.95, "{:.1}% attributed", 100.0 * share);
 }
 

@@ -8,7 +8,10 @@
 //! |---|---|---|
 //! | legit | 198.51.100.10, 2001:db8:1::10 | `vl` 198.51.100.1, 2001:db8:1::1 |
 //! | bulk | 2001:db8:b::25 | `vb` 2001:db8:b::1 |
-//! | attacker | 203.0.113.66 (flood), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
+//! | attacker | 203.0.113.66 (flood), 203.0.113.20 (an honest neighbour of the flood), 203.0.113.130.. (a sender rotating through its prefix), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
+//!
+//! The documentation ranges hold only two IPv4 /24s, so the lab's IPv4 prefixes are /25s:
+//! 203.0.113.0/25 holds the flood and its neighbour, 203.0.113.128/25 the rotating sender.
 //!
 //! Every guard (namespaces, servers, daemon, pins, files) cleans up on drop, also on failure and
 //! on Ctrl-C (which ends every loop early).
@@ -92,6 +95,16 @@ const GUESSERS: usize = 10;
 const BLOCK_LEVEL: usize = 3;
 /// An address of the float /64 that never sends anything before the check.
 const FLOAT_FRESH: &str = "2001:db8:f::999";
+/// An honest sender in the flood's prefix.
+const NEIGHBOUR_V4: &str = "203.0.113.20";
+const FLOOD_PREFIX: &str = "203.0.113.0/25";
+/// A sender rotating through the addresses of another IPv4 prefix, one harvest attempt each.
+const ROTATOR_PREFIX: &str = "203.0.113.128/25";
+const ROTATOR_ADDRESSES: u8 = 6;
+
+fn rotator_address(i: u8) -> IpAddr {
+    IpAddr::from([203, 0, 113, 130 + i % ROTATOR_ADDRESSES])
+}
 
 /// A connection attempt that gets no answer within this is counted as refused (a dropped SYN
 /// is retransmitted after 1 s).
@@ -143,8 +156,17 @@ impl Topology {
             t.legit.addr("el", a)?;
         }
         t.bulk.addr("eb", "2001:db8:b::25/64")?;
-        for a in ["203.0.113.66/24", "2001:db8:6::77/64", "2001:db8:7::78/64"] {
+        for a in [
+            "203.0.113.66/24",
+            "203.0.113.20/24",
+            "2001:db8:6::77/64",
+            "2001:db8:7::78/64",
+        ] {
             t.attacker.addr("ea", a)?;
+        }
+        for i in 0..ROTATOR_ADDRESSES {
+            t.attacker
+                .addr("ea", &format!("{}/24", rotator_address(i)))?;
         }
         for i in 0..FLOAT_ADDRESSES {
             t.attacker
@@ -787,6 +809,7 @@ fn lab_config(servers: &Servers, timing: &Timing) -> String {
         "interfaces = [\"vl\", \"vb\", \"va\"]\nattach_mode = \"native\"\n\
          [[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
          [[sources]]\npath = \"{}\"\nformat = \"dovecot\"\n\
+         [prefix]\nipv4 = 25\nipv6 = 64\n\
          [points]\nhalf_life = \"{}\"\nmin_hold = \"2s\"\nlimit_ttl = \"10m\"\n\
          [points.weights]\nauth_failure = 6.0\n\
          [[levels]]\npoints = 6\nrate = \"30/min\"\nburst = 5\n\
@@ -844,6 +867,8 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         "smtp-guess",
         "legit",
         "bulk",
+        "neighbour",
+        "rotator",
     ]
     .into_iter()
     .map(|r| (r, Arc::new(Tally::default())))
@@ -980,6 +1005,45 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                 });
             }
         }
+        // 2b. The flood's honest neighbour sends normal mail all along; a sender rotating
+        // through another prefix tries one unknown recipient per address and moves on.
+        {
+            let (tally, ns) = (roles["neighbour"].clone(), &topology.attacker);
+            let every = timing.legit_every;
+            s.spawn(move || {
+                let sender = Sender {
+                    ns,
+                    src: ip(NEIGHBOUR_V4),
+                    server: MTA_ATTACK_V4,
+                    tally: &tally,
+                    start,
+                };
+                sender.until(
+                    attack_end,
+                    &["alice@example.net".into()],
+                    "neighbour",
+                    every,
+                );
+            });
+        }
+        {
+            let (tally, ns) = (roles["rotator"].clone(), &topology.attacker);
+            s.spawn(move || {
+                let mut n: u8 = 0;
+                while Instant::now() < attack_end && !interrupted() {
+                    let rcpts = [format!("rotate{n}@example.net")];
+                    let mail = Mail {
+                        port: 25,
+                        rcpts: &rcpts,
+                        auth: None,
+                        id: format!("rotator-{n}"),
+                    };
+                    tally.add(smtp(ns, rotator_address(n), MTA_ATTACK_V4, &mail), start);
+                    n = n.wrapping_add(1);
+                    thread::sleep(Duration::from_millis(300));
+                }
+            });
+        }
         // 4. Normal mail from legit, all along the attack.
         {
             let (tally, ns) = (roles["legit"].clone(), &topology.legit);
@@ -1109,9 +1173,11 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     }
     // Let the queue deliver what it accepted.
     let expected_legit = roles["legit"].get(|t| &t.accepted) as usize;
+    let expected_neighbour = roles["neighbour"].get(|t| &t.accepted) as usize;
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline
         && (servers.delivered("alice", "legit-") < expected_legit
+            || servers.delivered("alice", "neighbour-") < expected_neighbour
             || servers.delivered("bob", "bulk-") < timing.bulk_messages)
     {
         thread::sleep(Duration::from_millis(200));
@@ -1288,6 +1354,41 @@ fn verdicts(
             && legit.get(|t| &t.refused) == 0
             && legit.get(|t| &t.failed) == 0
             && rule + ceiling == 0,
+    });
+
+    // 4b. One spamming address never limits its prefix's honest neighbour; a sender rotating
+    // through a prefix is limited as one.
+    let neighbour = &roles["neighbour"];
+    let sent = neighbour.get(|t| &t.attempts);
+    let delivered = servers.delivered("alice", "neighbour-");
+    let (rule, ceiling) = drops(NEIGHBOUR_V4);
+    let rotated = (0..ROTATOR_ADDRESSES)
+        .map(|i| kernel.max_level(&rotator_address(i).to_string()))
+        .max()
+        .unwrap_or(0);
+    rows.push(Row {
+        check: "the flood's neighbour loses nothing; a sender rotating through a prefix is limited as one",
+        measured: format!(
+            "flood's prefix {FLOOD_PREFIX} level {} while the flood reached {}; neighbour: {sent} \
+             sent, {delivered} in the mailbox, {} unanswered, {} failed, kernel drops {}; \
+             rotator's prefix {ROTATOR_PREFIX} level {} ({} harvest attempts over \
+             {ROTATOR_ADDRESSES} addresses, each address at most level {rotated} on its own)",
+            kernel.max_level(FLOOD_PREFIX),
+            kernel.max_level(FLOOD_V4),
+            neighbour.get(|t| &t.refused),
+            neighbour.get(|t| &t.failed),
+            rule + ceiling,
+            kernel.max_level(ROTATOR_PREFIX),
+            roles["rotator"].get(|t| &t.attempts),
+        ),
+        pass: kernel.max_level(FLOOD_PREFIX) == 0
+            && kernel.max_level(FLOOD_V4) > 0
+            && sent > 0
+            && delivered as u64 == sent
+            && neighbour.get(|t| &t.refused) == 0
+            && neighbour.get(|t| &t.failed) == 0
+            && rule + ceiling == 0
+            && kernel.max_level(ROTATOR_PREFIX) > 0,
     });
 
     // 5. The bulk sender: slowed by what it did (a learned limit), not lost.

@@ -243,6 +243,17 @@ pub(super) struct RawPrefix {
     pub(super) network_ipv6: u8,
     #[serde(default = "default_network_after")]
     pub(super) network_after: usize,
+    #[serde(default = "default_min_sources_v4")]
+    pub(super) min_sources_ipv4: u32,
+    #[serde(default = "default_min_sources_v6")]
+    pub(super) min_sources_ipv6: u32,
+}
+
+pub(super) fn default_min_sources_v4() -> u32 {
+    3
+}
+pub(super) fn default_min_sources_v6() -> u32 {
+    1
 }
 
 pub(super) fn default_network_v4() -> u8 {
@@ -263,6 +274,8 @@ impl Default for RawPrefix {
             network_ipv4: default_network_v4(),
             network_ipv6: default_network_v6(),
             network_after: default_network_after(),
+            min_sources_ipv4: default_min_sources_v4(),
+            min_sources_ipv6: default_min_sources_v6(),
         }
     }
 }

@@ -145,6 +145,18 @@ fn prefix(raw: &RawPrefix) -> anyhow::Result<()> {
             raw.network_ipv6
         );
     }
+    for (key, value) in [
+        ("min_sources_ipv4", raw.min_sources_ipv4),
+        ("min_sources_ipv6", raw.min_sources_ipv6),
+    ] {
+        // The engine counts up to 64 distinct addresses per prefix.
+        if !(1..=32).contains(&value) {
+            key_bail!(
+                format!("prefix.{key}"),
+                "{value} is not a number of addresses between 1 and 32"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -304,6 +316,8 @@ fn points(
         network_v4: prefix.network_ipv4,
         network_v6: prefix.network_ipv6,
         network_after: prefix.network_after,
+        min_sources_v4: prefix.min_sources_ipv4,
+        min_sources_v6: prefix.min_sources_ipv6,
         max_tracked: p.max_tracked,
     };
     Ok((engine, limit_ttl))

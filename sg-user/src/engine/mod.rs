@@ -14,7 +14,8 @@
 //! Who gets limited:
 //! - a source, by its own points;
 //! - its prefix (IPv4 /24, IPv6 /64), by the points of all its addresses ("float" senders that
-//!   rotate addresses inside it are limited as one);
+//!   rotate addresses inside it are limited as one), an IPv4 prefix only as far as the number of
+//!   its addresses that contributed justifies (rotation.rs): one spammer never limits its /24;
 //! - its network (IPv4 /16, IPv6 /48), when `network_after` of its prefixes are limited at once:
 //!   the network takes the highest level among them;
 //! - the sources a SASL user logs in from, when the user reaches a level (a stolen password
@@ -33,6 +34,7 @@ use crate::{
 
 mod change;
 mod geo;
+mod rotation;
 mod settings;
 mod snapshot;
 #[cfg(test)]
@@ -58,6 +60,8 @@ struct Tracked {
     due_s: u32,
     /// Second since which the kernel's refusals hold it at its level; [`NOT_HELD`] when not.
     held_since_s: u32,
+    /// A prefix's addresses that contributed lately (unused for other senders).
+    contributors: rotation::Contributors,
 }
 
 /// `Tracked::held_since_s` of a sender no refusal holds.
@@ -83,6 +87,7 @@ impl Tracked {
             recent: [0; KIND_NAMES.len()],
             due_s: NOT_SCHEDULED,
             held_since_s: NOT_HELD,
+            contributors: rotation::Contributors::default(),
         }
     }
 }
@@ -343,7 +348,9 @@ impl Engine {
             self.remember_user_source(user, source);
         }
         let prefix = self.prefix_of(source);
-        let mut senders = vec![Sender::Source(source), Sender::Prefix(prefix)];
+        changes.extend(self.add(Sender::Source(source), weight, kind, country, now));
+        changes.extend(self.add_to_prefix(prefix, source, weight, kind, country, now));
+        let mut senders = Vec::new();
         if let Some(user) = &user {
             senders.push(Sender::User(user.clone()));
         }
@@ -377,6 +384,50 @@ impl Engine {
         }
     }
 
+    /// Adds an event of `source` to its prefix: `source` counts as one of the prefix's
+    /// contributors once its own points are a real share of the first level, and the prefix's
+    /// level is capped by how many contributed (rotation.rs).
+    fn add_to_prefix(
+        &mut self,
+        prefix: IpNet,
+        source: IpAddr,
+        weight: f64,
+        kind: usize,
+        country: [u8; 2],
+        now: u32,
+    ) -> Vec<Change> {
+        let min_sources = rotation::min_sources(
+            source,
+            self.config.min_sources_v4,
+            self.config.min_sources_v6,
+        );
+        if min_sources <= 1 {
+            return self.add(Sender::Prefix(prefix), weight, kind, country, now);
+        }
+        let first_level = self
+            .config
+            .levels
+            .first()
+            .map_or(f64::MAX, |row| row.points);
+        let contributes = self.points(&Sender::Source(source), u64::from(now) * 1_000_000_000)
+            >= first_level / f64::from(min_sources);
+        let hash = std::hash::BuildHasher::hash_one(self.tracked.hasher(), source);
+        let generation_s = self
+            .config
+            .half_life
+            .as_secs()
+            .clamp(1, u64::from(u32::MAX / 4)) as u32;
+        let sender = Sender::Prefix(prefix);
+        let cap = {
+            let entry = self.entry(&sender, country, now);
+            if contributes {
+                entry.contributors.mark(hash, now, generation_s);
+            }
+            rotation::level_cap(entry.contributors.count(now, generation_s), min_sources)
+        };
+        self.add_capped(sender, weight, kind, country, now, cap)
+    }
+
     fn add(
         &mut self,
         sender: Sender,
@@ -385,14 +436,31 @@ impl Engine {
         country: [u8; 2],
         now: u32,
     ) -> Vec<Change> {
-        if self.tracked.len() >= self.config.max_tracked && !self.tracked.contains_key(&sender) {
+        self.add_capped(sender, weight, kind, country, now, usize::MAX)
+    }
+
+    /// The tracked entry of `sender`, made room for and created when new.
+    fn entry(&mut self, sender: &Sender, country: [u8; 2], now: u32) -> &mut Tracked {
+        if self.tracked.len() >= self.config.max_tracked && !self.tracked.contains_key(sender) {
             self.forget_least(now);
         }
-        let half_life = self.config.half_life;
-        let entry = self
-            .tracked
+        self.tracked
             .entry(sender.clone())
-            .or_insert(Tracked::new(now, country));
+            .or_insert(Tracked::new(now, country))
+    }
+
+    /// Adds `weight` points to `sender`; raises it to the level its points reach, `cap` at most.
+    fn add_capped(
+        &mut self,
+        sender: Sender,
+        weight: f64,
+        kind: usize,
+        country: [u8; 2],
+        now: u32,
+        cap: usize,
+    ) -> Vec<Change> {
+        let half_life = self.config.half_life;
+        let entry = self.entry(&sender, country, now);
         entry.points = (decay(entry.points, entry.at_s, now, half_life) + weight) as f32;
         entry.at_s = now;
         entry.recent[kind] = entry.recent[kind].saturating_add(1);
@@ -411,7 +479,7 @@ impl Engine {
             .country_levels
             .get(&country)
             .unwrap_or(&self.config.levels);
-        let target = level_for(table, points);
+        let target = level_for(table, points).min(cap);
         if target > usize::from(level) {
             return self.raise(sender, target, now);
         }

@@ -206,6 +206,10 @@ pub struct EngineConfig {
     pub network_v6: u8,
     /// Limited prefixes in one network that limit the network; 0 = never.
     pub network_after: usize,
+    /// Distinct addresses that must contribute before an IPv4 / IPv6 prefix is limited (1: a
+    /// single address limits its prefix).
+    pub min_sources_v4: u32,
+    pub min_sources_v6: u32,
     /// Senders tracked at most; when full, the one with the fewest points is forgotten.
     pub max_tracked: usize,
 }

@@ -45,6 +45,8 @@ fn config() -> EngineConfig {
         network_v4: 16,
         network_v6: 48,
         network_after: 3,
+        min_sources_v4: 3,
+        min_sources_v6: 1,
         max_tracked: 1000,
     }
 }
@@ -456,4 +458,49 @@ fn refusals_never_raise_a_sender() {
     }
     assert_eq!(e.level(&s), 0);
     assert!(!e.refused(&Sender::Source(ip("203.0.113.11")), MINUTE));
+}
+
+#[test]
+fn one_spamming_ipv4_address_never_limits_its_neighbours() {
+    let mut e = Engine::new(config());
+    record_n(&mut e, &harvest("203.0.113.9"), 40, 0); // 80 points: blocked
+    assert_eq!(e.level(&Sender::Source(ip("203.0.113.9"))), 3);
+    let prefix = Sender::Prefix("203.0.113.0/24".parse().unwrap());
+    assert_eq!(e.level(&prefix), 0, "its /24 holds the neighbours");
+    // A neighbour that lost one connection contributes nothing and stays free.
+    e.record(
+        &Event::new(EventKind::LostEarly, ip("203.0.113.10")),
+        SECOND,
+    );
+    e.record(
+        &Event::new(EventKind::LostEarly, ip("203.0.113.11")),
+        SECOND,
+    );
+    assert_eq!(e.level(&prefix), 0);
+    assert_eq!(e.level(&Sender::Source(ip("203.0.113.10"))), 0);
+}
+
+#[test]
+fn a_sender_rotating_through_a_slash_24_is_limited_as_one() {
+    let mut e = Engine::new(config());
+    let prefix = Sender::Prefix("203.0.113.0/24".parse().unwrap());
+    // Each address sends a few harvest attempts and moves on, below its own first level.
+    let mut levels = Vec::new();
+    for host in 1..=6 {
+        let addr = format!("203.0.113.{host}");
+        record_n(&mut e, &harvest(&addr), 4, host * SECOND); // 8 points each
+        assert_eq!(e.level(&Sender::Source(ip(&addr))), 0);
+        levels.push(e.level(&prefix));
+    }
+    // 2 addresses: nothing; the 3rd justifies level 1, each further one a level more (capped
+    // by the prefix's points: 48 points reach level 2 of this table).
+    assert_eq!(levels, [0, 0, 1, 2, 2, 2]);
+}
+
+#[test]
+fn an_ipv6_slash_64_is_one_customer_and_follows_its_one_address() {
+    let mut e = Engine::new(config());
+    record_n(&mut e, &harvest("2001:db8:1:2::9"), 10, 0);
+    let prefix = Sender::Prefix("2001:db8:1:2::/64".parse().unwrap());
+    assert_eq!(e.level(&prefix), 1);
 }
