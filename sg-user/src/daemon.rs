@@ -183,13 +183,19 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     // The learning loop: sources -> parsers -> engine -> limits, in threads of their own.
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(LINE_QUEUE);
-    // Files resume where the last run stopped reading: lines written while the daemon was down
-    // are learned from too.
-    let positions = sources::Positions::new(config.state_dir.join("positions"));
+    // Sources resume where the saved points stopped: lines written while the daemon was down
+    // are learned from too, none twice.
+    let read = crate::store::Store::open(&config.state_dir)
+        .and_then(|store| store.load_read())
+        .unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; reading the logs from their end");
+            Default::default()
+        });
     let readers = sources::spawn(
         &config.sources,
         Start::End,
-        Some(positions),
+        &read,
+        config.catch_up,
         tx,
         stop.clone(),
     );

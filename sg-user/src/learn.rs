@@ -28,7 +28,7 @@ use crate::{
     engine::{Change, Engine},
     lists::Change as ListChange,
     parsers::{Outcome, Parsers},
-    sources::{Line, Text},
+    sources::{Line, ReadTo, Reading, Text},
 };
 
 /// Lines handled per batch before the changes are written out.
@@ -128,7 +128,7 @@ pub fn run(
     config: &Config,
     mut maps: Maps,
     mut enforcer: Enforcer,
-    lines: Receiver<Line>,
+    lines: Receiver<Reading>,
     requests: Requests,
     stop: Arc<AtomicBool>,
     shared: SharedStats,
@@ -213,6 +213,8 @@ pub fn run(
     let mut last_dropped = dropped_now(&maps);
     let mut last_events = [0u64; crate::engine::KIND_NAMES.len()];
     let mut dirty = false;
+    // How far each source had been read by the lines handled so far (one entry per source).
+    let mut read: BTreeMap<String, ReadTo> = BTreeMap::new();
     // The first batch is saved at once; then at most every SAVE_EVERY.
     let mut last_save = Instant::now()
         .checked_sub(SAVE_EVERY)
@@ -269,15 +271,27 @@ pub fn run(
             let _ = reply.send(answer);
         }
         match lines.recv_timeout(TICK / 4) {
-            Ok(line) => {
+            Ok(first) => {
                 arrived = Some(Instant::now());
                 let now = crate::domain::boot_time_ns();
                 dirty = true;
-                check(&line);
-                changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
-                for line in lines.try_iter().take(BATCH) {
-                    check(&line);
-                    changes.extend(handle(&mut parsers, &mut engine, &mut stats, line, now));
+                for reading in std::iter::once(first).chain(lines.try_iter().take(BATCH)) {
+                    match reading {
+                        Reading::Line(line) => {
+                            check(&line);
+                            changes.extend(handle(
+                                &mut parsers,
+                                &mut engine,
+                                &mut stats,
+                                line,
+                                now,
+                            ));
+                        }
+                        // Saved with the next snapshot: the points include every line before it.
+                        Reading::Reached { source, at } => {
+                            read.insert(source, at);
+                        }
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -360,7 +374,7 @@ pub fn run(
         }
         if (dirty || !changes.is_empty()) && last_save.elapsed() >= save_every(engine.tracked()) {
             // A copy for the saver thread; when it is still writing the last one, next time.
-            if saver.offer(&engine) {
+            if saver.offer(&engine, &read) {
                 dirty = false;
                 last_save = Instant::now();
             }
@@ -400,7 +414,7 @@ pub fn run(
             );
         }
     }
-    saver.finish(&engine);
+    saver.finish(&engine, &read);
 }
 
 /// How often the senders are saved while anything changes: every second, and a second more
@@ -431,7 +445,8 @@ struct Saver {
 }
 
 enum Job {
-    Snapshot(crate::engine::Snapshot),
+    /// The points, and how far each source had been read when they were taken.
+    Snapshot(crate::engine::Snapshot, BTreeMap<String, ReadTo>),
     History(Vec<crate::history::Record>),
 }
 
@@ -452,9 +467,9 @@ impl Saver {
             .spawn(move || {
                 for job in rx {
                     match job {
-                        Job::Snapshot(snapshot) => {
+                        Job::Snapshot(snapshot, read) => {
                             let Some(store) = &store else { continue };
-                            let ok = match store.save_senders(&snapshot.rows(SAVE_MAX)) {
+                            let ok = match store.save_senders(&snapshot.rows(SAVE_MAX), &read) {
                                 Ok(()) => true,
                                 Err(e) => {
                                     tracing::warn!("saving points failed: {e:#}");
@@ -491,7 +506,7 @@ impl Saver {
     }
 
     /// Hands a snapshot to the saver thread; false when it is still busy with the last one.
-    fn offer(&self, engine: &Engine) -> bool {
+    fn offer(&self, engine: &Engine, read: &BTreeMap<String, ReadTo>) -> bool {
         let Some(tx) = &self.jobs else {
             return false;
         };
@@ -499,7 +514,7 @@ impl Saver {
             return false;
         }
         let snapshot = engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
-        match tx.try_send(Job::Snapshot(snapshot)) {
+        match tx.try_send(Job::Snapshot(snapshot, read.clone())) {
             Ok(()) => true,
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 self.snapshot_pending.store(false, Ordering::Release);
@@ -536,11 +551,11 @@ impl Saver {
     }
 
     /// The last snapshot, written with everything queued before this returns (at stop).
-    fn finish(mut self, engine: &Engine) {
+    fn finish(mut self, engine: &Engine, read: &BTreeMap<String, ReadTo>) {
         if let Some(tx) = self.jobs.take() {
             let snapshot =
                 engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
-            let _ = tx.send(Job::Snapshot(snapshot));
+            let _ = tx.send(Job::Snapshot(snapshot, read.clone()));
         }
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()

@@ -1,9 +1,10 @@
 //! Where lines come from: log files (followed by [`Tailer`], woken by inotify) and journald
 //! (through `journalctl --follow --output=json`). Each source runs in its own thread and sends
-//! [`Line`]s down one bounded channel; when the channel is full the reader waits (the file or
+//! [`Line`]s, and how far it has read, down one bounded channel; when the channel is full the reader waits (the file or
 //! the journal keeps the lines meanwhile, so nothing is lost).
 
 use std::{
+    collections::BTreeMap,
     io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -18,7 +19,7 @@ use std::{
 
 use crate::{
     parsers::Format,
-    tail::{Position, Start, Tailer},
+    tail::{CatchUp, Position, Start, Tailer},
 };
 
 /// Where the daemon reads what the mail software says.
@@ -42,6 +43,42 @@ pub struct Line {
     pub text: Text,
 }
 
+/// What a reader sends to the learning loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    Line(Line),
+    /// The source was read up to here: every line it sent before is ahead of this in the
+    /// channel. The learning loop saves it with the points those lines earned, so a restart
+    /// resumes exactly after what the saved points include.
+    Reached {
+        source: String,
+        at: ReadTo,
+    },
+}
+
+/// How far a source was read, as saved with the points snapshot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadTo {
+    File(Position),
+    /// A journald cursor.
+    Journal(String),
+}
+
+/// The key a source's position is saved under.
+pub fn source_key(source: &Source) -> String {
+    match source {
+        Source::File { path, .. } => path.display().to_string(),
+        Source::Journald {
+            units, identifiers, ..
+        } => format!(
+            "journald:units={}:identifiers={}",
+            units.join(","),
+            identifiers.join(",")
+        ),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Text {
     /// A whole log line, header included.
@@ -61,145 +98,34 @@ pub static SOURCE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 /// Longest a file reader sleeps when inotify is unavailable or silent.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
-/// How often a file source's read position is saved (while it changes).
-const POSITION_EVERY: Duration = Duration::from_secs(1);
-
 /// The `journalctl` to run (tests point it at a stand-in).
 pub const JOURNALCTL_ENV: &str = "SLOWGATE_JOURNALCTL";
 
-/// Where each file source's read position is kept, so that a restarted daemon reads the lines
-/// written while it was down (and none twice): one small file per source, rewritten (write,
-/// rename) at most once a second while the source is read. Losing the last write costs at most
-/// a second of lines read twice.
-#[derive(Clone)]
-pub struct Positions {
-    dir: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedCursor {
-    key: String,
-    cursor: String,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedPosition {
-    path: PathBuf,
-    #[serde(flatten)]
-    position: Position,
-}
-
-impl Positions {
-    pub fn new(dir: PathBuf) -> Positions {
-        Positions { dir }
-    }
-
-    fn file_of(&self, path: &Path) -> PathBuf {
-        // FNV-1a of the path: a stable file name per source.
-        let hash = path
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        self.dir.join(format!("{hash:016x}.json"))
-    }
-
-    /// The position saved for `path`, if any (a damaged file counts as none).
-    pub fn load(&self, path: &Path) -> Option<Position> {
-        let text = std::fs::read(self.file_of(path)).ok()?;
-        let saved: SavedPosition = serde_json::from_slice(&text).ok()?;
-        (saved.path == path).then_some(saved.position)
-    }
-
-    /// The journald cursor saved under `key` (one per journald source).
-    pub fn load_cursor(&self, key: &str) -> Option<String> {
-        let text = std::fs::read(self.file_of(Path::new(key))).ok()?;
-        let saved: SavedCursor = serde_json::from_slice(&text).ok()?;
-        (saved.key == key).then_some(saved.cursor)
-    }
-
-    pub fn save_cursor(&self, key: &str, cursor: &str) -> std::io::Result<()> {
-        let saved = SavedCursor {
-            key: key.to_string(),
-            cursor: cursor.to_string(),
-        };
-        self.write(
-            Path::new(key),
-            &serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
-        )
-    }
-
-    pub fn save(&self, path: &Path, position: Position) -> std::io::Result<()> {
-        let saved = SavedPosition {
-            path: path.to_path_buf(),
-            position,
-        };
-        self.write(
-            path,
-            &serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
-        )
-    }
-
-    /// Writes a position file whole (write, rename).
-    fn write(&self, key: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let file = self.file_of(key);
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &file)
-    }
-}
-
-/// When a reader saves where it is: only when that moved since the last save, and at most
-/// once a POSITION_EVERY (or at once, when the reader stops).
-struct Saves<T> {
-    saved: Option<T>,
-    last: std::time::Instant,
-}
-
-impl<T: Clone + PartialEq> Saves<T> {
-    fn new(saved: Option<T>) -> Saves<T> {
-        Saves {
-            saved,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// `current`, marked as saved, when it is to be saved now; else None.
-    fn due(&mut self, current: Option<T>, now: bool) -> Option<T> {
-        if current.is_none()
-            || current == self.saved
-            || !(now || self.last.elapsed() >= POSITION_EVERY)
-        {
-            return None;
-        }
-        self.last = std::time::Instant::now();
-        self.saved = current.clone();
-        current
-    }
-}
-
 /// Starts a reader thread per source. They stop soon after `stop` is set. Files that exist are
-/// opened (at `start`, or where `positions` says the last run stopped) before this returns, so
-/// a line written after it is never skipped.
+/// opened (at `start`, or where `resume` says the last run's saved points stopped) before this
+/// returns, so a line written after it is never skipped.
 pub fn spawn(
     sources: &[Source],
     start: Start,
-    positions: Option<Positions>,
-    tx: SyncSender<Line>,
+    resume: &BTreeMap<String, ReadTo>,
+    catch_up: CatchUp,
+    tx: SyncSender<Reading>,
     stop: Arc<AtomicBool>,
 ) -> Vec<JoinHandle<()>> {
     sources
         .iter()
         .cloned()
         .map(|source| {
-            let (tx, stop, positions) = (tx.clone(), stop.clone(), positions.clone());
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let key = source_key(&source);
+            let saved = resume.get(&key).cloned();
             let mut tailer = match &source {
                 Source::File { path, .. } => {
-                    let resume = positions.as_ref().and_then(|p| p.load(path));
-                    let mut tailer = Tailer::new(path, resume.map_or(start, Start::Resume));
+                    let start = match saved {
+                        Some(ReadTo::File(p)) => Start::Resume(p),
+                        _ => start,
+                    };
+                    let mut tailer = Tailer::new(path, start).with_catch_up(catch_up);
                     let mut early = Vec::new();
                     // Opens the file; with Start::Beginning the lines are kept for the thread.
                     let _ = tailer.poll(&mut |l| early.push(l.to_vec()));
@@ -212,17 +138,23 @@ pub fn spawn(
                     let (tailer, early) = tailer.take().expect("opened above");
                     for l in early {
                         let text = Text::Raw(String::from_utf8_lossy(&l).into_owned());
-                        if tx.send(Line { format, text }).is_err() {
+                        if tx.send(Reading::Line(Line { format, text })).is_err() {
                             return;
                         }
                     }
-                    follow_file(&path, tailer, format, &tx, &stop, positions.as_ref())
+                    follow_file(&path, key, tailer, format, &tx, &stop)
                 }
                 Source::Journald {
                     units,
                     identifiers,
                     format,
-                } => follow_journal(&units, &identifiers, format, &tx, &stop, positions.as_ref()),
+                } => {
+                    let cursor = match saved {
+                        Some(ReadTo::Journal(c)) => Some(c),
+                        _ => None,
+                    };
+                    follow_journal(&units, &identifiers, format, key, cursor, &tx, &stop)
+                }
             })
         })
         .collect()
@@ -230,32 +162,39 @@ pub fn spawn(
 
 fn follow_file(
     path: &Path,
+    key: String,
     mut tailer: Tailer,
     format: Format,
-    tx: &SyncSender<Line>,
+    tx: &SyncSender<Reading>,
     stop: &AtomicBool,
-    positions: Option<&Positions>,
 ) {
     let mut wake = Inotify::watch_dir(path.parent().unwrap_or(Path::new("/")));
     let mut reported = false;
-    let mut saves = Saves::new(None);
+    let mut sent = None;
     while !stop.load(Ordering::Relaxed) {
-        // The position of what the previous turns handed to the parsers (sent down the channel:
-        // the learning loop has them or will).
-        if let Some(positions) = positions
-            && let Some(p) = saves.due(tailer.position(), false)
-            && positions.save(path, p).is_err()
+        // How far the lines handed down so far reach: the learning loop saves it with the
+        // points they earned.
+        let position = tailer.position();
+        if let Some(at) = position
+            && position != sent
         {
-            SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            sent = position;
+            let reached = Reading::Reached {
+                source: key.clone(),
+                at: ReadTo::File(at),
+            };
+            if tx.send(reached).is_err() {
+                return;
+            }
         }
         let mut closed = false;
         let result = tailer.poll(&mut |bytes| {
             let text = String::from_utf8_lossy(bytes).into_owned();
             closed |= tx
-                .send(Line {
+                .send(Reading::Line(Line {
                     format,
                     text: Text::Raw(text),
-                })
+                }))
                 .is_err();
         });
         if closed {
@@ -277,11 +216,14 @@ fn follow_file(
             None => std::thread::sleep(IDLE_POLL / 5),
         }
     }
-    // Stopping: the last position, so a restart neither skips nor repeats.
-    if let Some(positions) = positions
-        && let Some(p) = saves.due(tailer.position(), true)
+    // Stopping: where the last lines end, so the final snapshot resumes right after them.
+    if let Some(p) = tailer.position()
+        && Some(p) != sent
     {
-        let _ = positions.save(path, p);
+        let _ = tx.send(Reading::Reached {
+            source: key,
+            at: ReadTo::File(p),
+        });
     }
 }
 
@@ -338,22 +280,17 @@ fn follow_journal(
     units: &[String],
     identifiers: &[String],
     format: Format,
-    tx: &SyncSender<Line>,
+    key: String,
+    mut cursor: Option<String>,
+    tx: &SyncSender<Reading>,
     stop: &AtomicBool,
-    positions: Option<&Positions>,
 ) {
     let program: PathBuf = std::env::var_os(JOURNALCTL_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| "journalctl".into());
     // The journal's own position: after a restart (of the daemon or of journalctl), the
-    // entries since the last one read, not only new ones.
-    let key = format!(
-        "journald:units={}:identifiers={}",
-        units.join(","),
-        identifiers.join(",")
-    );
-    let mut cursor = positions.and_then(|p| p.load_cursor(&key));
-    let mut saves = Saves::new(cursor.clone());
+    // entries after the last one the saved points include, not only new ones.
+    let mut sent = cursor.clone();
     while !stop.load(Ordering::Relaxed) {
         let mut cmd = Command::new(&program);
         cmd.args(["--follow", "--output=json", "--no-pager"]);
@@ -418,24 +355,23 @@ fn follow_journal(
                 else {
                     return;
                 };
-                if tx.send(Line { format, text }).is_err() {
+                if tx.send(Reading::Line(Line { format, text })).is_err() {
                     gone = true;
                 }
                 if at.is_some() {
                     cursor = at;
                 }
             });
-            if let Some(p) = positions
-                && let Some(c) = saves.due(cursor.clone(), false)
-                && p.save_cursor(&key, &c).is_err()
-            {
-                SOURCE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            if !gone && cursor.is_some() && cursor != sent {
+                sent = cursor.clone();
+                let at = ReadTo::Journal(cursor.clone().expect("checked"));
+                gone = tx
+                    .send(Reading::Reached {
+                        source: key.clone(),
+                        at,
+                    })
+                    .is_err();
             }
-        }
-        if let Some(p) = positions
-            && let Some(c) = saves.due(cursor.clone(), true)
-        {
-            let _ = p.save_cursor(&key, &c);
         }
         if gone {
             let _ = child.kill();

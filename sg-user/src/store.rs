@@ -7,7 +7,9 @@
 //! - `senders.json`: the engine's senders (points, level), written every second at most,
 //!   to a temporary file that is fsync'ed and renamed over the old one, so a crash at any
 //!   moment leaves either the old or the new snapshot, never a torn one. Times are stored on the
-//!   wall clock, so points keep decaying across a reboot.
+//!   wall clock, so points keep decaying across a reboot. With the senders, how far each log
+//!   source had been read when the snapshot was taken: a restart resumes right there, so every
+//!   line is counted exactly once in the points that survive.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +20,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::domain::unix_now;
+use crate::{domain::unix_now, sources::ReadTo};
 
 /// Journal lines beyond which the journal is rewritten with only the live entries.
 const COMPACT_AFTER: usize = 10_000;
@@ -101,20 +103,53 @@ impl Store {
         self.dir.join("senders.json")
     }
 
-    /// Replaces the senders snapshot, crash-safely.
-    pub fn save_senders(&self, senders: &[SavedSender]) -> anyhow::Result<()> {
-        let text = serde_json::to_vec(senders)?;
+    /// Replaces the senders snapshot, crash-safely, with how far each source had been read
+    /// when it was taken (one file: a restart resumes exactly after the lines it includes).
+    pub fn save_senders(
+        &self,
+        senders: &[SavedSender],
+        read: &BTreeMap<String, ReadTo>,
+    ) -> anyhow::Result<()> {
+        let text = serde_json::to_vec(&SavedState {
+            senders: senders.to_vec(),
+            read: read.clone(),
+        })?;
         replace_file(&self.senders(), &text)
     }
 
     pub fn load_senders(&self) -> anyhow::Result<Vec<SavedSender>> {
-        match std::fs::read(self.senders()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a senders snapshot", self.senders().display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e).context("read the senders snapshot"),
+        Ok(self.load_state()?.senders)
+    }
+
+    /// How far each source had been read when the snapshot was taken.
+    pub fn load_read(&self) -> anyhow::Result<BTreeMap<String, ReadTo>> {
+        Ok(self.load_state()?.read)
+    }
+
+    fn load_state(&self) -> anyhow::Result<SavedState> {
+        let bytes = match std::fs::read(self.senders()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SavedState::default()),
+            Err(e) => return Err(e).context("read the senders snapshot"),
+        };
+        let not_one = || format!("{} is not a senders snapshot", self.senders().display());
+        // Before read positions were saved with it, the file was the list of senders alone.
+        match serde_json::from_slice::<Vec<SavedSender>>(&bytes) {
+            Ok(senders) => Ok(SavedState {
+                senders,
+                read: BTreeMap::new(),
+            }),
+            Err(_) => serde_json::from_slice(&bytes).with_context(not_one),
         }
     }
+}
+
+/// `senders.json`: the senders' points and levels, and how far each source had been read.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    senders: Vec<SavedSender>,
+    #[serde(default)]
+    read: BTreeMap<String, ReadTo>,
 }
 
 /// Writes `path` through a temporary file, fsync'ed and renamed over it.
@@ -260,9 +295,23 @@ mod tests {
             level_since_unix: 1,
             country: None,
         };
-        store.save_senders(std::slice::from_ref(&s)).unwrap();
-        store.save_senders(&[s.clone(), s.clone()]).unwrap();
+        let none = BTreeMap::new();
+        store.save_senders(std::slice::from_ref(&s), &none).unwrap();
+        let read = BTreeMap::from([(
+            "/var/log/mail.log".to_string(),
+            ReadTo::Journal("s=1".into()),
+        )]);
+        store.save_senders(&[s.clone(), s.clone()], &read).unwrap();
         assert_eq!(store.load_senders().unwrap().len(), 2);
+        assert_eq!(store.load_read().unwrap(), read);
+        // A snapshot of the earlier form (the senders alone) still loads.
+        std::fs::write(
+            store.senders(),
+            serde_json::to_vec(std::slice::from_ref(&s)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(store.load_senders().unwrap().len(), 1);
+        assert!(store.load_read().unwrap().is_empty());
         assert!(!store.senders().with_extension("tmp").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -583,7 +583,7 @@ fn save_idle_senders(pin_dir: &std::path::Path, senders: usize) -> anyhow::Resul
             country: None,
         })
         .collect();
-    store.save_senders(&rows)
+    store.save_senders(&rows, &Default::default())
 }
 
 /// Waits until the daemon says it restored its senders (2 minutes at most).

@@ -58,6 +58,8 @@ pub struct Config {
     pub deny: Vec<Network>,
     pub limits: Vec<(Network, Limit)>,
     pub sources: Vec<Source>,
+    /// How much of what was logged while the daemon was down is read at start.
+    pub catch_up: crate::tail::CatchUp,
     pub engine: EngineConfig,
     /// The GeoIP2/GeoLite2 country database, if any.
     pub geoip: Option<PathBuf>,

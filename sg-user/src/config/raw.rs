@@ -17,6 +17,11 @@ pub(super) struct RawConfig {
     pub(super) pin_dir: PathBuf,
     #[serde(default = "default_state_dir")]
     pub(super) state_dir: PathBuf,
+    /// How much of what the logs said while the daemon was down is read at start.
+    #[serde(default = "default_max_catch_up")]
+    pub(super) max_catch_up: String,
+    #[serde(default = "default_max_catch_up_lines")]
+    pub(super) max_catch_up_lines: u64,
     #[serde(default)]
     pub(super) ports: RawPorts,
     #[serde(default)]
@@ -206,6 +211,14 @@ pub(super) fn default_attach_mode() -> String {
 
 pub(super) fn default_pin_dir() -> PathBuf {
     DEFAULT_PIN_DIR.into()
+}
+
+pub(super) fn default_max_catch_up() -> String {
+    "1h".into()
+}
+
+pub(super) fn default_max_catch_up_lines() -> u64 {
+    1_000_000
 }
 
 pub(super) fn default_state_dir() -> PathBuf {

@@ -34,6 +34,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let (engine, limit_ttl) = points(&raw.points, &raw.countries, &raw.levels, &raw.prefix)?;
     let metrics = metrics(&raw.metrics)?;
     let (allow, deny, limits) = lists(raw.lists)?;
+    let catch_up = catch_up(&raw.max_catch_up, raw.max_catch_up_lines)?;
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -53,12 +54,33 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         deny,
         limits,
         sources,
+        catch_up,
         engine,
         geoip: raw.countries.database,
         limit_ttl,
         metrics,
         control_socket: raw.control.socket,
         control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
+    })
+}
+
+/// `max_catch_up`, `max_catch_up_lines`: the backlog read at start.
+fn catch_up(age: &str, lines: u64) -> anyhow::Result<crate::tail::CatchUp> {
+    let age = duration(
+        "max_catch_up",
+        age,
+        Duration::ZERO,
+        Duration::from_secs(30 * 86_400),
+    )?;
+    if lines > 100_000_000 {
+        key_bail!(
+            format!("max_catch_up_lines"),
+            "{lines} is more than 100000000 lines"
+        );
+    }
+    Ok(crate::tail::CatchUp {
+        max_lines: lines,
+        max_age_s: age.as_secs(),
     })
 }
 

@@ -109,11 +109,29 @@ pub enum Start {
     End,
     /// At its beginning (replays, tests).
     Beginning,
-    /// Where a previous run stopped reading, when the path still names that file: the lines
-    /// written while the daemon was down are read, none twice. A file that is not the one the
-    /// position names (rotated while down) is new: read whole when at most
-    /// [`MAX_BACKLOG`] long, else from its end.
+    /// Where a previous run's saved points stopped: the lines written while the daemon was
+    /// down are read, none twice, within [`CatchUp`]. When the path names another file now
+    /// (rotated while down), the rest of the old file is read first (found by its device and
+    /// inode in the same directory), then the new one from its start.
     Resume(Position),
+}
+
+/// How much of what was written while the daemon was down is read at start (the newest is
+/// kept): lines beyond `max_lines`, or older than `max_age_s` by their header, are skipped and
+/// reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    pub max_lines: u64,
+    pub max_age_s: u64,
+}
+
+impl Default for CatchUp {
+    fn default() -> Self {
+        CatchUp {
+            max_lines: 1_000_000,
+            max_age_s: 3600,
+        }
+    }
 }
 
 /// How far a tailer has read a file: its identity and the offset of the first byte not yet
@@ -126,14 +144,19 @@ pub struct Position {
     /// The offset is inside the discarded rest of a line cut at MAX_LINE.
     #[serde(default)]
     pub discarding: bool,
+    /// A hash of the bytes just before `offset` (the end of the last line read): a file that
+    /// has the same identity but other content there (inode reused, rewritten) is not resumed.
+    #[serde(default)]
+    pub fingerprint: u64,
 }
 
-/// The most of a file written while the daemon was down that is read back at start.
-pub const MAX_BACKLOG: u64 = 64 << 20;
+/// Bytes before a position that its fingerprint covers.
+const FINGERPRINT_BYTES: u64 = 64;
 
 pub struct Tailer {
     path: PathBuf,
     start: Start,
+    catch_up: CatchUp,
     open: Option<Open>,
     lines: LineSplitter,
     /// The file the path named before a rename + create rotation: the writer may go on
@@ -166,10 +189,16 @@ impl Tailer {
         Tailer {
             path: path.into(),
             start,
+            catch_up: CatchUp::default(),
             open: None,
             lines: LineSplitter::default(),
             rotated: None,
         }
+    }
+
+    pub fn with_catch_up(mut self, catch_up: CatchUp) -> Tailer {
+        self.catch_up = catch_up;
+        self
     }
 
     /// Lines this tailer cut at MAX_LINE.
@@ -182,11 +211,13 @@ impl Tailer {
     pub fn position(&self) -> Option<Position> {
         let open = self.open.as_ref()?;
         let (held, discarding) = self.lines.pending();
+        let offset = open.offset - held as u64;
         Some(Position {
             dev: open.id.0,
             ino: open.id.1,
-            offset: open.offset - held as u64,
+            offset,
             discarding,
+            fingerprint: fingerprint(&open.file, offset),
         })
     }
 
@@ -270,13 +301,18 @@ impl Tailer {
         let meta = file.metadata()?;
         let offset = match (rotated, self.start) {
             (false, Start::End) => meta.len(),
-            (false, Start::Resume(p))
-                if (p.dev, p.ino) == identity(&meta) && p.offset <= meta.len() =>
-            {
+            (false, Start::Resume(p)) if same_file(&file, &meta, &p) => {
                 self.lines.discarding = p.discarding;
-                p.offset
+                self.catch_up_from(&file, p.offset, meta.len(), 0)?
             }
-            (false, Start::Resume(_)) if meta.len() > MAX_BACKLOG => meta.len(),
+            (false, Start::Resume(p)) => {
+                // Rotated while down: the new file whole (within the bounds), and first the
+                // rest of the old one, if it is still there.
+                let from = self.catch_up_from(&file, 0, meta.len(), 0)?;
+                let newer = count_lines(&file, from, meta.len())?;
+                self.resume_rotated(&p, newer)?;
+                from
+            }
             _ => 0,
         };
         // Files that appear after the first look are new: read them whole.
@@ -319,243 +355,8 @@ fn read_from(
     Ok(total)
 }
 
+mod catch_up;
 #[cfg(test)]
-mod tests {
-    use std::io::Write;
+mod tests;
 
-    use super::*;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let d = std::env::temp_dir().join(format!("sg-tail-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            Dir(d)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn append(path: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-    }
-
-    fn poll(t: &mut Tailer) -> Vec<String> {
-        let mut out = Vec::new();
-        t.poll(&mut |l| out.push(String::from_utf8_lossy(l).into_owned()))
-            .unwrap();
-        out
-    }
-
-    #[test]
-    fn starts_at_the_end_and_reads_appended_lines() {
-        let d = Dir::new("end");
-        let log = d.0.join("mail.log");
-        append(&log, "old 1\nold 2\n");
-        let mut t = Tailer::new(&log, Start::End);
-        assert!(poll(&mut t).is_empty());
-        append(&log, "new 1\nnew 2\n");
-        assert_eq!(poll(&mut t), ["new 1", "new 2"]);
-    }
-
-    #[test]
-    fn partial_lines_wait_for_their_newline() {
-        let d = Dir::new("partial");
-        let log = d.0.join("mail.log");
-        let mut t = Tailer::new(&log, Start::Beginning);
-        append(&log, "half a li");
-        assert!(poll(&mut t).is_empty());
-        append(&log, "ne\nnext");
-        assert_eq!(poll(&mut t), ["half a line"]);
-    }
-
-    #[test]
-    fn rename_and_create_loses_nothing_and_repeats_nothing() {
-        let d = Dir::new("rename");
-        let log = d.0.join("mail.log");
-        append(&log, "");
-        let mut t = Tailer::new(&log, Start::End);
-        poll(&mut t);
-        append(&log, "a\nb\n");
-        // logrotate: lines written to the old file just before the rename are still read.
-        std::fs::rename(&log, d.0.join("mail.log.1")).unwrap();
-        append(&d.0.join("mail.log.1"), "c\n");
-        append(&log, "d\n");
-        assert_eq!(poll(&mut t), ["a", "b", "c", "d"]);
-        append(&log, "e\n");
-        assert_eq!(poll(&mut t), ["e"]);
-    }
-
-    #[test]
-    fn lines_the_writer_sends_to_the_renamed_file_until_it_reopens_are_read() {
-        let d = Dir::new("late");
-        let log = d.0.join("mail.log");
-        let old = d.0.join("mail.log.1");
-        append(&log, "");
-        let mut t = Tailer::new(&log, Start::End);
-        poll(&mut t);
-        std::fs::rename(&log, &old).unwrap();
-        append(&log, "new 0\n");
-        assert_eq!(poll(&mut t), ["new 0"]);
-        // syslog has not been told yet: it goes on writing to the old file, interleaved with
-        // polls, then part of a line, then reopens.
-        let mut want = Vec::new();
-        for i in 0..200 {
-            append(&old, &format!("late {i}\n"));
-            want.push(format!("late {i}"));
-            if i % 50 == 49 {
-                assert_eq!(poll(&mut t), want);
-                want.clear();
-            }
-        }
-        append(&old, "late partial");
-        append(&log, "new 1\n");
-        assert_eq!(poll(&mut t), ["new 1"]);
-        append(&old, " line\n");
-        assert_eq!(poll(&mut t), ["late partial line"]);
-    }
-
-    #[test]
-    fn a_resumed_tailer_reads_what_was_written_while_it_was_away_and_nothing_twice() {
-        let d = Dir::new("resume");
-        let log = d.0.join("mail.log");
-        append(&log, "old\n");
-        let mut t = Tailer::new(&log, Start::End);
-        poll(&mut t);
-        append(&log, "a\nhalf");
-        assert_eq!(poll(&mut t), ["a"]);
-        let saved = t.position().unwrap();
-        drop(t);
-        // Down: the half line is finished and more lines come.
-        append(&log, " line\nb\n");
-        let mut t = Tailer::new(&log, Start::Resume(saved));
-        assert_eq!(poll(&mut t), ["half line", "b"]);
-        // A position of another file (rotated while down): the new file is read whole.
-        std::fs::rename(&log, d.0.join("mail.log.1")).unwrap();
-        append(&log, "new\n");
-        let mut t = Tailer::new(&log, Start::Resume(saved));
-        assert_eq!(poll(&mut t), ["new"]);
-        // Resumed inside the discarded rest of a cut line: the rest stays discarded.
-        let long = d.0.join("long.log");
-        append(&long, &"x".repeat(MAX_LINE + 10));
-        let mut t = Tailer::new(&long, Start::Beginning);
-        assert_eq!(poll(&mut t).len(), 1);
-        let saved = t.position().unwrap();
-        assert!(saved.discarding);
-        drop(t);
-        append(&long, " rest of the cut line\nnext\n");
-        let mut t = Tailer::new(&long, Start::Resume(saved));
-        assert_eq!(poll(&mut t), ["next"]);
-    }
-
-    #[test]
-    fn copytruncate_starts_again_at_the_beginning() {
-        let d = Dir::new("truncate");
-        let log = d.0.join("mail.log");
-        append(&log, "x\ny\n");
-        let mut t = Tailer::new(&log, Start::Beginning);
-        assert_eq!(poll(&mut t), ["x", "y"]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&log)
-            .unwrap();
-        append(&log, "z\n");
-        assert_eq!(poll(&mut t), ["z"]);
-    }
-
-    #[test]
-    fn delete_then_recreate_and_a_missing_file_is_waited_for() {
-        let d = Dir::new("delete");
-        let log = d.0.join("mail.log");
-        let mut t = Tailer::new(&log, Start::End);
-        assert!(poll(&mut t).is_empty(), "missing: nothing, no error");
-        append(&log, "first\n");
-        assert_eq!(
-            poll(&mut t),
-            ["first"],
-            "a file that appears later is read whole"
-        );
-        std::fs::remove_file(&log).unwrap();
-        assert!(poll(&mut t).is_empty());
-        append(&log, "second\n");
-        assert_eq!(poll(&mut t), ["second"]);
-    }
-
-    #[test]
-    fn a_symlinked_path_follows_its_target_switch() {
-        let d = Dir::new("symlink");
-        let (a, b, link) = (
-            d.0.join("a.log"),
-            d.0.join("b.log"),
-            d.0.join("current.log"),
-        );
-        append(&a, "");
-        std::os::unix::fs::symlink(&a, &link).unwrap();
-        let mut t = Tailer::new(&link, Start::End);
-        poll(&mut t);
-        append(&a, "in a\n");
-        append(&b, "in b\n");
-        std::fs::remove_file(&link).unwrap();
-        std::os::unix::fs::symlink(&b, &link).unwrap();
-        assert_eq!(poll(&mut t), ["in a", "in b"]);
-    }
-
-    #[test]
-    fn an_endless_line_is_cut_and_counted() {
-        let d = Dir::new("long");
-        let log = d.0.join("mail.log");
-        let mut t = Tailer::new(&log, Start::Beginning);
-        append(&log, &"x".repeat(MAX_LINE + 10));
-        let lines = poll(&mut t);
-        assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].len(), MAX_LINE);
-        assert_eq!(t.overlong(), 1);
-        // The rest of that line, however it arrives, never becomes a line of its own.
-        append(&log, " connect from unknown[198.51.100.7]\nnext\n");
-        assert_eq!(poll(&mut t), ["next"]);
-        assert_eq!(t.overlong(), 1);
-    }
-
-    #[test]
-    fn the_splitter_cuts_every_overlong_line_at_the_bound_whatever_the_chunks() {
-        for chunk in [
-            1,
-            7,
-            4096,
-            MAX_LINE - 1,
-            MAX_LINE,
-            MAX_LINE + 1,
-            3 * MAX_LINE,
-        ] {
-            let mut input = Vec::new();
-            input.extend_from_slice(b"short\n");
-            input.extend(std::iter::repeat_n(b'a', MAX_LINE));
-            input.extend_from_slice(b"\n"); // exactly the bound: whole
-            input.extend(std::iter::repeat_n(b'b', 2 * MAX_LINE + 5));
-            input.extend_from_slice(b"TAIL\nafter\n");
-            let mut s = LineSplitter::default();
-            let mut got: Vec<Vec<u8>> = Vec::new();
-            for piece in input.chunks(chunk) {
-                s.push(piece, &mut |l| got.push(l.to_vec()));
-            }
-            assert_eq!(got.len(), 4, "chunk {chunk}");
-            assert_eq!(got[0], b"short");
-            assert_eq!(got[1].len(), MAX_LINE);
-            assert!(got[2].len() == MAX_LINE && got[2].iter().all(|&b| b == b'b'));
-            assert_eq!(got[3], b"after", "chunk {chunk}");
-            assert_eq!(s.overlong, 1);
-        }
-    }
-}
+use catch_up::{count_lines, fingerprint, same_file};
