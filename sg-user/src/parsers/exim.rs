@@ -248,13 +248,17 @@ fn protocol_error(rest: &str) -> Outcome {
     };
     match host(host_text) {
         Some(Host::At(addr, after)) => {
-            let reason = skip_interface(after);
+            let reason = without_repeat_count(skip_interface(after).trim_end());
             let known = [
                 "AUTH command used when not advertised",
                 "too many syntax or protocol errors",
                 "too many nonmail commands",
             ];
-            if known.contains(&reason.trim_end()) {
+            // "LOGIN authentication mechanism not supported": the mechanism is one word.
+            let mechanism = reason
+                .strip_suffix(" authentication mechanism not supported")
+                .is_some_and(|m| !m.is_empty() && !m.contains(' '));
+            if known.contains(&reason) || mechanism {
                 Outcome::Understood(vec![Event::new(EventKind::ProtocolError, addr)])
             } else {
                 Outcome::Understood(Vec::new())
@@ -325,6 +329,17 @@ fn spamassassin(rest: &str) -> Outcome {
     match agreed(readings) {
         Some(addr) => Outcome::Understood(vec![Event::new(EventKind::Spam, addr)]),
         None => Outcome::Understood(Vec::new()),
+    }
+}
+
+/// A line as log summarisers (logwatch) repeat it: "... advertised: 3 Time(s)".
+fn without_repeat_count(text: &str) -> &str {
+    match text
+        .strip_suffix(" Time(s)")
+        .and_then(|t| t.rsplit_once(": "))
+    {
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => text,
     }
 }
 
@@ -483,6 +498,30 @@ mod tests {
             "2026-11-22 07:53:42 1vXyZb-000124-AB <= <> H=(helo) [2001:db8::25]:25 P=esmtp S=900",
         );
         assert_eq!(e[1], Event::new(EventKind::Bounce, ip("2001:db8::25")));
+    }
+
+    #[test]
+    fn protocol_errors_in_their_other_shapes() {
+        for line in [
+            "2026-11-22 07:53:44 SMTP protocol error in \"AUTH LOGIN\" H=(mail.example.com) [203.0.113.9] AUTH command used when not advertised: 3 Time(s)",
+            "2026-11-22 07:53:44 SMTP protocol error in \"AUTH LOGIN\" H=(x) [203.0.113.9]:4000 I=[198.51.100.1]:587 LOGIN authentication mechanism not supported",
+        ] {
+            let e = crate::parsers::events_of(crate::parsers::Format::Exim, line);
+            assert_eq!(
+                e,
+                [Event::new(
+                    EventKind::ProtocolError,
+                    "203.0.113.9".parse().unwrap()
+                )],
+                "{line}"
+            );
+        }
+        // The reason must be the server's whole text after the host.
+        let e = crate::parsers::events_of(
+            crate::parsers::Format::Exim,
+            "2026-11-22 07:53:44 SMTP protocol error in \"x\" H=[198.51.100.66] AUTH command used when not advertised\" H=(x) [203.0.113.9] AUTH command used when not advertised",
+        );
+        assert_eq!(e[0].source, "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 
     #[test]
