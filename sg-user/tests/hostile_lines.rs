@@ -187,6 +187,10 @@ const TEMPLATES: &[(Format, &str)] = &[
     ),
     (
         Format::Dovecot,
+        "Nov 22 07:53:43 mx dovecot[9]: auth-worker({},203.0.113.9)<1489164><AbCd>: request [393]: unix_user: pam_authenticate() failed: Authentication failure (Password mismatch?)",
+    ),
+    (
+        Format::Dovecot,
         "Nov 22 07:53:43 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser={} rhost=203.0.113.9  user={}",
     ),
     (
@@ -250,6 +254,8 @@ const SHAPES: &[&str] = &[
     ",198.51.100.7",
     ",198.51.100.7,<s>",
     "): unknown user",
+    ")<1><2>: request [3]: u: unknown user",
+    ",198.51.100.7)<9>",
     "pam(",
     " (host=x [198.51.100.7]) for ",
     " H=(x) [198.51.100.7] AUTH command used when not advertised",

@@ -131,16 +131,78 @@ fn failed_attempts(reason: &str) -> Option<u32> {
     n.parse().ok()
 }
 
-/// The auth process's failure lines (with `auth_verbose`): `pam(USER,IP): pam_authenticate()
-/// failed: ...`, `passwd-file(USER,IP,<SESSION>): unknown user`, `sql(USER,IP): Password
-/// mismatch`, `ldap(USER,IP,): invalid credentials`, after any number of server-written
-/// prefixes (`auth-worker(7): Info: conn unix:auth-worker (uid=143): auth-worker<13247>: `).
+/// The auth process's failure lines (with `auth_verbose`), Dovecot 2.3: `pam(USER,IP):
+/// pam_authenticate() failed: ...`, `passwd-file(USER,IP,<SESSION>): unknown user`,
+/// `ldap(USER,IP,): invalid credentials`, after any number of server-written prefixes
+/// (`auth-worker(7): Info: conn unix:auth-worker (uid=143): auth-worker<13247>: `); Dovecot 2.4:
+/// `auth-worker(USER,IP)<PID><SESSION>: request [393]: PASSDB: pam_authenticate() failed: ...`.
 ///
-/// The user is the client's text and may hold `,`, `(` and `): `; nothing the client wrote comes
-/// after it, so the line is read from its end: the last `): ` ends the prefix, the failure text
-/// after it is the server's, and the prefix's last fields are the address and the session.
+/// The user is the client's text and may hold anything; everything after it is the server's, so
+/// the line is read from its end: the rightmost known failure text, then backwards over the
+/// server's fields (`: PASSDB`, `: request [N]`, `<...>` groups) to the `)` that closes the
+/// user's group; the address is that group's last field (before an optional `,<SESSION>`).
 fn auth_process(message: &str, ledger: Clocked<'_>) -> Outcome {
-    const PASSDBS: [&str; 11] = [
+    let Some((source, user)) = auth_process_client(message) else {
+        return Outcome::Understood(Vec::new());
+    };
+    let n = ledger.report(source, Layer::AuthProcess, 1);
+    let service = Service::Auth;
+    let events = repeated(EventKind::AuthFailure { service }, source, n);
+    Outcome::Understood(events.into_iter().map(|e| e.with_user(user)).collect())
+}
+
+fn auth_process_client(message: &str) -> Option<(IpAddr, Option<&str>)> {
+    const FAILURES: [&str; 6] = [
+        "unknown user",
+        "Password mismatch",
+        "password mismatch",
+        "invalid credentials",
+        "Invalid credentials",
+        "pam_authenticate() failed",
+    ];
+    // The rightmost ": " that starts a failure text.
+    let failure_at = message
+        .match_indices(": ")
+        .map(|(at, _)| at)
+        .filter(|&at| FAILURES.iter().any(|f| message[at + 2..].starts_with(f)))
+        .last()?;
+    let mut head = &message[..failure_at];
+    // Backwards over the server's fields to the `)` that closes (USER,IP...).
+    while !head.ends_with(')') {
+        head = if let Some(rest) = head.strip_suffix('>') {
+            &rest[..rest.rfind('<')?]
+        } else if let Some((rest, field)) = head.rsplit_once(": ") {
+            let word = |w: &str| {
+                !w.is_empty()
+                    && w.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            };
+            let request = field
+                .strip_prefix("request [")
+                .and_then(|n| n.strip_suffix(']'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !(word(field) || request) {
+                return None;
+            }
+            rest
+        } else {
+            return None;
+        };
+    }
+    let fields = &head[..head.len() - 1];
+    // "...USER,IP", "...USER,IP,<SESSION>" or "...USER,IP," (an empty session).
+    let fields = match fields.rsplit_once(",<") {
+        Some((before, session)) if !session.contains(',') => before,
+        _ => fields.strip_suffix(',').unwrap_or(fields),
+    };
+    let (before, addr) = fields.rsplit_once(',')?;
+    let source = addr.parse::<IpAddr>().ok()?;
+    Some((source, user_of(before)))
+}
+
+/// The user of an auth-process prefix: after the passdb's `(` (2.3) or the process's (2.4).
+fn user_of(before: &str) -> Option<&str> {
+    const OPENERS: [&str; 13] = [
         "pam(",
         "passwd-file(",
         "sql(",
@@ -152,56 +214,16 @@ fn auth_process(message: &str, ledger: Clocked<'_>) -> Outcome {
         "dict(",
         "lua(",
         "oauth2(",
+        "auth-worker(",
+        "auth(",
     ];
-    const FAILURES: [&str; 6] = [
-        "unknown user",
-        "Password mismatch",
-        "password mismatch",
-        "invalid credentials",
-        "Invalid credentials",
-        "pam_authenticate() failed",
-    ];
-    let Some((prefix, failure)) = message.rsplit_once("): ") else {
-        return Outcome::Understood(Vec::new());
-    };
-    if !FAILURES.iter().any(|f| failure.starts_with(f)) {
-        return Outcome::Understood(Vec::new());
-    }
-    // The first passdb name that starts a word: the server's prefixes come before the user.
-    let Some(fields) = PASSDBS
-        .iter()
-        .filter_map(|name| {
-            let at = prefix
-                .match_indices(name)
-                .map(|(at, _)| at)
-                .find(|&at| at == 0 || matches!(prefix.as_bytes()[at - 1], b' ' | b':'))?;
-            Some((at, &prefix[at + name.len()..]))
-        })
-        .min_by_key(|(at, _)| *at)
-        .map(|(_, fields)| fields)
-    else {
-        return Outcome::Understood(Vec::new());
-    };
-    // "USER,IP", "USER,IP,<SESSION>" or "USER,IP," (an empty session).
-    let fields = match fields.rsplit_once(",<") {
-        Some((head, session)) if !session.contains(',') => head,
-        _ => fields.strip_suffix(',').unwrap_or(fields),
-    };
-    let Some((user, addr)) = fields.rsplit_once(',') else {
-        return Outcome::Understood(Vec::new());
-    };
-    let Ok(source) = addr.parse::<IpAddr>() else {
-        return Outcome::Understood(Vec::new());
-    };
-    let n = ledger.report(source, Layer::AuthProcess, 1);
-    let service = Service::Auth;
-    let events = repeated(EventKind::AuthFailure { service }, source, n);
-    Outcome::Understood(
-        events
-            .into_iter()
-            .map(|e| e.with_user(Some(user)))
-            .collect(),
-    )
+    OPENERS.iter().find_map(|opener| {
+        let at = before
+            .match_indices(opener)
+            .map(|(at, _)| at)
+            .find(|&at| at == 0 || matches!(before.as_bytes()[at - 1], b' ' | b':'))?;
+        Some(&before[at + opener.len()..])
+    })
 }
 
 /// `pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot
@@ -342,6 +364,17 @@ mod tests {
             assert_eq!(e.len(), 1, "{line}");
             assert_eq!(e[0].source, ip("203.0.113.9"), "{line}");
         }
+        // Dovecot 2.4's prefix: the user and address in the process's own brackets.
+        let e = parse_lines(&[
+            "Jun 12 20:02:12 kvm456 dovecot[996]: auth-worker(jose.basanta,203.0.113.9)<1489164><8oNSumM3A8mK/86a>: request [393]: unix_user: pam_authenticate() failed: Authentication failure (Password mismatch?)",
+        ]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].source, ip("203.0.113.9"));
+        assert_eq!(e[0].user.as_deref(), Some("jose.basanta"));
+        let e = parse_lines(&[
+            "Jun 12 20:02:12 kvm456 dovecot[996]: auth-worker(x,198.51.100.66)<1><2>: request [3]: u: unknown user,203.0.113.9)<1489164><8oNS>: request [393]: unix_user: unknown user",
+        ]);
+        assert_eq!(e[0].source, ip("203.0.113.9"));
         // A user name holding commas, brackets and an address cannot move the blame.
         let e = parse_lines(&[
             "Nov 22 07:53:40 auth-worker(77): Info: pam(x,198.51.100.66): unknown user,198.51.100.66,<q>,203.0.113.9,<AbCd>): unknown user",
