@@ -41,7 +41,7 @@ const NOTHING: Outcome = Outcome::Understood(Vec::new());
 impl Postfix {
     pub fn parse(&mut self, program: &str, message: &str, ledger: Clocked<'_>) -> Outcome {
         let daemon = program.rsplit('/').next().unwrap_or(program);
-        let service = if program.contains("submission") {
+        let service = if program.contains("submission") || program.contains("smtps") {
             Service::Submission
         } else {
             Service::Smtp
