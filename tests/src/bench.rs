@@ -323,6 +323,24 @@ pub fn parse(args: &[String]) -> anyhow::Result<()> {
 /// `cargo xtask bench replay`: `slowgate replay` (parsing and the whole engine on the log's
 /// clock) over the generated mixed log, against fail2ban-regex with the four filters a host
 /// needs for it over the same file, in the same run.
+/// Writes the benchmarks' generated mixed log (`sg-bench mixed-log PATH [LINES]`), to profile
+/// or replay by hand what the parse and replay benchmarks measure.
+pub fn write_mixed_log(args: &[String]) -> anyhow::Result<()> {
+    let path = args.first().context("sg-bench mixed-log PATH [LINES]")?;
+    let lines: usize = match args.get(1) {
+        Some(n) => n.parse().context("LINES")?,
+        None => PARSE_LINES,
+    };
+    let mut r = Lcg(42);
+    let mut text = String::new();
+    for i in 0..lines {
+        text += &mixed_line(&mut r, i);
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
 pub fn replay(args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let (lines, runs, f2b_runs) = if quick {
