@@ -45,43 +45,68 @@ impl Tailer {
         Ok(start)
     }
 
-    /// The file a resume position names, if the path was rotated away from it and it still
-    /// lies in the same directory (`mail.log.1`): read its rest first, before the new file.
+    /// The file a resume position was taken in, when the path no longer names it: renamed
+    /// away (`mail.log.1`, found by its inode), or copied away before the path was truncated
+    /// (copytruncate: a file of the same name family whose bytes before the position are the
+    /// ones the position's fingerprint covers). Its rest is read first, before the path's file.
     pub(super) fn resume_rotated(&mut self, p: &Position, newer: u64) -> io::Result<()> {
-        let Some(dir) = self.path.parent() else {
+        let Some(found) = self.rotated_away(p) else {
             return Ok(());
         };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(());
+        let (file, meta) = found;
+        let offset = self.catch_up_from(&file, p.offset, meta.len(), newer)?;
+        let mut open = Open {
+            file,
+            id: identity(&meta),
+            offset,
         };
-        for entry in entries.flatten() {
+        open.file.seek(SeekFrom::Start(offset))?;
+        let lines = LineSplitter {
+            discarding: p.discarding && offset == p.offset,
+            ..LineSplitter::default()
+        };
+        self.rotated = Some(Rotated {
+            open,
+            lines,
+            last_growth: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn rotated_away(&self, p: &Position) -> Option<(File, std::fs::Metadata)> {
+        let dir = self.path.parent()?;
+        let name = self.path.file_name()?.to_string_lossy().into_owned();
+        let mut copies = Vec::new();
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            if identity(&meta) != (p.dev, p.ino) || !meta.is_file() {
+            if !meta.is_file() {
                 continue;
             }
-            let file = File::open(entry.path())?;
-            if !same_file(&file, &meta, p) {
-                return Ok(());
+            if identity(&meta) == (p.dev, p.ino) {
+                let file = File::open(entry.path()).ok()?;
+                if same_file(&file, &meta, p) {
+                    return Some((file, meta));
+                }
+                continue;
             }
-            let offset = self.catch_up_from(&file, p.offset, meta.len(), newer)?;
-            let mut open = Open {
-                file,
-                id: identity(&meta),
-                offset,
-            };
-            open.file.seek(SeekFrom::Start(offset))?;
-            let lines = LineSplitter {
-                discarding: p.discarding && offset == p.offset,
-                ..LineSplitter::default()
-            };
-            self.rotated = Some(Rotated {
-                open,
-                lines,
-                last_growth: std::time::Instant::now(),
-            });
-            return Ok(());
+            // A copy: `mail.log.1`, `mail.log-20261123`, never a compressed one.
+            let other = entry.file_name().to_string_lossy().into_owned();
+            let family = other.starts_with(&name)
+                && other != name
+                && ![".gz", ".bz2", ".xz", ".zst"]
+                    .iter()
+                    .any(|c| other.ends_with(c));
+            if family && p.fingerprint != 0 && meta.len() >= p.offset {
+                copies.push(entry.path());
+            }
         }
-        Ok(())
+        // The most recent copy whose bytes before the position match.
+        copies.sort();
+        copies.into_iter().find_map(|path| {
+            let file = File::open(&path).ok()?;
+            let meta = file.metadata().ok()?;
+            (fingerprint(&file, p.offset) == p.fingerprint).then_some((file, meta))
+        })
     }
 }
 

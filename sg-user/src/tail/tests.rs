@@ -311,3 +311,29 @@ fn the_splitter_cuts_every_overlong_line_at_the_bound_whatever_the_chunks() {
         assert_eq!(s.overlong, 1);
     }
 }
+
+#[test]
+fn copytruncate_while_down_reads_the_rest_from_the_copy_then_the_new_lines() {
+    let d = Dir::new("copytrunc-down");
+    let log = d.0.join("mail.log");
+    append(&log, "one\ntwo\n");
+    let mut t = Tailer::new(&log, Start::Beginning);
+    assert_eq!(poll(&mut t), ["one", "two"]);
+    let saved = t.position().unwrap();
+    drop(t);
+    // Down: more lines, then logrotate's copytruncate, then lines in the emptied file (more of
+    // them than before, so the path's file is longer than the saved offset again).
+    append(&log, "three\nfour\n");
+    std::fs::copy(&log, d.0.join("mail.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .unwrap();
+    append(&log, "five, a longer line than before\nsix\n");
+    let mut t = Tailer::new(&log, Start::Resume(saved));
+    assert_eq!(
+        poll(&mut t),
+        ["three", "four", "five, a longer line than before", "six"]
+    );
+}
