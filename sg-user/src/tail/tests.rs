@@ -161,15 +161,8 @@ fn catch_up_keeps_the_newest_lines_and_skips_what_is_too_old() {
     let saved = t.position().unwrap();
     drop(t);
     let stamp = |ago: u64| {
-        let secs = crate::domain::unix_now() - ago;
-        let t = secs % 86_400;
-        format!(
-            "{}T{:02}:{:02}:{:02}+00:00",
-            date_of(secs),
-            t / 3600,
-            t / 60 % 60,
-            t % 60
-        )
+        let ns = (crate::domain::unix_now() - ago) * 1_000_000_000;
+        format!("{}+00:00", crate::domain::format_time(ns).replace(' ', "T"))
     };
     append(
         &log,
@@ -181,20 +174,6 @@ fn catch_up_keeps_the_newest_lines_and_skips_what_is_too_old() {
     );
     let mut t = Tailer::new(&log, Start::Resume(saved));
     assert_eq!(poll(&mut t).len(), 1);
-}
-
-/// `YYYY-MM-DD` of a Unix time (Howard Hinnant's civil_from_days).
-fn date_of(secs: u64) -> String {
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 #[test]
