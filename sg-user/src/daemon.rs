@@ -302,6 +302,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 let answer = match op {
                     control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &learning_tx).await,
                     control::Op::Lists(change) => operator_change(&current, &maps, &learning_tx, change).await,
+                    control::Op::Import(import) => operator_import(&current, &learning_tx, import).await,
                     control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::rows(&maps, &store, &list))
                         .map_err(|e| format!("{e:#}"))
@@ -536,6 +537,25 @@ async fn operator_change(
         .and_then(|store| crate::lists::journal(maps, &store, &change))
         .map_err(|e| format!("{e:#}"))?;
     let answer = control::ask_learning_loop(learning, learn::Request::Operator(change)).await?;
+    if let Some(said) = answer["said"].as_str() {
+        tracing::info!("control: {said}");
+    }
+    Ok(answer)
+}
+
+/// Journals an operator's import, then has the learning loop's enforcer make it.
+async fn operator_import(
+    current: &Config,
+    learning: &std::sync::mpsc::SyncSender<(
+        learn::Request,
+        tokio::sync::oneshot::Sender<learn::Reply>,
+    )>,
+    import: crate::lists::Import,
+) -> Result<serde_json::Value, String> {
+    crate::store::Store::open(&current.state_dir)
+        .and_then(|store| crate::lists::journal_import(&store, &import))
+        .map_err(|e| format!("{e:#}"))?;
+    let answer = control::ask_learning_loop(learning, learn::Request::Import(import)).await?;
     if let Some(said) = answer["said"].as_str() {
         tracing::info!("control: {said}");
     }

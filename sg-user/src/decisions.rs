@@ -22,6 +22,42 @@ pub enum Decision {
     },
     /// An operator's change to a list or a limit.
     Operator(ListChange),
+    /// An operator's bulk import into a list.
+    Import(Import),
+}
+
+/// `slowgate allow|deny import FILE [--replace]`: many entries at once, journaled like single
+/// ones; `replace` makes the list exactly these entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Import {
+    pub kind: ListKind,
+    /// Distinct, sorted.
+    pub networks: Vec<Network>,
+    pub replace: bool,
+    pub comment: Option<String>,
+}
+
+impl Import {
+    /// The journal lines of this import, given the live entries it removes (with `replace`).
+    pub fn ops(&self, removed: &[Network]) -> Vec<ListOp> {
+        let del = removed.iter().map(|network| {
+            ListChange::Del {
+                kind: self.kind,
+                network: *network,
+            }
+            .op()
+        });
+        let add = self.networks.iter().map(|network| {
+            ListChange::Add {
+                kind: self.kind,
+                network: *network,
+                ttl: None,
+                comment: self.comment.clone(),
+            }
+            .op()
+        });
+        del.chain(add).collect()
+    }
 }
 
 impl Decision {

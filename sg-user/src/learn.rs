@@ -224,50 +224,48 @@ pub fn run(
         let mut arrived = None;
         while let Ok((request, reply)) = requests.try_recv() {
             let now = crate::domain::boot_time_ns();
-            let answer =
-                match request {
-                    Request::Top { n } => {
-                        serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
-                    }
-                    Request::Show { who } => {
-                        crate::control::protocol::reply(&show(&engine, &maps, &recent, &who, now))
-                    }
-                    Request::Release { who } => {
-                        let released = engine.release(&who, now);
-                        let was = released.as_ref().map_or(0, |c| c.from);
-                        changes.extend(released);
-                        crate::control::protocol::reply(&crate::control::protocol::Released {
-                            released: who.to_string(),
-                            level_was: was,
+            let answer = match request {
+                Request::Top { n } => {
+                    serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
+                }
+                Request::Show { who } => {
+                    crate::control::protocol::reply(&show(&engine, &maps, &recent, &who, now))
+                }
+                Request::Release { who } => {
+                    let released = engine.release(&who, now);
+                    let was = released.as_ref().map_or(0, |c| c.from);
+                    changes.extend(released);
+                    crate::control::protocol::reply(&crate::control::protocol::Released {
+                        released: who.to_string(),
+                        level_was: was,
+                    })
+                }
+                Request::Reload(new) => {
+                    let failed: Vec<String> = enforcer
+                        .apply(&mut maps, &config_lists(&new))
+                        .into_iter()
+                        .filter_map(|o| match o {
+                            Enforced::Failed(e) => Some(format!("{e:#}")),
+                            _ => None,
                         })
+                        .collect();
+                    changes.extend(engine.set_config(new.engine.clone(), now));
+                    enforcer.ttl = new.limit_ttl;
+                    *config = *new;
+                    refresh_allowed(&mut engine, &mut maps, config);
+                    if failed.is_empty() {
+                        Ok(serde_json::json!({ "reloaded": true }))
+                    } else {
+                        Err(format!("`[lists]`: {}", failed.join("; ")))
                     }
-                    Request::Reload(new) => {
-                        let failed: Vec<String> = enforcer
-                            .apply(&mut maps, &config_lists(&new))
-                            .into_iter()
-                            .filter_map(|o| match o {
-                                Enforced::Failed(e) => Some(format!("{e:#}")),
-                                _ => None,
-                            })
-                            .collect();
-                        changes.extend(engine.set_config(new.engine.clone(), now));
-                        enforcer.ttl = new.limit_ttl;
-                        *config = *new;
-                        refresh_allowed(&mut engine, &mut maps, config);
-                        if failed.is_empty() {
-                            Ok(serde_json::json!({ "reloaded": true }))
-                        } else {
-                            Err(format!("`[lists]`: {}", failed.join("; ")))
-                        }
-                    }
-                    Request::Operator(change) => crate::enforcer::said(
-                        enforcer.apply(&mut maps, &[Decision::Operator(change)]),
-                    )
-                    .map_err(|e| format!("{e:#}"))
-                    .and_then(|said| {
-                        crate::control::protocol::reply(&crate::control::protocol::Said { said })
-                    }),
-                };
+                }
+                Request::Operator(change) => {
+                    operator_said(&mut enforcer, &mut maps, Decision::Operator(change))
+                }
+                Request::Import(import) => {
+                    operator_said(&mut enforcer, &mut maps, Decision::Import(import))
+                }
+            };
             let _ = reply.send(answer);
         }
         match lines.recv_timeout(TICK / 4) {
@@ -563,6 +561,17 @@ impl Saver {
             panic!("the saver thread panicked");
         }
     }
+}
+
+/// An operator's decision made through the enforcer, and what to tell them.
+fn operator_said(
+    enforcer: &mut Enforcer,
+    maps: &mut Maps,
+    decision: Decision,
+) -> crate::control::Reply {
+    crate::enforcer::said(enforcer.apply(maps, &[decision]))
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|said| crate::control::protocol::reply(&crate::control::protocol::Said { said }))
 }
 
 fn handle(

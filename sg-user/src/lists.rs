@@ -25,7 +25,72 @@ pub struct Row {
 
 pub type Rows = Vec<Row>;
 
-pub use crate::decisions::ListChange as Change;
+pub use crate::decisions::{Import, ListChange as Change};
+
+/// The widest entry an import takes: an IPv4 /8, an IPv6 /19 (a line like `0.0.0.0/0` in a
+/// file is a mistake that would allow or deny everyone).
+pub const WIDEST_V4: u32 = 8;
+pub const WIDEST_V6: u32 = 19;
+
+/// The networks of an import file: one CIDR or address a line; `#` starts a comment (whole
+/// lines or after the entry); blank lines are skipped. Any other line makes the whole file
+/// refused, naming its line number, so that a file is applied whole or not at all. The result
+/// is distinct and sorted.
+pub fn parse_import(text: &str) -> anyhow::Result<Vec<Network>> {
+    let mut networks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let network: Network = entry
+            .parse()
+            .map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+        let (len, widest) = if network.is_v4() {
+            (network.prefix_len - sg_common::V4_MAPPED_BITS, WIDEST_V4)
+        } else {
+            (network.prefix_len, WIDEST_V6)
+        };
+        if len < widest {
+            anyhow::bail!(
+                "line {}: {network} is wider than /{widest}, the widest entry an import takes",
+                i + 1
+            );
+        }
+        networks.push(network);
+    }
+    networks.sort_unstable();
+    networks.dedup();
+    Ok(networks)
+}
+
+/// Journals an import (durably, one fsync), with the removal of every live entry of the list
+/// that a `replace` drops. Returns how many it drops.
+pub fn journal_import(store: &Store, import: &Import) -> anyhow::Result<usize> {
+    let removed: Vec<Network> = if import.replace {
+        let keep: std::collections::HashSet<&Network> = import.networks.iter().collect();
+        store
+            .list_entries()?
+            .iter()
+            .filter(|op| op.list == import.kind.name())
+            .filter_map(|op| op.network.parse::<Network>().ok())
+            .filter(|n| !keep.contains(n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    store.record_all(&import.ops(&removed))?;
+    Ok(removed.len())
+}
+
+/// Journals an import, then makes it in the kernel through an enforcer of its own (the CLI
+/// while no daemon runs).
+pub fn import(maps: &mut Maps, store: &Store, import: &Import) -> anyhow::Result<String> {
+    journal_import(store, import)?;
+    let mut enforcer = Enforcer::new(Duration::ZERO);
+    let outcome = enforcer.apply(maps, &[Decision::Import(import.clone())]);
+    crate::enforcer::said(outcome)
+}
 
 /// Journals the change, then makes it in the kernel through an enforcer of its own (the CLI
 /// while no daemon runs). Returns what to tell the operator.
@@ -94,5 +159,33 @@ pub fn print(rows: &Rows) {
             .map(|c| format!("  # {c}"))
             .unwrap_or_default();
         println!("{:<45} {:<24} {expires}{note}", r.network, r.limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_file_takes_comments_blank_lines_and_addresses() {
+        let text = "# partners\n198.51.100.0/24\n\n203.0.113.7   # one host\n2001:db8::/48\n198.51.100.9/24\n";
+        let nets = parse_import(text).unwrap();
+        let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+        // Distinct and sorted; host bits cleared.
+        assert_eq!(
+            shown,
+            ["198.51.100.0/24", "203.0.113.7/32", "2001:db8::/48"]
+        );
+    }
+
+    #[test]
+    fn a_bad_or_too_wide_line_refuses_the_whole_file_naming_its_line() {
+        let e = parse_import("198.51.100.0/24\nnot a network\n").unwrap_err();
+        assert!(format!("{e:#}").starts_with("line 2:"), "{e:#}");
+        let e = parse_import("0.0.0.0/0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("wider than /8"), "{e:#}");
+        let e = parse_import("2001:db8::/16\n").unwrap_err();
+        assert!(format!("{e:#}").contains("wider than /19"), "{e:#}");
+        assert!(parse_import("10.0.0.0/8\n2001:db8::/19\n").is_ok());
     }
 }

@@ -50,9 +50,19 @@ impl Store {
 
     /// Appends one change and makes it durable before returning.
     pub fn record(&self, op: &ListOp) -> anyhow::Result<()> {
-        let line = serde_json::to_string(op)? + "\n";
+        self.record_all(std::slice::from_ref(op))
+    }
+
+    /// Appends many changes with one write and one fsync (a bulk import): all of them are
+    /// durable when this returns.
+    pub fn record_all(&self, ops: &[ListOp]) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for op in ops {
+            text += &serde_json::to_string(op)?;
+            text.push('\n');
+        }
         let mut file = open_for_append(&self.journal())?;
-        file.write_all(line.as_bytes())
+        file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .with_context(|| format!("write {}", self.journal().display()))?;
         sync_dir(&self.dir);
@@ -84,7 +94,9 @@ impl Store {
             .into_values()
             .filter(|op| op.present && op.expires_unix.is_none_or(|at| at > now))
             .collect();
-        if lines > COMPACT_AFTER {
+        // Compacted once dead lines are many: never on every read of a journal whose live
+        // entries alone are many (a million imported entries).
+        if lines > COMPACT_AFTER.max(2 * live.len()) {
             self.rewrite_journal(&live)?;
         }
         Ok(live)

@@ -1210,3 +1210,45 @@ fn state_survives_twenty_kill_9s_and_a_reboot_with_no_lost_cli_entry() {
     assert!(daemon.log_text().contains("slowgate: restored"));
     drop(daemon);
 }
+
+#[test]
+fn a_list_imported_from_a_file_is_enforced_journaled_and_replaced_whole() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("import");
+    let (_, config) = postfix_log_in(&tmp.path);
+    let mut daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let file = tmp.path.join("deny.txt");
+    let path = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        format!("# blocklist\n{CLIENT1_V4}\n2001:db8:77::/48   # far away\n"),
+    )
+    .unwrap();
+    // Through the daemon's control socket.
+    let (ok, out) = control(&daemon, &["deny", "import", path], false);
+    assert!(
+        ok && out.contains("imported 2 entries into the deny list"),
+        "{out}"
+    );
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), 0, "denied on SMTP");
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 143), 0, "and on IMAP");
+    // A file with one bad line is refused whole, naming the line.
+    std::fs::write(&file, "198.51.100.200\nnonsense\n").unwrap();
+    let (ok, out) = control(&daemon, &["deny", "import", path], false);
+    assert!(!ok && out.contains("line 2"), "{out}");
+    // --replace: the list becomes exactly the file, so CLIENT1 passes again.
+    std::fs::write(&file, "2001:db8:77::/48\n").unwrap();
+    let (ok, out) = control(&daemon, &["deny", "import", "--replace", path], false);
+    assert!(ok && out.contains("1 other entries removed"), "{out}");
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), ATTEMPTS);
+    // Journaled: with the program and pins gone, a new daemon puts the list back as imported.
+    daemon.kill9();
+    lab.cli(&["detach"]);
+    let _daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let list = lab.cli(&["deny", "list"]);
+    assert!(
+        list.contains("2001:db8:77::/48") && !list.contains(CLIENT1_V4),
+        "{list}"
+    );
+    assert!(!lab.cli(&["deny", "list"]).contains("198.51.100.200"));
+}

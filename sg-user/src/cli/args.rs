@@ -140,6 +140,17 @@ pub enum ListCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add every address or network (CIDR) of a file, one a line (`#` starts a comment); the
+    /// file is applied whole or not at all, and journaled like single entries.
+    Import {
+        file: std::path::PathBuf,
+        /// Make the list exactly the file's entries (the others are removed).
+        #[arg(long)]
+        replace: bool,
+        /// Why (kept with each entry).
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

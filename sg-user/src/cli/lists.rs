@@ -72,7 +72,51 @@ pub(super) fn list_command(cli: &Cli, kind: ListKind, cmd: &ListCommand) -> anyh
             },
         ),
         ListCommand::List { json } => list_rows(cli, kind.name(), *json),
+        ListCommand::Import {
+            file,
+            replace,
+            comment,
+        } => import(cli, kind, file, *replace, comment.clone()),
     }
+}
+
+/// `allow|deny import FILE`: the file is read and checked here, then sent to the daemon (its
+/// entries after the request line) or, with no daemon, applied on the pinned maps.
+fn import(
+    cli: &Cli,
+    kind: ListKind,
+    file: &std::path::Path,
+    replace: bool,
+    comment: Option<String>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let networks =
+        crate::lists::parse_import(&text).with_context(|| format!("{}", file.display()))?;
+    let import = crate::lists::Import {
+        kind,
+        networks,
+        replace,
+        comment,
+    };
+    let said = match cli.live_control() {
+        Some(socket) => {
+            let body: String = import.networks.iter().map(|n| format!("{n}\n")).collect();
+            let request = Control::Import {
+                list: kind.name().to_string(),
+                replace,
+                comment: import.comment.clone(),
+                bytes: body.len(),
+            };
+            let said: Said = crate::control::call_with_body(&socket, &request, body.as_bytes())?;
+            said.said
+        }
+        None => {
+            let mut maps = Maps::open_pinned(&cli.pin_dir()?)?;
+            crate::lists::import(&mut maps, &cli.store()?, &import)?
+        }
+    };
+    println!("{said}");
+    Ok(())
 }
 
 pub(super) fn limit_command(cli: &Cli, cmd: &LimitCommand) -> anyhow::Result<()> {

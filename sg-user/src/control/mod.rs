@@ -37,6 +37,8 @@ pub enum ToLearning {
     Reload(Box<crate::config::Config>),
     /// An operator's change to a list or a limit, already journaled by the daemon.
     Operator(crate::decisions::ListChange),
+    /// An operator's bulk import, already journaled by the daemon.
+    Import(crate::decisions::Import),
 }
 
 pub type Reply = Result<serde_json::Value, String>;
@@ -48,10 +50,14 @@ use ToLearning as Request;
 pub enum Op {
     Reload,
     Lists(crate::decisions::ListChange),
+    Import(crate::decisions::Import),
     Rows(String),
 }
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// Longest import body accepted (about 3 million IPv6 prefixes).
+pub const MAX_IMPORT: usize = 128 << 20;
 
 /// What the daemon gives the server to work with.
 pub struct Handles {
@@ -146,7 +152,11 @@ pub async fn serve(listener: tokio::net::UnixListener, handles: std::sync::Arc<H
             let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
             let answer = match read.await {
                 _ if !permitted => Err("permission denied: root and the control group only".into()),
-                Ok(Ok(_)) => answer(&line, &handles).await,
+                Ok(Ok(_)) => {
+                    // An import's entries follow its request line.
+                    let mut body = reader.into_inner();
+                    answer(&line, &mut body, &handles).await
+                }
                 _ => Err("no request".into()),
             };
             let body = protocol::answer_line(&answer);
@@ -157,7 +167,11 @@ pub async fn serve(listener: tokio::net::UnixListener, handles: std::sync::Arc<H
 
 use tokio::io::AsyncReadExt as _;
 
-async fn answer(line: &str, handles: &Handles) -> Reply {
+async fn answer(
+    line: &str,
+    body: &mut (impl tokio::io::AsyncRead + Unpin),
+    handles: &Handles,
+) -> Reply {
     let request = protocol::parse_request(line)?;
     let who = |text: &str| -> Result<Sender, String> {
         Sender::parse(text, handles.engine.lengths()).map_err(|e| e.to_string())
@@ -172,6 +186,20 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
         }
         Control::Reload => to_main(handles, Op::Reload, reply).await?,
         Control::Lists { change } => to_main(handles, Op::Lists(change), reply).await?,
+        Control::Import {
+            list,
+            replace,
+            comment,
+            bytes,
+        } => {
+            let import = read_import(body, &list, replace, comment, bytes).await?;
+            to_main(handles, Op::Import(import), reply).await?;
+            // Journaling and applying a million entries takes seconds, not ten.
+            return match tokio::time::timeout(Duration::from_secs(120), wait).await {
+                Ok(Ok(answer)) => answer,
+                _ => Err("no answer from the daemon".into()),
+            };
+        }
         Control::Rows { list } => {
             if !["allow", "deny", "limit"].contains(&list.as_str()) {
                 return Err(format!("unknown list {list:?}"));
@@ -183,6 +211,39 @@ async fn answer(line: &str, handles: &Handles) -> Reply {
         Ok(Ok(answer)) => answer,
         _ => Err("no answer from the daemon".into()),
     }
+}
+
+/// An import's entries, `bytes` of them after the request line, read and checked like a file.
+async fn read_import(
+    body: &mut (impl tokio::io::AsyncRead + Unpin),
+    list: &str,
+    replace: bool,
+    comment: Option<String>,
+    bytes: usize,
+) -> Result<crate::decisions::Import, String> {
+    let kind = match list {
+        "allow" => crate::decisions::ListKind::Allow,
+        "deny" => crate::decisions::ListKind::Deny,
+        other => return Err(format!("cannot import into the {other:?} list")),
+    };
+    if bytes > MAX_IMPORT {
+        return Err(format!("an import holds {MAX_IMPORT} bytes at most"));
+    }
+    let mut text = Vec::with_capacity(bytes);
+    let mut limited = body.take(bytes as u64);
+    let read = limited.read_to_end(&mut text);
+    match tokio::time::timeout(Duration::from_secs(60), read).await {
+        Ok(Ok(n)) if n == bytes => {}
+        _ => return Err(format!("the import's {bytes} bytes did not arrive")),
+    }
+    let text = String::from_utf8(text).map_err(|_| "the import is not UTF-8".to_string())?;
+    let networks = crate::lists::parse_import(&text).map_err(|e| format!("{e:#}"))?;
+    Ok(crate::decisions::Import {
+        kind,
+        networks,
+        replace,
+        comment,
+    })
 }
 
 async fn to_main(
@@ -217,14 +278,24 @@ pub async fn ask_learning_loop(
 /// The client side: one request, one answer, read as the request's reply type `T` (or the
 /// daemon's error).
 pub fn call<T: serde::de::DeserializeOwned>(socket: &Path, request: &Control) -> anyhow::Result<T> {
+    call_with_body(socket, request, &[])
+}
+
+/// [`call`] with bytes after the request line (an import's entries).
+pub fn call_with_body<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    request: &Control,
+    body: &[u8],
+) -> anyhow::Result<T> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the daemon at {} (is `slowgate run` running? pass --control)",
             socket.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(150)))?;
     writeln!(stream, "{}", protocol::request_line(request))?;
+    stream.write_all(body)?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     protocol::parse_answer(&line)

@@ -31,6 +31,16 @@ pub enum Request {
     Lists { change: ListChange },
     /// The entries of `allow`, `deny` or `limit` ([`Rows`]).
     Rows { list: String },
+    /// A bulk import into `allow` or `deny` ([`Said`]): `bytes` bytes of entries, one a line,
+    /// follow the request line.
+    Import {
+        list: String,
+        #[serde(default)]
+        replace: bool,
+        #[serde(default)]
+        comment: Option<String>,
+        bytes: usize,
+    },
 }
 
 fn default_top() -> usize {

@@ -79,6 +79,58 @@ impl Maps {
         Ok(())
     }
 
+    /// [`Maps::mark_present`] for many list keys at once (a bulk import): the config, the
+    /// lengths and each touched word are read and written once. Call with FILTER_LOCK held,
+    /// before the inserts.
+    pub(super) fn mark_all_present(&mut self, keys: &[(Addr, u32)]) -> anyhow::Result<()> {
+        let keying = Keying::of(&self.read_config()?);
+        let mut lines: std::collections::BTreeMap<u32, Vec<[u32; 3]>> = Default::default();
+        let mut short: std::collections::BTreeMap<u32, u64> = Default::default();
+        let mut lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
+        let mut lengths_changed = false;
+        for (addr, prefix_len) in keys {
+            lengths_changed |= add_length(&mut lengths, *prefix_len);
+            for place in keying.places(addr, *prefix_len) {
+                match place {
+                    Place::Line(index, bits) => lines.entry(index).or_default().push(bits),
+                    Place::Short(index, bits) => *short.entry(index).or_default() |= bits,
+                }
+            }
+        }
+        for (index, all_bits) in lines {
+            let mut line = self.filter.get(&index, 0).context("read FILTER")?;
+            let mut changed = false;
+            for bits in all_bits {
+                if !filter::holds(&line, bits) {
+                    filter::set(&mut line, bits);
+                    changed = true;
+                }
+            }
+            if changed {
+                self.filter.set(index, line, 0).context("write FILTER")?;
+            }
+        }
+        if !short.is_empty() && lengths.short_keys == 0 {
+            lengths.short_keys = 1;
+            lengths_changed = true;
+        }
+        for (index, bits) in short {
+            let word = self.short_keys.get(&index, 0).context("read SHORT_KEYS")?;
+            if word & bits != bits {
+                self.short_keys
+                    .set(index, word | bits, 0)
+                    .context("write SHORT_KEYS")?;
+            }
+        }
+        // After the bits: the program skips SHORT_KEYS while `short_keys` is 0.
+        if lengths_changed {
+            self.list_lengths
+                .set(0, lengths, 0)
+                .context("write LIST_LENGTHS")?;
+        }
+        Ok(())
+    }
+
     /// Rewrites the present bits (FILTER's, SHORT_KEYS) and LIST_LENGTHS from the entries the
     /// maps hold now, under each of `keyings`. Call with FILTER_LOCK held. A word only ever
     /// loses bits of entries gone, so the program never misses one, even in a line half

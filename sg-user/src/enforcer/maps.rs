@@ -264,6 +264,31 @@ impl Maps {
             .with_context(|| format!("add {net} to the {} list", kind.name()))
     }
 
+    /// Adds many networks to a list without telling the kernel (a bulk import): the present
+    /// bits of all of them first, then the entries. Stops at the first that does not fit.
+    pub fn write_list_entries(
+        &mut self,
+        kind: ListKind,
+        nets: &[Network],
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let entry = ListEntry {
+            expires_ns: expiry(ttl),
+        };
+        let keys: Vec<(sg_common::Addr, u32)> =
+            nets.iter().map(|n| (n.addr, n.prefix_len)).collect();
+        let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark_all_present(&keys)?;
+        for net in nets {
+            let key = Key::new(net.prefix_len, net.addr);
+            self.list(kind)
+                .insert(&key, entry, 0)
+                .map_err(|e| full_or(e, kind.name()))
+                .with_context(|| format!("add {net} to the {} list", kind.name()))?;
+        }
+        Ok(())
+    }
+
     /// Removes `net` from a list without telling the kernel; false when it was not listed.
     pub fn remove_list_entry(&mut self, kind: ListKind, net: Network) -> anyhow::Result<bool> {
         let key = Key::new(net.prefix_len, net.addr);

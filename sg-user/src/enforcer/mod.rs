@@ -57,6 +57,10 @@ pub trait Table {
     ) -> anyhow::Result<()>;
     /// False when it was not listed.
     fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool>;
+    /// Adds many permanent entries to a list at once (a bulk import).
+    fn write_list_entries(&mut self, kind: ListKind, networks: &[Network]) -> anyhow::Result<()>;
+    /// The networks a list holds.
+    fn list_networks(&self, kind: ListKind) -> anyhow::Result<Vec<Network>>;
     /// Tells the kernel that entries changed.
     fn publish(&mut self) -> anyhow::Result<()>;
     /// Removes the entries whose expiry has passed (the kernel already ignores them) and tells
@@ -90,11 +94,53 @@ impl Table for Maps {
     fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool> {
         Maps::remove_list_entry(self, kind, network)
     }
+    fn write_list_entries(&mut self, kind: ListKind, networks: &[Network]) -> anyhow::Result<()> {
+        Maps::write_list_entries(self, kind, networks, None)
+    }
+    fn list_networks(&self, kind: ListKind) -> anyhow::Result<Vec<Network>> {
+        Ok(self
+            .list_entries(kind)?
+            .into_iter()
+            .map(|e| e.network)
+            .collect())
+    }
     fn publish(&mut self) -> anyhow::Result<()> {
         Maps::publish(self)
     }
     fn sweep_expired(&mut self) -> anyhow::Result<usize> {
         Maps::sweep(self)
+    }
+}
+
+/// A bulk import: with `replace`, the list's entries not in the import go first.
+fn import_into(table: &mut impl Table, import: &crate::decisions::Import) -> Outcome {
+    let kind = import.kind;
+    let result = (|| -> anyhow::Result<String> {
+        let mut removed = 0;
+        if import.replace {
+            let keep: std::collections::HashSet<&Network> = import.networks.iter().collect();
+            for network in table.list_networks(kind)? {
+                if !keep.contains(&network) {
+                    table.remove_list_entry(kind, network)?;
+                    removed += 1;
+                }
+            }
+        }
+        table.write_list_entries(kind, &import.networks)?;
+        let replaced = if import.replace {
+            format!(", {removed} other entries removed")
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "imported {} entries into the {} list{replaced}",
+            import.networks.len(),
+            kind.name()
+        ))
+    })();
+    match result {
+        Ok(said) => Outcome::Done(said),
+        Err(e) => Outcome::Failed(e),
     }
 }
 
@@ -148,6 +194,7 @@ impl Enforcer {
             .map(|d| match d {
                 Decision::Learned { network, limit } => self.learned(table, *network, *limit),
                 Decision::Operator(change) => self.operator(table, change),
+                Decision::Import(import) => import_into(table, import),
             })
             .collect();
         if outcomes.iter().any(|o| matches!(o, Outcome::Done(_)))
@@ -333,6 +380,24 @@ mod tests {
             self.writes += 1;
             Ok(self.lists.remove(&(list_index(kind), network)).is_some())
         }
+        fn write_list_entries(
+            &mut self,
+            kind: ListKind,
+            networks: &[Network],
+        ) -> anyhow::Result<()> {
+            for network in networks {
+                self.write_list_entry(kind, *network, None)?;
+            }
+            Ok(())
+        }
+        fn list_networks(&self, kind: ListKind) -> anyhow::Result<Vec<Network>> {
+            Ok(self
+                .lists
+                .keys()
+                .filter(|(k, _)| *k == list_index(kind))
+                .map(|(_, n)| *n)
+                .collect())
+        }
         fn publish(&mut self) -> anyhow::Result<()> {
             self.generation += 1;
             Ok(())
@@ -366,6 +431,39 @@ mod tests {
 
     fn slow() -> Limit {
         "6/min burst 3".parse().unwrap()
+    }
+
+    #[test]
+    fn an_import_adds_in_one_batch_and_a_replace_leaves_exactly_its_entries() {
+        use crate::decisions::Import;
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        let import = |nets: &[&str], replace| {
+            Decision::Import(Import {
+                kind: ListKind::Deny,
+                networks: nets.iter().map(|n| net(n)).collect(),
+                replace,
+                comment: None,
+            })
+        };
+        let said = e.apply(
+            &mut t,
+            &[import(&["203.0.113.0/24", "2001:db8:1::/48"], false)],
+        );
+        assert!(
+            matches!(&said[0], Outcome::Done(s) if s == "imported 2 entries into the deny list")
+        );
+        assert_eq!(t.generation, 1, "one publish for the whole import");
+        let said = e.apply(
+            &mut t,
+            &[import(&["198.51.100.7", "2001:db8:1::/48"], true)],
+        );
+        assert!(
+            matches!(&said[0], Outcome::Done(s) if s.ends_with("1 other entries removed")),
+            "{said:?}"
+        );
+        let listed: Vec<Network> = t.list_networks(ListKind::Deny).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&net("198.51.100.7")) && !listed.contains(&net("203.0.113.0/24")));
     }
 
     #[test]
