@@ -38,25 +38,26 @@ pub struct Import {
 }
 
 impl Import {
-    /// The journal lines of this import, given the live entries it removes (with `replace`).
+    /// The journal lines of this import, given the live entries it removes (with `replace`):
+    /// one line for the removals, one for the additions, each naming all its networks.
     pub fn ops(&self, removed: &[Network]) -> Vec<ListOp> {
-        let del = removed.iter().map(|network| {
-            ListChange::Del {
-                kind: self.kind,
-                network: *network,
-            }
-            .op()
-        });
-        let add = self.networks.iter().map(|network| {
-            ListChange::Add {
-                kind: self.kind,
-                network: *network,
-                ttl: None,
-                comment: self.comment.clone(),
-            }
-            .op()
-        });
-        del.chain(add).collect()
+        let line = |present: bool, networks: &[Network], comment: Option<String>| ListOp {
+            list: self.kind.name().into(),
+            network: String::new(),
+            present,
+            expires_unix: None,
+            limit: None,
+            comment,
+            networks: networks.iter().map(Network::to_string).collect(),
+        };
+        let mut ops = Vec::new();
+        if !removed.is_empty() {
+            ops.push(line(false, removed, None));
+        }
+        if !self.networks.is_empty() {
+            ops.push(line(true, &self.networks, self.comment.clone()));
+        }
+        ops
     }
 }
 
@@ -123,6 +124,7 @@ impl ListChange {
             expires_unix: ttl.map(|t| unix_now() + t.as_secs().max(1)),
             limit: None,
             comment: None,
+            networks: Vec::new(),
         };
         match self {
             ListChange::Add {
@@ -199,13 +201,35 @@ pub struct ListOp {
     pub network: String,
     /// false: removed.
     pub present: bool,
-    /// Wall-clock expiry (Unix seconds); None = never.
+    /// Wall-clock expiry (Unix seconds); None (or absent) = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix: Option<u64>,
     /// For limits: `30/min burst 10` or `block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// An import's many networks with the same change, in one line (then `network` is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+}
+
+impl ListOp {
+    /// The changes this line stands for: itself, or one per network of an import's line.
+    pub fn expand(self) -> Vec<ListOp> {
+        if self.networks.is_empty() {
+            return vec![self];
+        }
+        let mut one = self;
+        let networks = std::mem::take(&mut one.networks);
+        networks
+            .into_iter()
+            .map(|network| ListOp {
+                network,
+                ..one.clone()
+            })
+            .collect()
+    }
 }
 
 /// A change as the control protocol carries it.

@@ -56,13 +56,13 @@ impl Store {
     /// Appends many changes with one write and one fsync (a bulk import): all of them are
     /// durable when this returns.
     pub fn record_all(&self, ops: &[ListOp]) -> anyhow::Result<()> {
-        let mut text = String::new();
+        let mut text = Vec::with_capacity(ops.len() * 80);
         for op in ops {
-            text += &serde_json::to_string(op)?;
-            text.push('\n');
+            serde_json::to_writer(&mut text, op)?;
+            text.push(b'\n');
         }
         let mut file = open_for_append(&self.journal())?;
-        file.write_all(text.as_bytes())
+        file.write_all(&text)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("write {}", self.journal().display()))?;
         sync_dir(&self.dir);
@@ -78,7 +78,7 @@ impl Store {
             Err(e) => return Err(e).context("open the lists journal"),
         };
         let mut latest: BTreeMap<(String, String), ListOp> = BTreeMap::new();
-        let (ops, lines, bad) =
+        let (ops, _lines, bad) =
             read_json_lines::<ListOp>(file).context("read the lists journal")?;
         if bad > 0 {
             tracing::info!(
@@ -86,7 +86,10 @@ impl Store {
                 self.journal().display()
             );
         }
-        for op in ops {
+        // Changes, counting each network of an import's line.
+        let mut changes = 0;
+        for op in ops.into_iter().flat_map(ListOp::expand) {
+            changes += 1;
             latest.insert((op.list.clone(), op.network.clone()), op);
         }
         let now = unix_now();
@@ -94,9 +97,9 @@ impl Store {
             .into_values()
             .filter(|op| op.present && op.expires_unix.is_none_or(|at| at > now))
             .collect();
-        // Compacted once dead lines are many: never on every read of a journal whose live
+        // Compacted once dead changes are many: never on every read of a journal whose live
         // entries alone are many (a million imported entries).
-        if lines > COMPACT_AFTER.max(2 * live.len()) {
+        if changes > COMPACT_AFTER.max(2 * live.len()) {
             self.rewrite_journal(&live)?;
         }
         Ok(live)
@@ -243,7 +246,37 @@ mod tests {
             expires_unix,
             limit: None,
             comment: Some("test".into()),
+            networks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_import_is_one_line_per_change_and_replays_as_its_entries() {
+        use crate::decisions::{Import, ListKind};
+        let dir = std::env::temp_dir().join(format!("sg-store-i-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let net = |s: &str| s.parse::<crate::domain::Network>().unwrap();
+        store.record(&op("198.51.100.7/32", true, None)).unwrap();
+        let import = Import {
+            kind: ListKind::Deny,
+            networks: vec![net("203.0.113.0/24"), net("2001:db8::/48")],
+            replace: true,
+            comment: Some("feed".into()),
+        };
+        let ops = import.ops(&[net("198.51.100.7")]);
+        assert_eq!(ops.len(), 2, "removals, then additions");
+        store.record_all(&ops).unwrap();
+        let text = std::fs::read_to_string(store.journal()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        let live: Vec<String> = store
+            .list_entries()
+            .unwrap()
+            .into_iter()
+            .map(|op| op.network)
+            .collect();
+        assert_eq!(live, ["2001:db8::/48", "203.0.113.0/24"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -320,7 +320,9 @@ fn test() -> anyhow::Result<()> {
     // Every benchmark once in its short form (a debug build: it shows the benchmark works, its
     // figures mean nothing), so a broken benchmark fails the tests.
     install_bench_packages()?;
-    for what in ["xdp", "parse", "replay", "reaction", "memory", "flood"] {
+    for what in [
+        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists",
+    ] {
         run(cargo()
             .args(["run", "--package", "sg-tests", "--bin", "sg-bench", "--"])
             .args([what, "--quick"])
@@ -343,11 +345,13 @@ fn install_bench_packages() -> anyhow::Result<()> {
 }
 
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
-    const KNOWN: [&str; 6] = ["xdp", "parse", "replay", "reaction", "memory", "flood"];
+    const KNOWN: [&str; 7] = [
+        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists",
+    ];
     if !KNOWN.contains(&what) {
         bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));
     }
-    if matches!(what, "parse" | "replay" | "flood") {
+    if matches!(what, "parse" | "replay" | "flood" | "lists") {
         install_bench_packages()?;
     }
     // The reaction benchmark runs the daemon binary.

@@ -84,7 +84,8 @@ impl Maps {
     /// before the inserts.
     pub(super) fn mark_all_present(&mut self, keys: &[(Addr, u32)]) -> anyhow::Result<()> {
         let keying = Keying::of(&self.read_config()?);
-        let mut lines: std::collections::BTreeMap<u32, Vec<[u32; 3]>> = Default::default();
+        // Each touched line, read once, with the bits to set ORed in memory.
+        let mut lines: std::collections::HashMap<u32, (FilterLine, bool)> = Default::default();
         let mut short: std::collections::BTreeMap<u32, u64> = Default::default();
         let mut lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
         let mut lengths_changed = false;
@@ -92,20 +93,24 @@ impl Maps {
             lengths_changed |= add_length(&mut lengths, *prefix_len);
             for place in keying.places(addr, *prefix_len) {
                 match place {
-                    Place::Line(index, bits) => lines.entry(index).or_default().push(bits),
+                    Place::Line(index, bits) => {
+                        let (line, changed) = match lines.entry(index) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                let line = self.filter.get(&index, 0).context("read FILTER")?;
+                                v.insert((line, false))
+                            }
+                        };
+                        if !filter::holds(line, bits) {
+                            filter::set(line, bits);
+                            *changed = true;
+                        }
+                    }
                     Place::Short(index, bits) => *short.entry(index).or_default() |= bits,
                 }
             }
         }
-        for (index, all_bits) in lines {
-            let mut line = self.filter.get(&index, 0).context("read FILTER")?;
-            let mut changed = false;
-            for bits in all_bits {
-                if !filter::holds(&line, bits) {
-                    filter::set(&mut line, bits);
-                    changed = true;
-                }
-            }
+        for (index, (line, changed)) in lines {
             if changed {
                 self.filter.set(index, line, 0).context("write FILTER")?;
             }

@@ -279,10 +279,30 @@ impl Maps {
             nets.iter().map(|n| (n.addr, n.prefix_len)).collect();
         let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         self.mark_all_present(&keys)?;
-        for net in nets {
-            let key = Key::new(net.prefix_len, net.addr);
+        let keys: Vec<Key<Addr>> = nets
+            .iter()
+            .map(|n| Key::new(n.prefix_len, n.addr))
+            .collect();
+        let values = vec![entry; keys.len()];
+        // One system call per chunk; a kernel without batch updates gets them one by one.
+        let written = match super::batch::update(self.list(kind), &keys, &values) {
+            Ok(()) => return Ok(()),
+            Err((written, e)) if e.kind() == std::io::ErrorKind::Unsupported => written,
+            Err((written, e)) => {
+                let net = nets[written.min(nets.len() - 1)];
+                return Err(full_or(
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error: e,
+                    }),
+                    kind.name(),
+                ))
+                .with_context(|| format!("add {net} to the {} list", kind.name()));
+            }
+        };
+        for (key, net) in keys.iter().zip(nets).skip(written) {
             self.list(kind)
-                .insert(&key, entry, 0)
+                .insert(key, entry, 0)
                 .map_err(|e| full_or(e, kind.name()))
                 .with_context(|| format!("add {net} to the {} list", kind.name()))?;
         }

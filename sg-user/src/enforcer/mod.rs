@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+mod batch;
 mod filter;
 pub mod maps;
 pub mod program;

@@ -49,12 +49,13 @@ fn main() -> anyhow::Result<()> {
         "reaction" => sg_tests::bench::reaction(&std::env::args().skip(2).collect::<Vec<_>>()),
         "memory" => sg_tests::bench::memory(&std::env::args().skip(2).collect::<Vec<_>>()),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "lists" => sg_tests::bench::lists(&std::env::args().skip(2).collect::<Vec<_>>()),
         "mixed-log" => {
             sg_tests::bench::write_mixed_log(&std::env::args().skip(2).collect::<Vec<_>>())
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood)"
+                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood, lists)"
             )
         }
     }
