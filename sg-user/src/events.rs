@@ -84,6 +84,11 @@ pub enum EventKind {
     /// A content filter's spam verdict on the client's message (Exim's `local_scan()` rejects,
     /// SpamAssassin's verdict lines).
     Spam,
+    /// DNSBL zones list the client: the configured weights of their answers, in hundredths of
+    /// a point (`[[dnsbl]]`).
+    DnsblListed {
+        centipoints: u32,
+    },
 }
 
 /// One event of one sender.

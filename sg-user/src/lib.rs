@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decisions;
+pub mod dnsbl;
 pub mod domain;
 pub mod drops;
 pub mod enforcer;

@@ -317,6 +317,19 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             crate::sources::SOURCE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) as f64,
         )],
     );
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    metric(
+        &mut out,
+        "slowgate_dnsbl_lookups_total",
+        "counter",
+        "DNSBL lookups of new client addresses: queries sent, addresses found listed, lookups dropped because the queue was full.",
+        &[
+            ("{result=\"query\"}".into(), load(&crate::dnsbl::QUERIES)),
+            ("{result=\"listed\"}".into(), load(&crate::dnsbl::LISTED)),
+            ("{result=\"dropped\"}".into(), load(&crate::dnsbl::DROPPED)),
+        ],
+    );
     metric(
         &mut out,
         "slowgate_limit_write_errors_total",

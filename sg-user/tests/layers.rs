@@ -4,13 +4,14 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Layer of each top-level module, as `lib.rs` lists them.
-const LAYERS: [(&str, u32); 23] = [
+const LAYERS: [(&str, u32); 24] = [
     ("domain", 1),
     ("logging", 1),
     ("events", 2),
     ("parsers", 2),
     ("tail", 3),
     ("sources", 3),
+    ("dnsbl", 3),
     ("engine", 4),
     ("decisions", 5),
     ("enforcer", 6),

@@ -1252,3 +1252,106 @@ fn a_list_imported_from_a_file_is_enforced_journaled_and_replaced_whole() {
     );
     assert!(!lab.cli(&["deny", "list"]).contains("198.51.100.200"));
 }
+
+/// rbldnsd serving `zone` from `data` (ip4set lines) on `addr`:5353 in `ns`; killed on drop.
+struct Rbldnsd(std::process::Child);
+
+impl Rbldnsd {
+    fn start(ns: &Netns, dir: &std::path::Path, zone: &str, data: &str, addr: &str) -> Rbldnsd {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("zone.txt");
+        std::fs::write(&file, data).unwrap();
+        // It drops to `nobody` (it refuses to run as root) before reading the zone.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "rbldnsd", "-n", "-u", "nobody", "-t", "300",
+            ])
+            .arg("-w")
+            .arg(dir)
+            .arg("-b")
+            .arg(format!("{addr}/5353"))
+            .arg(format!("{zone}:ip4set:zone.txt"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run rbldnsd");
+        // It answers once its zone is loaded.
+        std::thread::sleep(Duration::from_millis(500));
+        Rbldnsd(child)
+    }
+}
+
+impl Drop for Rbldnsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client that only appears in log lines, listed with a low weight.
+const WEAKLY_LISTED_V4: &str = "198.51.100.11";
+
+#[test]
+fn a_sender_listed_by_a_dnsbl_is_limited_after_its_first_logged_connection() {
+    let lab = Lab::new();
+    let tmp = TempDir::new("dnsbl");
+    // CLIENT1 is listed with code 127.0.0.2 (worth 20 points: a block at once); CLIENT3 with
+    // 127.0.0.10 (worth 1 point: nothing); the others are not listed.
+    let _rbl = Rbldnsd::start(
+        &lab.server,
+        &tmp.path,
+        "bl.example.test",
+        &format!("{CLIENT1_V4} :127.0.0.2:listed\n{WEAKLY_LISTED_V4} :127.0.0.10:policy\n"),
+        SERVER_V4,
+    );
+    let log = tmp.path.join("mail.log");
+    std::fs::write(&log, "").unwrap();
+    let config = format!(
+        "{}\n[[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
+         [[dnsbl]]\nzone = \"bl.example.test\"\nweights = {{ \"127.0.0.2\" = 20, \"127.0.0.10\" = 1 }}\n\
+         [dns]\nresolver = \"{SERVER_V4}:5353\"\ntimeout = \"1s\"\n\
+         [points]\nhalf_life = \"10m\"\n[[levels]]\npoints = 10\nblock = true\n",
+        daemon_config(),
+        log.display()
+    );
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let mut text = String::new();
+    for client in [CLIENT1_V4, WEAKLY_LISTED_V4, CLIENT2_V4] {
+        text += &format!("Nov 22 07:53:40 mx1 postfix/smtpd[1]: connect from unknown[{client}]\n");
+    }
+    append(&log, &text);
+    assert!(
+        wait_for_limit(&lab, CLIENT1_V4),
+        "the listed sender was not limited after one connection: {}",
+        daemon.log_text()
+    );
+    assert_eq!(lab.attempts(CLIENT1_V4, SERVER_V4, 25), 0);
+    let log_text = daemon.log_text();
+    assert!(log_text.contains("dnsbl x1"), "{log_text}");
+    // One point, and no answer at all: neither is limited.
+    std::thread::sleep(Duration::from_millis(500));
+    let limits = lab.cli(&["limit", "list"]);
+    assert!(
+        !limits.contains(WEAKLY_LISTED_V4) && !limits.contains(CLIENT2_V4),
+        "{limits}"
+    );
+    // Three addresses asked once each, two of them listed (metrics refresh every second).
+    let expected = [
+        "slowgate_dnsbl_lookups_total{result=\"query\"} 3",
+        "slowgate_dnsbl_lookups_total{result=\"listed\"} 2",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics")
+            .unwrap_or_default();
+        if expected.iter().all(|e| m.contains(e)) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for line in expected {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+}

@@ -24,6 +24,8 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     // Real journal files for the journald source's test.
     "systemd-journal-remote",
+    // A real DNSBL server for the DNSBL scores' test.
+    "rbldnsd",
 ];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];

@@ -60,6 +60,8 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// How much of what was logged while the daemon was down is read at start.
     pub catch_up: crate::tail::CatchUp,
+    /// DNSBL zones new client addresses are looked up in; None without `[[dnsbl]]`.
+    pub dnsbl: Option<crate::dnsbl::Settings>,
     pub engine: EngineConfig,
     /// The GeoIP2/GeoLite2 country database, if any.
     pub geoip: Option<PathBuf>,

@@ -46,6 +46,55 @@ pub(super) struct RawConfig {
     pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) control: RawControl,
+    #[serde(default)]
+    pub(super) dnsbl: Vec<RawDnsbl>,
+    #[serde(default)]
+    pub(super) dns: RawDns,
+}
+
+/// `[[dnsbl]]`: a zone and the points of its answers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDnsbl {
+    pub(super) zone: String,
+    #[serde(default)]
+    pub(super) weights: std::collections::BTreeMap<String, f64>,
+}
+
+/// `[dns]`: how DNSBL zones are asked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    /// `ADDRESS[:PORT]`; default: the first `nameserver` of /etc/resolv.conf.
+    #[serde(default)]
+    pub(super) resolver: String,
+    #[serde(default = "default_dns_timeout")]
+    pub(super) timeout: String,
+    #[serde(default = "default_dns_qps")]
+    pub(super) queries_per_second: u32,
+    #[serde(default = "default_dns_cache")]
+    pub(super) cache: usize,
+}
+
+pub(super) fn default_dns_timeout() -> String {
+    "2s".into()
+}
+pub(super) fn default_dns_qps() -> u32 {
+    50
+}
+pub(super) fn default_dns_cache() -> usize {
+    100_000
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            resolver: String::new(),
+            timeout: default_dns_timeout(),
+            queries_per_second: default_dns_qps(),
+            cache: default_dns_cache(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

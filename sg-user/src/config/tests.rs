@@ -104,6 +104,18 @@ fn bad_values_name_the_key() {
             "[countries]\ndatabase = \"/x.mmdb\"\nmultipliers = { DE = inf }",
             "countries.multipliers.DE",
         ),
+        (
+            "[[dnsbl]]\nzone = \"bad zone\"\nweights = { \"127.0.0.2\" = 5 }",
+            "dnsbl[0].zone",
+        ),
+        (
+            "[[dnsbl]]\nzone = \"bl.example\"\nweights = { \"two\" = 5 }",
+            "dnsbl[0].weights",
+        ),
+        (
+            "[dns]\nresolver = \"nowhere\"\n[[dnsbl]]\nzone = \"bl.example\"\nweights = { \"127.0.0.2\" = 5 }",
+            "dns.resolver",
+        ),
     ];
     for (body, key) in cases {
         let text = format!("interfaces = [\"eth0\"]\n{body}\n");

@@ -12,8 +12,8 @@ use super::error::{key_bail, key_error};
 use super::{
     AttachMode, Capacity, Config, Source,
     raw::{
-        RawBucket, RawCapacity, RawCeiling, RawConfig, RawCountries, RawEnforcement, RawLevel,
-        RawLists, RawMetrics, RawPoints, RawPorts, RawPrefix, RawSource,
+        RawBucket, RawCapacity, RawCeiling, RawConfig, RawCountries, RawDns, RawDnsbl,
+        RawEnforcement, RawLevel, RawLists, RawMetrics, RawPoints, RawPorts, RawPrefix, RawSource,
     },
 };
 use crate::{
@@ -35,6 +35,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let metrics = metrics(&raw.metrics)?;
     let (allow, deny, limits) = lists(raw.lists)?;
     let catch_up = catch_up(&raw.max_catch_up, raw.max_catch_up_lines)?;
+    let dnsbl = dnsbl(&raw.dnsbl, &raw.dns)?;
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -55,12 +56,110 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         limits,
         sources,
         catch_up,
+        dnsbl,
         engine,
         geoip: raw.countries.database,
         limit_ttl,
         metrics,
         control_socket: raw.control.socket,
         control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
+    })
+}
+
+/// `[[dnsbl]]` and `[dns]`: None without zones.
+fn dnsbl(zones: &[RawDnsbl], dns: &RawDns) -> anyhow::Result<Option<crate::dnsbl::Settings>> {
+    if zones.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (i, z) in zones.iter().enumerate() {
+        let name = z.zone.trim_end_matches('.');
+        let hostname = !name.is_empty()
+            && name.len() <= 200
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !hostname {
+            key_bail!(format!("dnsbl[{i}].zone"), "{:?} is not a DNS zone", z.zone);
+        }
+        let mut weights = Vec::new();
+        for (answer, weight) in &z.weights {
+            let addr: std::net::Ipv4Addr = answer.parse().map_err(|_| {
+                key_error!(
+                    format!("dnsbl[{i}].weights"),
+                    "{answer:?} is not an answer address like \"127.0.0.2\""
+                )
+            })?;
+            if !(weight.is_finite() && (0.0..=MAX_WEIGHT).contains(weight)) {
+                key_bail!(
+                    format!("dnsbl[{i}].weights"),
+                    "{weight} is not a weight between 0 and {MAX_WEIGHT}"
+                );
+            }
+            weights.push((addr, *weight));
+        }
+        if weights.is_empty() {
+            key_bail!(
+                format!("dnsbl[{i}].weights"),
+                "name the points of each answer, like {{ \"127.0.0.2\" = 5 }}"
+            );
+        }
+        out.push(crate::dnsbl::Zone {
+            name: name.to_string(),
+            weights,
+        });
+    }
+    let resolver = match dns.resolver.as_str() {
+        "" => system_resolver().ok_or_else(|| {
+            key_error!(
+                format!("dns.resolver"),
+                "no nameserver in /etc/resolv.conf: set ADDRESS[:PORT]"
+            )
+        })?,
+        text => text
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(|a| (a, 53).into()))
+            .map_err(|_| key_error!(format!("dns.resolver"), "{text:?} is not ADDRESS[:PORT]"))?,
+    };
+    let timeout = duration(
+        "dns.timeout",
+        &dns.timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+    )?;
+    if !(1..=10_000).contains(&dns.queries_per_second) {
+        key_bail!(
+            format!("dns.queries_per_second"),
+            "{} is not between 1 and 10000",
+            dns.queries_per_second
+        );
+    }
+    if !(1..=10_000_000).contains(&dns.cache) {
+        key_bail!(
+            format!("dns.cache"),
+            "{} is not between 1 and 10000000",
+            dns.cache
+        );
+    }
+    Ok(Some(crate::dnsbl::Settings {
+        zones: out,
+        resolver,
+        timeout,
+        queries_per_second: dns.queries_per_second,
+        cache: dns.cache,
+    }))
+}
+
+/// The first `nameserver` of /etc/resolv.conf, port 53.
+fn system_resolver() -> Option<std::net::SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|l| {
+        let addr = l.trim().strip_prefix("nameserver")?.trim();
+        let addr: std::net::IpAddr = addr.split('%').next()?.parse().ok()?;
+        Some((addr, 53).into())
     })
 }
 

@@ -33,11 +33,13 @@ pub struct Weights {
     pub plaintext_auth: f64,
     pub no_auth_probe: f64,
     pub spam: f64,
+    /// Multiplies the points of DNSBL answers (the zones' own weights).
+    pub dnsbl: f64,
 }
 
 impl Weights {
     /// Each weight with its key in `[points.weights]`.
-    pub fn named(&self) -> [(&'static str, f64); 20] {
+    pub fn named(&self) -> [(&'static str, f64); 21] {
         [
             ("connection", self.connection),
             ("message", self.message),
@@ -59,6 +61,7 @@ impl Weights {
             ("plaintext_auth", self.plaintext_auth),
             ("no_auth_probe", self.no_auth_probe),
             ("spam", self.spam),
+            ("dnsbl", self.dnsbl),
         ]
     }
 }
@@ -89,12 +92,13 @@ impl Default for Weights {
             plaintext_auth: 2.0,
             no_auth_probe: 0.3,
             spam: 3.0,
+            dnsbl: 1.0,
         }
     }
 }
 
 /// Event kinds as counted per sender ("the events that moved it").
-pub const KIND_NAMES: [&str; 20] = [
+pub const KIND_NAMES: [&str; 21] = [
     "connection",
     "message",
     "unknown_recipient",
@@ -115,6 +119,7 @@ pub const KIND_NAMES: [&str; 20] = [
     "plaintext_auth",
     "no_auth_probe",
     "spam",
+    "dnsbl",
 ];
 
 /// The index of an event's kind in [`KIND_NAMES`].
@@ -142,6 +147,7 @@ pub fn kind_index(kind: &EventKind) -> usize {
         EventKind::PlaintextAuth => 17,
         EventKind::NoAuthProbe => 18,
         EventKind::Spam => 19,
+        EventKind::DnsblListed { .. } => 20,
     }
 }
 
@@ -172,6 +178,7 @@ impl Weights {
             EventKind::PlaintextAuth => self.plaintext_auth,
             EventKind::NoAuthProbe => self.no_auth_probe,
             EventKind::Spam => self.spam,
+            EventKind::DnsblListed { centipoints } => self.dnsbl * f64::from(*centipoints) / 100.0,
         }
     }
 }

@@ -31,6 +31,10 @@ use crate::{
     sources::{Line, ReadTo, Reading, Text},
 };
 
+mod saver;
+
+use saver::{SAVE_EVERY, Saver};
+
 /// Lines handled per batch before the changes are written out.
 const BATCH: usize = 4096;
 /// How often senders are stepped down.
@@ -148,6 +152,12 @@ pub fn run(
     };
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
     let mut parsers = Parsers::default();
+    // DNSBL lookups of new client addresses, on a thread of their own (`[[dnsbl]]`).
+    let mut dnsbl = config.dnsbl.clone().and_then(|settings| {
+        crate::dnsbl::Dnsbl::start(settings)
+            .inspect_err(|e| tracing::warn!("DNSBL lookups cannot start: {e}"))
+            .ok()
+    });
     // Test hook, never set in production: a line holding this text panics the loop, so the
     // tests can show that a worker's panic ends the daemon.
     let panic_on = std::env::var("SLOWGATE_TEST_PANIC_ON")
@@ -281,6 +291,7 @@ pub fn run(
                                 &mut parsers,
                                 &mut engine,
                                 &mut stats,
+                                &mut dnsbl,
                                 line,
                                 now,
                             ));
@@ -296,6 +307,14 @@ pub fn run(
             // No sources at all (a daemon that only enforces): keep serving the control
             // socket, ticking and refreshing TTLs.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK / 4),
+        }
+        if let Some(dnsbl) = &dnsbl {
+            let now = crate::domain::boot_time_ns();
+            for event in dnsbl.listed() {
+                stats.events += 1;
+                stats.events_by_kind[crate::engine::kind_index(&event.kind)] += 1;
+                changes.extend(engine.record(&event, now));
+            }
         }
         if last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
@@ -424,145 +443,6 @@ fn save_every(tracked: usize) -> Duration {
 /// Limited senders whose refusals are read each tick at most (a syscall each).
 const MAX_REFUSAL_READS: usize = 10_000;
 
-/// Senders saved at most (the most important first).
-const SAVE_MAX: usize = 200_000;
-/// How often the senders are saved while anything changes: a crash loses about this much.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
-
-/// The thread that writes the senders' snapshots and the history, so the learning loop never
-/// waits on disk.
-struct Saver {
-    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// (saves, errors, Unix time of the last save).
-    counts: Arc<Mutex<(u64, u64, u64)>>,
-    /// A snapshot is queued or being written: the next one waits.
-    snapshot_pending: Arc<AtomicBool>,
-    /// History batches dropped because the thread was that far behind.
-    history_lost: u64,
-}
-
-enum Job {
-    /// The points, and how far each source had been read when they were taken.
-    Snapshot(crate::engine::Snapshot, BTreeMap<String, ReadTo>),
-    History(Vec<crate::history::Record>),
-}
-
-/// History batches and a snapshot queued at most (the disk can fall behind this far).
-const SAVER_QUEUE: usize = 1024;
-
-impl Saver {
-    fn start(
-        store: Option<crate::store::Store>,
-        mut history: Option<crate::history::History>,
-    ) -> Saver {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(SAVER_QUEUE);
-        let counts = Arc::new(Mutex::new((0, 0, 0)));
-        let pending = Arc::new(AtomicBool::new(false));
-        let (shared, busy) = (counts.clone(), pending.clone());
-        let thread = std::thread::Builder::new()
-            .name("sg-saver".into())
-            .spawn(move || {
-                for job in rx {
-                    match job {
-                        Job::Snapshot(snapshot, read) => {
-                            let Some(store) = &store else { continue };
-                            let ok = match store.save_senders(&snapshot.rows(SAVE_MAX), &read) {
-                                Ok(()) => true,
-                                Err(e) => {
-                                    tracing::warn!("saving points failed: {e:#}");
-                                    false
-                                }
-                            };
-                            busy.store(false, Ordering::Release);
-                            let mut c = shared.lock().unwrap_or_else(|e| e.into_inner());
-                            if ok {
-                                c.0 += 1;
-                                c.2 = crate::domain::unix_now();
-                            } else {
-                                c.1 += 1;
-                            }
-                        }
-                        Job::History(records) => {
-                            if let Some(h) = &mut history
-                                && let Err(e) = h.write(&records)
-                            {
-                                tracing::warn!("writing history failed: {e:#}");
-                            }
-                        }
-                    }
-                }
-            })
-            .expect("spawn the saver thread");
-        Saver {
-            jobs: Some(tx),
-            thread: Some(thread),
-            counts,
-            snapshot_pending: pending,
-            history_lost: 0,
-        }
-    }
-
-    /// Hands a snapshot to the saver thread; false when it is still busy with the last one.
-    fn offer(&self, engine: &Engine, read: &BTreeMap<String, ReadTo>) -> bool {
-        let Some(tx) = &self.jobs else {
-            return false;
-        };
-        if self.snapshot_pending.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        let snapshot = engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
-        match tx.try_send(Job::Snapshot(snapshot, read.clone())) {
-            Ok(()) => true,
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                self.snapshot_pending.store(false, Ordering::Release);
-                false
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                panic!("the saver thread is gone")
-            }
-        }
-    }
-
-    /// Queues history records; when the thread is too far behind they are dropped and counted.
-    fn history(&mut self, records: Vec<crate::history::Record>) {
-        let Some(tx) = &self.jobs else { return };
-        match tx.try_send(Job::History(records)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                self.history_lost += 1;
-                if self.history_lost.is_power_of_two() {
-                    tracing::warn!(
-                        "the disk is behind: {} history batches not written",
-                        self.history_lost
-                    );
-                }
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                panic!("the saver thread is gone")
-            }
-        }
-    }
-
-    fn counts(&self) -> (u64, u64, u64) {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The last snapshot, written with everything queued before this returns (at stop).
-    fn finish(mut self, engine: &Engine, read: &BTreeMap<String, ReadTo>) {
-        if let Some(tx) = self.jobs.take() {
-            let snapshot =
-                engine.snapshot(crate::domain::boot_time_ns(), crate::domain::unix_now());
-            let _ = tx.send(Job::Snapshot(snapshot, read.clone()));
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            panic!("the saver thread panicked");
-        }
-    }
-}
-
 /// An operator's decision made through the enforcer, and what to tell them.
 fn operator_said(
     enforcer: &mut Enforcer,
@@ -578,6 +458,7 @@ fn handle(
     parsers: &mut Parsers,
     engine: &mut Engine,
     stats: &mut Stats,
+    dnsbl: &mut Option<crate::dnsbl::Dnsbl>,
     line: Line,
     now: u64,
 ) -> Vec<Change> {
@@ -604,6 +485,9 @@ fn handle(
         .or_default() += events.len() as u64;
     for e in &events {
         stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
+        if let Some(dnsbl) = dnsbl {
+            dnsbl.seen(e.source);
+        }
     }
     events.iter().flat_map(|e| engine.record(e, now)).collect()
 }
