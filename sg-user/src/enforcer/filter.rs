@@ -37,60 +37,31 @@ impl Maps {
         prefix_len: u32,
         list: bool,
     ) -> anyhow::Result<()> {
-        let keying = Keying::of(&self.read_config()?);
-        let places = keying.places(addr, prefix_len);
-        // LIST_LENGTHS only matters for a list key or a short one (most keys are neither).
-        let short = places.iter().any(|p| matches!(p, Place::Short(..)));
-        let mut lengths = ListLengths::default();
-        let mut lengths_changed = false;
-        if list || short {
-            lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
-            lengths_changed = list && add_length(&mut lengths, prefix_len);
-        }
-        for place in places {
-            match place {
-                Place::Line(index, bits) => {
-                    let mut line = self.filter.get(&index, 0).context("read FILTER")?;
-                    if !filter::holds(&line, bits) {
-                        filter::set(&mut line, bits);
-                        self.filter.set(index, line, 0).context("write FILTER")?;
-                    }
-                }
-                Place::Short(index, bits) => {
-                    if lengths.short_keys == 0 {
-                        lengths.short_keys = 1;
-                        lengths_changed = true;
-                    }
-                    let word = self.short_keys.get(&index, 0).context("read SHORT_KEYS")?;
-                    if word & bits != bits {
-                        self.short_keys
-                            .set(index, word | bits, 0)
-                            .context("write SHORT_KEYS")?;
-                    }
-                }
-            }
-        }
-        // After the bits: the program skips SHORT_KEYS while `short_keys` is 0.
-        if lengths_changed {
-            self.list_lengths
-                .set(0, lengths, 0)
-                .context("write LIST_LENGTHS")?;
-        }
-        Ok(())
+        self.mark_all_present(&[(*addr, prefix_len)], list)
     }
 
-    /// [`Maps::mark_present`] for many list keys at once (a bulk import): the config, the
-    /// lengths and each touched word are read and written once. Call with FILTER_LOCK held,
-    /// before the inserts.
-    pub(super) fn mark_all_present(&mut self, keys: &[(Addr, u32)]) -> anyhow::Result<()> {
+    /// [`Maps::mark_present`] for many keys at once (a bulk import): the config, the lengths
+    /// and each touched word are read and written once; LIST_LENGTHS only for list keys or
+    /// short ones (most POLICY keys are neither).
+    pub(super) fn mark_all_present(
+        &mut self,
+        keys: &[(Addr, u32)],
+        list: bool,
+    ) -> anyhow::Result<()> {
         let keying = Keying::of(&self.read_config()?);
         // Each touched line, read once, with the bits to set ORed in memory.
         let mut lines: std::collections::HashMap<u32, (FilterLine, bool)> = Default::default();
         let mut short: std::collections::BTreeMap<u32, u64> = Default::default();
-        let mut lengths = self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")?;
+        let mut lengths = None;
         let mut lengths_changed = false;
         for (addr, prefix_len) in keys {
-            lengths_changed |= add_length(&mut lengths, *prefix_len);
+            if list {
+                let lengths = match &mut lengths {
+                    Some(l) => l,
+                    None => lengths.insert(self.read_list_lengths()?),
+                };
+                lengths_changed |= add_length(lengths, *prefix_len);
+            }
             for place in keying.places(addr, *prefix_len) {
                 match place {
                     Place::Line(index, bits) => {
@@ -115,9 +86,15 @@ impl Maps {
                 self.filter.set(index, line, 0).context("write FILTER")?;
             }
         }
-        if !short.is_empty() && lengths.short_keys == 0 {
-            lengths.short_keys = 1;
-            lengths_changed = true;
+        if !short.is_empty() {
+            let lengths = match &mut lengths {
+                Some(l) => l,
+                None => lengths.insert(self.read_list_lengths()?),
+            };
+            if lengths.short_keys == 0 {
+                lengths.short_keys = 1;
+                lengths_changed = true;
+            }
         }
         for (index, bits) in short {
             let word = self.short_keys.get(&index, 0).context("read SHORT_KEYS")?;
@@ -128,12 +105,16 @@ impl Maps {
             }
         }
         // After the bits: the program skips SHORT_KEYS while `short_keys` is 0.
-        if lengths_changed {
+        if let (true, Some(lengths)) = (lengths_changed, lengths) {
             self.list_lengths
                 .set(0, lengths, 0)
                 .context("write LIST_LENGTHS")?;
         }
         Ok(())
+    }
+
+    fn read_list_lengths(&self) -> anyhow::Result<ListLengths> {
+        self.list_lengths.get(&0, 0).context("read LIST_LENGTHS")
     }
 
     /// Rewrites the present bits (FILTER's, SHORT_KEYS) and LIST_LENGTHS from the entries the

@@ -278,7 +278,7 @@ impl Maps {
         let keys: Vec<(sg_common::Addr, u32)> =
             nets.iter().map(|n| (n.addr, n.prefix_len)).collect();
         let _filter = FILTER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        self.mark_all_present(&keys)?;
+        self.mark_all_present(&keys, true)?;
         let keys: Vec<Key<Addr>> = nets
             .iter()
             .map(|n| Key::new(n.prefix_len, n.addr))
