@@ -8,10 +8,11 @@
 //! |---|---|---|
 //! | legit | 198.51.100.10, 2001:db8:1::10 | `vl` 198.51.100.1, 2001:db8:1::1 |
 //! | bulk | 2001:db8:b::25 | `vb` 2001:db8:b::1 |
-//! | attacker | 203.0.113.66 (flood), 203.0.113.20 (an honest neighbour of the flood), 203.0.113.130.. (a sender rotating through its prefix), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
+//! | attacker | 203.0.113.66 (flood), 203.0.113.20 (an honest neighbour of the flood), 203.0.113.130.. (a sender rotating through its prefix), 2001:db8:d::66 (a sender a DNSBL lists), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:d::1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
 //!
 //! The documentation ranges hold only two IPv4 /24s, so the lab's IPv4 prefixes are /25s:
-//! 203.0.113.0/25 holds the flood and its neighbour, 203.0.113.128/25 the rotating sender.
+//! 203.0.113.0/25 holds the flood and its neighbour, 203.0.113.128/25 the rotating sender. The
+//! mta namespace also runs rbldnsd (198.51.100.1:5353), the DNSBL the daemon asks.
 //!
 //! Every guard (namespaces, servers, daemon, pins, files) cleans up on drop, also on failure and
 //! on Ctrl-C (which ends every loop early).
@@ -101,6 +102,10 @@ const FLOOD_PREFIX: &str = "203.0.113.0/25";
 /// A sender rotating through the addresses of another IPv4 prefix, one harvest attempt each.
 const ROTATOR_PREFIX: &str = "203.0.113.128/25";
 const ROTATOR_ADDRESSES: u8 = 6;
+/// A sender a DNSBL lists (rbldnsd in the mta namespace serves the zone).
+const LISTED_V6: &str = "2001:db8:d::66";
+const MTA_LISTED_V6: &str = "2001:db8:d::1";
+const DNSBL_ZONE: &str = "bl.example.test";
 
 fn rotator_address(i: u8) -> IpAddr {
     IpAddr::from([203, 0, 113, 130 + i % ROTATOR_ADDRESSES])
@@ -149,6 +154,7 @@ impl Topology {
             "2001:db8:f::1/64",
             "2001:db8:6::1/64",
             "2001:db8:7::1/64",
+            "2001:db8:d::1/64",
         ] {
             t.mta.addr("va", a)?;
         }
@@ -159,6 +165,7 @@ impl Topology {
         for a in [
             "203.0.113.66/24",
             "203.0.113.20/24",
+            "2001:db8:d::66/64",
             "2001:db8:6::77/64",
             "2001:db8:7::78/64",
         ] {
@@ -246,6 +253,30 @@ impl Servers {
             .context("start Postfix (apt install postfix)")?;
         in_ns(ns, &["dovecot", "-c", &format!("{d}/dc/dovecot.conf")])
             .context("start Dovecot (apt install dovecot-imapd dovecot-pop3d)")?;
+        // The DNSBL: rbldnsd (it drops to nobody, and backgrounds itself) on the mta's address.
+        std::fs::create_dir_all(dir.join("rbl"))?;
+        std::fs::write(
+            dir.join("rbl/zone.txt"),
+            format!("{LISTED_V6}/128 :127.0.0.2:listed\n"),
+        )?;
+        chmod(&dir.join("rbl"), 0o755)?;
+        chmod(&dir.join("rbl/zone.txt"), 0o644)?;
+        in_ns(
+            ns,
+            &[
+                "rbldnsd",
+                "-u",
+                "nobody",
+                "-t",
+                "300",
+                "-w",
+                &format!("{d}/rbl"),
+                "-b",
+                &format!("{MTA_V4}/5353"),
+                &format!("{DNSBL_ZONE}:ip6trie:zone.txt"),
+            ],
+        )
+        .context("start rbldnsd (apt install rbldnsd)")?;
         Ok(servers)
     }
 
@@ -814,7 +845,9 @@ fn lab_config(servers: &Servers, timing: &Timing) -> String {
          [points.weights]\nauth_failure = 6.0\n\
          [[levels]]\npoints = 6\nrate = \"30/min\"\nburst = 5\n\
          [[levels]]\npoints = 15\nrate = \"6/min\"\nburst = 2\n\
-         [[levels]]\npoints = 30\nblock = true\n",
+         [[levels]]\npoints = 30\nblock = true\n\
+         [[dnsbl]]\nzone = \"{DNSBL_ZONE}\"\nweights = {{ \"127.0.0.2\" = 30 }}\n\
+         [dns]\nresolver = \"{MTA_V4}:5353\"\ntimeout = \"1s\"\n",
         servers.mail_log().display(),
         servers.dovecot_log().display(),
         timing.half_life,
@@ -869,6 +902,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         "bulk",
         "neighbour",
         "rotator",
+        "listed",
     ]
     .into_iter()
     .map(|r| (r, Arc::new(Tally::default())))
@@ -1042,6 +1076,21 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                     n = n.wrapping_add(1);
                     thread::sleep(Duration::from_millis(300));
                 }
+            });
+        }
+        // 2c. A sender a DNSBL lists sends ordinary mail, one message a second.
+        {
+            let (tally, ns) = (roles["listed"].clone(), &topology.attacker);
+            s.spawn(move || {
+                let sender = Sender {
+                    ns,
+                    src: ip(LISTED_V6),
+                    server: MTA_LISTED_V6,
+                    tally: &tally,
+                    start,
+                };
+                let every = Duration::from_secs(1);
+                sender.until(attack_end, &["alice@example.net".into()], "listed", every);
             });
         }
         // 4. Normal mail from legit, all along the attack.
@@ -1389,6 +1438,28 @@ fn verdicts(
             && neighbour.get(|t| &t.failed) == 0
             && rule + ceiling == 0
             && kernel.max_level(ROTATOR_PREFIX) > 0,
+    });
+
+    // 4c. The DNSBL-listed sender: blocked after its first logged connection.
+    let listed = &roles["listed"];
+    let listed_ms = kernel.first_limited_ms(LISTED_V6);
+    let (by_rule, _) = drops(LISTED_V6);
+    rows.push(Row {
+        check: "a DNSBL-listed sender is blocked after its first connection",
+        measured: format!(
+            "level {} in the kernel {} after the start (levels {}); {} of its {} messages \
+             accepted, {} attempts unanswered; kernel dropped {by_rule} by its block",
+            kernel.max_level(LISTED_V6),
+            listed_ms.map_or("never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            kernel.path(LISTED_V6),
+            listed.get(|t| &t.accepted),
+            listed.get(|t| &t.attempts),
+            listed.get(|t| &t.refused),
+        ),
+        pass: kernel.max_level(LISTED_V6) >= BLOCK_LEVEL
+            && listed_ms.is_some_and(|ms| ms <= 5000)
+            && listed.get(|t| &t.accepted) <= 2
+            && by_rule > 0,
     });
 
     // 5. The bulk sender: slowed by what it did (a learned limit), not lost.

@@ -334,8 +334,10 @@ pub fn run(
                 let Ok(Some(drops)) = maps.rule_drops(network) else {
                     continue;
                 };
+                // A first read that finds drops counts too: the slot is claimed by the first
+                // SYN refused, so a sender's first refusals would otherwise be its baseline.
                 let before = refusals.insert(network, drops);
-                if before.is_some_and(|b| b != drops) {
+                if before.map_or(drops > 0, |b| b != drops) {
                     engine.refused(sender, now);
                 }
             }
