@@ -105,6 +105,7 @@ const ROTATOR_ADDRESSES: u8 = 6;
 /// A sender a DNSBL lists (rbldnsd in the mta namespace serves the zone).
 const LISTED_V6: &str = "2001:db8:d::66";
 const MTA_LISTED_V6: &str = "2001:db8:d::1";
+const LISTED_PREFIX: &str = "2001:db8:d::/64";
 const DNSBL_ZONE: &str = "bl.example.test";
 
 fn rotator_address(i: u8) -> IpAddr {
@@ -796,6 +797,19 @@ impl KernelView {
         self.paths.get(who)?.iter().find(|p| p.1 > 0).map(|p| p.0)
     }
 
+    /// Whether `who`, once at its top level, stayed there until the attack ended (a second of
+    /// slack at the end: the last SYNs and the step-down tick may cross).
+    fn held_at_top(&self, who: &str, attack_ms: u64) -> bool {
+        let path = self.paths.get(who).cloned().unwrap_or_default();
+        let top = self.max_level(who);
+        let reached = path.iter().find(|p| p.1 == top).map(|p| p.0);
+        reached.is_some_and(|at| {
+            path.iter()
+                .filter(|p| p.0 > at && p.0 + 1000 < attack_ms)
+                .all(|p| p.1 == top)
+        })
+    }
+
     fn path(&self, who: &str) -> String {
         self.paths.get(who).map_or("0".into(), |p| {
             p.iter()
@@ -1295,13 +1309,7 @@ fn verdicts(
     let path = kernel.paths.get(FLOOD_V4).cloned().unwrap_or_default();
     let top = kernel.max_level(FLOOD_V4);
     let attack_ms = timing.attack.as_millis() as u64;
-    let reached = path.iter().find(|p| p.1 == top).map(|p| p.0);
-    // A second of slack at the end: the last SYNs and the step-down tick may cross.
-    let held = reached.is_some_and(|at| {
-        path.iter()
-            .filter(|p| p.0 > at && p.0 + 1000 < attack_ms)
-            .all(|p| p.1 == top)
-    });
+    let held = kernel.held_at_top(FLOOD_V4, attack_ms);
     let after: Vec<usize> = path
         .iter()
         .filter(|p| p.0 >= attack_ms)
@@ -1444,19 +1452,24 @@ fn verdicts(
     let listed = &roles["listed"];
     let listed_ms = kernel.first_limited_ms(LISTED_V6);
     let (by_rule, _) = drops(LISTED_V6);
+    let attack_ms = timing.attack.as_millis() as u64;
+    let held =
+        kernel.held_at_top(LISTED_V6, attack_ms) && kernel.held_at_top(LISTED_PREFIX, attack_ms);
     rows.push(Row {
-        check: "a DNSBL-listed sender is blocked after its first connection",
+        check: "a DNSBL-listed sender is blocked after its first connection, and held while it knocks",
         measured: format!(
-            "level {} in the kernel {} after the start (levels {}); {} of its {} messages \
-             accepted, {} attempts unanswered; kernel dropped {by_rule} by its block",
+            "level {} in the kernel {} after the start (levels {}, its /64 {}); {} of its {} \
+             messages accepted, {} attempts unanswered; kernel dropped {by_rule} by its block",
             kernel.max_level(LISTED_V6),
             listed_ms.map_or("never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
             kernel.path(LISTED_V6),
+            kernel.path(LISTED_PREFIX),
             listed.get(|t| &t.accepted),
             listed.get(|t| &t.attempts),
             listed.get(|t| &t.refused),
         ),
         pass: kernel.max_level(LISTED_V6) >= BLOCK_LEVEL
+            && held
             && listed_ms.is_some_and(|ms| ms <= 5000)
             && listed.get(|t| &t.accepted) <= 2
             && by_rule > 0,
