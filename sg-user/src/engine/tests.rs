@@ -420,7 +420,8 @@ fn refusals_hold_a_knocking_sender_at_its_level_for_the_maximum_at_most() {
     }
     assert_eq!(e.level(&s), 3);
     // It stops knocking: down one level at a time, a `min_hold` apart (its points are long
-    // under every threshold).
+    // under every threshold); the last refusal holds a full `min_hold` and a second, so the
+    // first step is at the first tick after that.
     let mut steps = Vec::new();
     for minute in 51..=60 {
         for c in e
@@ -431,7 +432,7 @@ fn refusals_hold_a_knocking_sender_at_its_level_for_the_maximum_at_most() {
             steps.push((minute, c.from, c.to));
         }
     }
-    assert_eq!(steps, [(51, 3, 2), (52, 2, 1), (53, 1, 0)]);
+    assert_eq!(steps, [(52, 3, 2), (53, 2, 1), (54, 1, 0)]);
     // Refusals that go on past the maximum (an hour from the first) hold it no more.
     let t = Sender::Source(ip("203.0.113.12"));
     record_n(&mut e, &harvest("203.0.113.12"), 40, 100 * MINUTE);
@@ -442,8 +443,10 @@ fn refusals_hold_a_knocking_sender_at_its_level_for_the_maximum_at_most() {
         e.tick(minute * MINUTE);
         assert!(minute < 200, "held forever");
     }
+    // The last refusal that held (minute 160) holds a `min_hold` and a second: the step is
+    // at the tick after.
     assert_eq!(
-        minute, 161,
+        minute, 162,
         "held for the hour from the first refusal, then let down"
     );
 }

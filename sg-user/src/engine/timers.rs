@@ -99,7 +99,9 @@ impl Engine {
         if now.saturating_sub(t.held_since_s) >= max {
             return false;
         }
-        t.level_since_s = now;
+        // The hold restarts a second later than this (whole) second: the clock is read in
+        // whole seconds, and a refusal seen late in one must still hold a full `min_hold`.
+        t.level_since_s = now.saturating_add(1);
         self.schedule(sender, 0);
         true
     }
