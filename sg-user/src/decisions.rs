@@ -87,6 +87,13 @@ impl ListKind {
             ListKind::Deny => "deny",
         }
     }
+
+    /// The list named `name` (`allow`, `deny`); None for any other name.
+    pub fn from_name(name: &str) -> Option<ListKind> {
+        [ListKind::Allow, ListKind::Deny]
+            .into_iter()
+            .find(|kind| kind.name() == name)
+    }
 }
 
 /// One change an operator asks for.
@@ -275,11 +282,11 @@ impl TryFrom<Value> for ListChange {
             .map_err(|e| format!("{e}"))?;
         let ttl = v["ttl_secs"].as_u64().map(Duration::from_secs);
         let comment = v["comment"].as_str().map(str::to_string);
-        let kind = match v["list"].as_str() {
-            Some("allow") => Some(ListKind::Allow),
-            Some("deny") => Some(ListKind::Deny),
-            Some("limit") => None,
-            other => return Err(format!("unknown list {other:?}")),
+        let list = v["list"].as_str();
+        let kind = match list.and_then(ListKind::from_name) {
+            Some(kind) => Some(kind),
+            None if list == Some("limit") => None,
+            None => return Err(format!("unknown list {list:?}")),
         };
         match (v["op"].as_str(), kind) {
             (Some("add"), Some(kind)) => Ok(ListChange::Add {

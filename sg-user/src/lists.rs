@@ -126,19 +126,13 @@ pub fn rows(maps: &Maps, store: &Store, list: &str) -> anyhow::Result<Rows> {
         expires_in_seconds: remaining.map(|d| d.as_secs()),
         comment: comments.get(&network.to_string()).cloned(),
     };
-    Ok(match list {
-        "allow" | "deny" => {
-            let kind = if list == "allow" {
-                ListKind::Allow
-            } else {
-                ListKind::Deny
-            };
-            maps.list_entries(kind)?
-                .iter()
-                .map(|e| row(&e.network, String::new(), e.remaining))
-                .collect()
-        }
-        _ => maps
+    Ok(match ListKind::from_name(list) {
+        Some(kind) => maps
+            .list_entries(kind)?
+            .iter()
+            .map(|e| row(&e.network, String::new(), e.remaining))
+            .collect(),
+        None => maps
             .limit_entries()?
             .iter()
             .map(|e| row(&e.network, e.value.to_string(), e.remaining))

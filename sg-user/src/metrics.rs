@@ -297,28 +297,22 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
         "Seconds since the last snapshot (-1: none yet).",
         &[(String::new(), age)],
     );
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     metric(
         &mut out,
         "slowgate_overlong_lines_total",
         "counter",
         "Log lines cut at 64 KiB (the rest of each is discarded, never read as a line).",
-        &[(
-            String::new(),
-            crate::tail::OVERLONG_LINES.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        )],
+        &[(String::new(), load(&crate::tail::OVERLONG_LINES))],
     );
     metric(
         &mut out,
         "slowgate_source_errors_total",
         "counter",
         "Read errors of log and journald sources (each retried).",
-        &[(
-            String::new(),
-            crate::sources::SOURCE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        )],
+        &[(String::new(), load(&crate::sources::SOURCE_ERRORS))],
     );
-    let load =
-        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     metric(
         &mut out,
         "slowgate_dnsbl_lookups_total",

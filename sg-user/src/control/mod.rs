@@ -221,10 +221,8 @@ async fn read_import(
     comment: Option<String>,
     bytes: usize,
 ) -> Result<crate::decisions::Import, String> {
-    let kind = match list {
-        "allow" => crate::decisions::ListKind::Allow,
-        "deny" => crate::decisions::ListKind::Deny,
-        other => return Err(format!("cannot import into the {other:?} list")),
+    let Some(kind) = crate::decisions::ListKind::from_name(list) else {
+        return Err(format!("cannot import into the {list:?} list"));
     };
     if bytes > MAX_IMPORT {
         return Err(format!("an import holds {MAX_IMPORT} bytes at most"));

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use super::{Outcome, agreed, field_starts};
+use super::{Outcome, agreed, field_spans};
 use crate::events::{Event, EventKind, RejectKind, Service};
 
 pub fn is_exim(program: &str) -> bool {
@@ -221,18 +221,14 @@ fn synchronization_error(rest: &str) -> Outcome {
 /// is always such a host, or a HELO with spaces that makes it ambiguous; so the address is
 /// taken only when the readings that are hosts agree and none is ambiguous.
 fn unique_host(text: &str, marker: &str) -> Option<IpAddr> {
-    let hosts = field_starts(text, " H=")?;
-    let markers = field_starts(text, marker)?;
     let mut readings = Vec::new();
-    for &h in &hosts {
-        for &m in markers.iter().filter(|&&m| m > h + 3) {
-            match host(&text[h + 3..m]) {
-                Some(Host::Ambiguous) => return None,
-                Some(Host::At(addr, after)) if skip_interface(after).is_empty() => {
-                    readings.push(addr);
-                }
-                _ => {}
+    for span in field_spans(text, " H=", marker)? {
+        match host(&text[span]) {
+            Some(Host::Ambiguous) => return None,
+            Some(Host::At(addr, after)) if skip_interface(after).is_empty() => {
+                readings.push(addr);
             }
+            _ => {}
         }
     }
     agreed(readings.into_iter())
@@ -305,27 +301,21 @@ fn spamassassin(rest: &str) -> Outcome {
         return Outcome::Understood(Vec::new());
     }
     // Every pair of a ` (host=` and a later `])` that ends the line or precedes ` for `.
-    let (Some(starts), Some(ends)) = (field_starts(rest, " (host="), field_starts(rest, "])"))
-    else {
+    let Some(spans) = field_spans(rest, " (host=", "])") else {
         return Outcome::Understood(Vec::new());
     };
-    let ends: Vec<usize> = ends
+    let readings = spans
         .into_iter()
-        .filter(|&at| {
-            let tail = &rest[at + 2..];
+        .filter(|span| {
+            let tail = &rest[span.end + 2..];
             tail.is_empty() || tail.starts_with(" for ")
         })
-        .collect();
-    let readings = starts.iter().flat_map(|&start| {
-        ends.iter()
-            .filter(move |&&end| end > start)
-            .filter_map(move |&end| {
-                // "NAME [ADDR": the name is the client's reverse DNS, the address the server's.
-                let (before, addr) = rest[start + " (host=".len()..end].rsplit_once('[')?;
-                let addr: IpAddr = addr.parse().ok()?;
-                before.ends_with(' ').then_some(addr)
-            })
-    });
+        .filter_map(|span| {
+            // "NAME [ADDR": the name is the client's reverse DNS, the address the server's.
+            let (before, addr) = rest[span].rsplit_once('[')?;
+            let addr: IpAddr = addr.parse().ok()?;
+            before.ends_with(' ').then_some(addr)
+        });
     match agreed(readings) {
         Some(addr) => Outcome::Understood(vec![Event::new(EventKind::Spam, addr)]),
         None => Outcome::Understood(Vec::new()),

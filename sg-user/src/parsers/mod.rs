@@ -160,6 +160,26 @@ pub fn field_starts(text: &str, field: &str) -> Option<Vec<usize>> {
     (starts.len() <= MAX_READINGS).then_some(starts)
 }
 
+/// The places a field can be read at when client text may imitate its markers: the text
+/// between every `open` and every later `close`, as ranges of `text`. None when either marker
+/// occurs more than [`MAX_READINGS`] times.
+pub fn field_spans(text: &str, open: &str, close: &str) -> Option<Vec<std::ops::Range<usize>>> {
+    let opens = field_starts(text, open)?;
+    let closes = field_starts(text, close)?;
+    Some(
+        opens
+            .iter()
+            .flat_map(|&o| {
+                let start = o + open.len();
+                closes
+                    .iter()
+                    .filter(move |&&c| c >= start)
+                    .map(move |&c| start..c)
+            })
+            .collect(),
+    )
+}
+
 /// `n` events of one kind and client (a line that reports several failures).
 pub fn repeated(kind: EventKind, source: IpAddr, n: u32) -> Vec<Event> {
     (0..n).map(|_| Event::new(kind.clone(), source)).collect()

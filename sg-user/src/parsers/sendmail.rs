@@ -13,7 +13,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{Outcome, agreed, field_starts, repeated};
+use super::{Outcome, agreed, field_spans, field_starts, repeated};
 use crate::events::{Event, EventKind, RejectKind, Service};
 
 /// Queue ids with unknown recipients waiting for their `from=` line. When full, the oldest is
@@ -238,18 +238,12 @@ fn accepted(fields: &str, unknown: u32) -> Outcome {
 /// between ends in `[ADDR]` (or `[ADDR] (may be forged)`). The server's reading always holds;
 /// the client is taken only when no other reading does.
 fn reject(text: &str) -> Outcome {
-    let (Some(relays), Some(rejects)) = (
-        field_starts(text, ", relay="),
-        field_starts(text, ", reject="),
-    ) else {
+    let Some(spans) = field_spans(text, ", relay=", ", reject=") else {
         return Outcome::Understood(Vec::new());
     };
-    let readings = relays.iter().flat_map(|&relay| {
-        rejects
-            .iter()
-            .filter(move |&&r| r > relay)
-            .filter_map(move |&r| address_at_end(&text[relay + ", relay=".len()..r]))
-    });
+    let readings = spans
+        .into_iter()
+        .filter_map(|span| address_at_end(&text[span]));
     let Some(addr) = agreed(readings) else {
         return Outcome::Understood(Vec::new());
     };
