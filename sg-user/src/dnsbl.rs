@@ -15,7 +15,6 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
-        Arc,
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError},
     },
@@ -53,15 +52,20 @@ pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static QUERIES: AtomicU64 = AtomicU64::new(0);
 pub static LISTED: AtomicU64 = AtomicU64::new(0);
 
-/// The learning loop's side: ask about an address, collect (address, points) of listed ones.
-pub struct Lookups {
+/// Addresses remembered as asked at most; the set is emptied when full (an address then is
+/// asked again, and the resolver thread's cache answers).
+const ASKED: usize = 200_000;
+
+/// What the learning loop holds: asks about each client address it has not asked about lately
+/// (never waiting), and turns the answers into events. The lookups thread ends with it.
+pub struct Dnsbl {
     ask: SyncSender<IpAddr>,
     results: Receiver<(IpAddr, f64)>,
-    _thread: Arc<std::thread::JoinHandle<()>>,
+    asked: std::collections::HashSet<IpAddr>,
 }
 
-impl Lookups {
-    pub fn start(settings: Settings) -> io::Result<Lookups> {
+impl Dnsbl {
+    pub fn start(settings: Settings) -> io::Result<Dnsbl> {
         let bind: SocketAddr = match settings.resolver {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -70,61 +74,32 @@ impl Lookups {
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let (ask, asked) = std::sync::mpsc::sync_channel(QUEUE);
         let (found, results) = std::sync::mpsc::sync_channel(QUEUE);
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("sg-dnsbl".into())
             .spawn(move || Resolver::new(settings, socket).run(&asked, &found))?;
-        Ok(Lookups {
+        Ok(Dnsbl {
             ask,
             results,
-            _thread: Arc::new(thread),
-        })
-    }
-
-    /// Asks about `addr` (never waits: a full queue drops it, counted).
-    pub fn ask(&self, addr: IpAddr) {
-        if let Err(TrySendError::Full(_)) = self.ask.try_send(addr) {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The listed addresses found since the last call, with their points.
-    pub fn listed(&self) -> impl Iterator<Item = (IpAddr, f64)> + '_ {
-        self.results.try_iter()
-    }
-}
-
-/// Addresses remembered as asked at most; the set is emptied when full (an address then is
-/// asked again, and the resolver thread's cache answers).
-const ASKED: usize = 200_000;
-
-/// What the learning loop holds: asks about each client address it has not asked about lately,
-/// and turns the answers into events.
-pub struct Dnsbl {
-    lookups: Lookups,
-    asked: std::collections::HashSet<IpAddr>,
-}
-
-impl Dnsbl {
-    pub fn start(settings: Settings) -> io::Result<Dnsbl> {
-        Ok(Dnsbl {
-            lookups: Lookups::start(settings)?,
             asked: Default::default(),
         })
     }
 
-    /// A client address seen in the logs.
+    /// A client address seen in the logs: asked about unless it was lately (a full queue drops
+    /// it, counted).
     pub fn seen(&mut self, addr: IpAddr) {
         if self.asked.len() >= ASKED {
             self.asked.clear();
         }
-        if self.asked.insert(addr) {
-            self.lookups.ask(addr);
+        if self.asked.insert(addr)
+            && let Err(TrySendError::Full(_)) = self.ask.try_send(addr)
+        {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// An event for each listed address answered since the last call.
     pub fn listed(&self) -> impl Iterator<Item = crate::events::Event> + '_ {
-        self.lookups.listed().map(|(addr, points)| {
+        self.results.try_iter().map(|(addr, points)| {
             let centipoints = (points * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32;
             crate::events::Event::new(crate::events::EventKind::DnsblListed { centipoints }, addr)
         })

@@ -171,21 +171,22 @@ fn follow_file(
     let mut wake = Inotify::watch_dir(path.parent().unwrap_or(Path::new("/")));
     let mut reported = false;
     let mut sent = None;
-    while !stop.load(Ordering::Relaxed) {
-        // How far the lines handed down so far reach: the learning loop saves it with the
-        // points they earned.
-        let position = tailer.position();
-        if let Some(at) = position
-            && position != sent
-        {
-            sent = position;
-            let reached = Reading::Reached {
+    // How far the lines handed down so far reach, when it moved: the learning loop saves it
+    // with the points they earned. False when the learning loop is gone.
+    let mut send_reached = |tailer: &Tailer| match tailer.position() {
+        Some(at) if Some(at) != sent => {
+            sent = Some(at);
+            tx.send(Reading::Reached {
                 source: key.clone(),
                 at: ReadTo::File(at),
-            };
-            if tx.send(reached).is_err() {
-                return;
-            }
+            })
+            .is_ok()
+        }
+        _ => true,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        if !send_reached(&tailer) {
+            return;
         }
         let mut closed = false;
         let result = tailer.poll(&mut |bytes| {
@@ -217,14 +218,7 @@ fn follow_file(
         }
     }
     // Stopping: where the last lines end, so the final snapshot resumes right after them.
-    if let Some(p) = tailer.position()
-        && Some(p) != sent
-    {
-        let _ = tx.send(Reading::Reached {
-            source: key,
-            at: ReadTo::File(p),
-        });
-    }
+    send_reached(&tailer);
 }
 
 /// An inotify watch on a directory: wakes the file reader as soon as anything in it changes

@@ -331,14 +331,20 @@ pub fn write_mixed_log(args: &[String]) -> anyhow::Result<()> {
         Some(n) => n.parse().context("LINES")?,
         None => PARSE_LINES,
     };
+    std::fs::write(path, mixed_log(lines))?;
+    Ok(())
+}
+
+/// The generated mixed log of the parse and replay benchmarks: `lines` lines, the same every
+/// time.
+fn mixed_log(lines: usize) -> String {
     let mut r = Lcg(42);
     let mut text = String::new();
     for i in 0..lines {
         text += &mixed_line(&mut r, i);
         text.push('\n');
     }
-    std::fs::write(path, text)?;
-    Ok(())
+    text
 }
 
 pub fn replay(args: &[String]) -> anyhow::Result<()> {
@@ -351,14 +357,8 @@ pub fn replay(args: &[String]) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(unique("bench-replay"));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveDir(dir.clone());
-    let mut r = Lcg(42);
-    let mut text = String::new();
-    for i in 0..lines {
-        text += &mixed_line(&mut r, i);
-        text.push('\n');
-    }
     let log = dir.join("mixed.log");
-    std::fs::write(&log, &text)?;
+    std::fs::write(&log, mixed_log(lines))?;
     let n = lines as f64;
     let mut ours = Vec::new();
     for _ in 0..runs {

@@ -507,3 +507,17 @@ fn an_ipv6_slash_64_is_one_customer_and_follows_its_one_address() {
     let prefix = Sender::Prefix("2001:db8:1:2::/64".parse().unwrap());
     assert_eq!(e.level(&prefix), 1);
 }
+
+#[test]
+fn an_addresss_refusals_hold_its_prefix_too() {
+    let mut e = Engine::new(config());
+    let s = Sender::Source(ip("2001:db8:1:2::9"));
+    let p = Sender::Prefix("2001:db8:1:2::/64".parse().unwrap());
+    record_n(&mut e, &harvest("2001:db8:1:2::9"), 40, 0); // both at level 3
+    assert_eq!((e.level(&s), e.level(&p)), (3, 3));
+    for minute in 1..=50 {
+        assert!(e.refused(&s, minute * MINUTE));
+        e.tick(minute * MINUTE);
+    }
+    assert_eq!((e.level(&s), e.level(&p)), (3, 3));
+}

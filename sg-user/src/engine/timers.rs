@@ -78,9 +78,19 @@ impl Engine {
 
     /// The kernel refused connections of `sender` since the last call: a limited sender that
     /// keeps knocking stays at its level (its hold restarts), for `refusal_hold_max` at most
-    /// from the first refusal on. Refusals never raise a level (SYNs can be spoofed). Returns
-    /// whether the level is held.
+    /// from the first refusal on. Refusals never raise a level (SYNs can be spoofed). An
+    /// address's refusals hold its prefix too: the program decides on the address's own
+    /// verdict first, so a limited prefix never counts the refusals of a limited address of it.
+    /// Returns whether `sender`'s level is held.
     pub fn refused(&mut self, sender: &Sender, now_ns: u64) -> bool {
+        if let Sender::Source(addr) = sender {
+            let prefix = Sender::Prefix(self.prefix_of(*addr));
+            self.hold(&prefix, now_ns);
+        }
+        self.hold(sender, now_ns)
+    }
+
+    fn hold(&mut self, sender: &Sender, now_ns: u64) -> bool {
         let now = secs(now_ns);
         let max = self
             .config

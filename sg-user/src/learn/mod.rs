@@ -339,12 +339,6 @@ pub fn run(
                 let before = refusals.insert(network, drops);
                 if before.map_or(drops > 0, |b| b != drops) {
                     engine.refused(sender, now);
-                    // The program decides on an address's own verdict before its prefix's, so
-                    // a limited prefix never counts the refusals of a limited address of it:
-                    // the address's knocking holds its prefix too.
-                    if let Sender::Source(addr) = sender {
-                        engine.refused(&Sender::Prefix(engine.prefix_of(*addr)), now);
-                    }
                 }
             }
             changes.extend(engine.tick(now));

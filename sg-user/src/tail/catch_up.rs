@@ -11,14 +11,14 @@ use super::{FINGERPRINT_BYTES, LineSplitter, Open, Position, Rotated, Tailer, id
 impl Tailer {
     /// Where to start reading a backlog `[from, len)` of `file` so that at most the catch-up's
     /// lines (less `newer` ones already taken from a newer file) and none older than its age
-    /// are read; reports what is skipped.
+    /// are read; reports what is skipped. Returns that start and how many lines it leaves.
     pub(super) fn catch_up_from(
         &self,
         file: &File,
         from: u64,
         len: u64,
         newer: u64,
-    ) -> io::Result<u64> {
+    ) -> io::Result<(u64, u64)> {
         let lines = count_lines(file, from, len)?;
         let budget = self.catch_up.max_lines.saturating_sub(newer);
         let mut start = from;
@@ -42,7 +42,7 @@ impl Tailer {
                 self.path.display()
             );
         }
-        Ok(start)
+        Ok((start, lines.saturating_sub(skipped)))
     }
 
     /// The file a resume position was taken in, when the path no longer names it: renamed
@@ -54,7 +54,7 @@ impl Tailer {
             return Ok(());
         };
         let (file, meta) = found;
-        let offset = self.catch_up_from(&file, p.offset, meta.len(), newer)?;
+        let (offset, _) = self.catch_up_from(&file, p.offset, meta.len(), newer)?;
         let mut open = Open {
             file,
             id: identity(&meta),
@@ -135,7 +135,7 @@ pub(super) fn fingerprint(file: &File, offset: u64) -> u64 {
 }
 
 /// Newlines in `[from, to)` of `file`.
-pub(super) fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
+fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
     let mut count = 0;
     scan(file, from, to, &mut |chunk, _| {
         count += chunk.iter().filter(|&&b| b == b'\n').count() as u64;

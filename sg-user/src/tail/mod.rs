@@ -303,13 +303,12 @@ impl Tailer {
             (false, Start::End) => meta.len(),
             (false, Start::Resume(p)) if same_file(&file, &meta, &p) => {
                 self.lines.discarding = p.discarding;
-                self.catch_up_from(&file, p.offset, meta.len(), 0)?
+                self.catch_up_from(&file, p.offset, meta.len(), 0)?.0
             }
             (false, Start::Resume(p)) => {
                 // Rotated while down: the new file whole (within the bounds), and first the
                 // rest of the old one, if it is still there.
-                let from = self.catch_up_from(&file, 0, meta.len(), 0)?;
-                let newer = count_lines(&file, from, meta.len())?;
+                let (from, newer) = self.catch_up_from(&file, 0, meta.len(), 0)?;
                 self.resume_rotated(&p, newer)?;
                 from
             }
@@ -359,4 +358,4 @@ mod catch_up;
 #[cfg(test)]
 mod tests;
 
-use catch_up::{count_lines, fingerprint, same_file};
+use catch_up::{fingerprint, same_file};
