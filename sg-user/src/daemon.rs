@@ -201,6 +201,16 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     );
     let stats = learn::SharedStats::default();
     let (learning_tx, learning_rx) = std::sync::mpsc::sync_channel(64);
+    // Reputation feeds, fetched on a thread of their own; their sets go to the learning loop.
+    let (feeds, feed_control) = match config.feeds.is_empty() {
+        true => (None, None),
+        false => {
+            let (feeds, control) =
+                crate::feeds::Feeds::start(config.feeds.clone(), config.state_dir.clone())
+                    .context("start the feeds thread")?;
+            (Some(feeds), Some(control))
+        }
+    };
     let learning = {
         let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
         let learning_maps = Maps::open_pinned(pin_dir)?;
@@ -213,6 +223,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 learning_rx,
                 stop,
                 stats,
+                feeds,
             )
         })
     };
@@ -228,6 +239,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         ops: ops_tx,
         engine: config.engine.clone(),
         group,
+        feeds: feed_control,
     });
     tokio::spawn(control::serve(listener, handles));
     tracing::info!("control socket {}", config.control_socket.display());

@@ -24,6 +24,8 @@ pub enum Decision {
     Operator(ListChange),
     /// An operator's bulk import into a list.
     Import(Import),
+    /// A reputation feed's full set (an empty one withdraws the feed).
+    Feed(crate::feeds::FeedSet),
 }
 
 /// `slowgate allow|deny import FILE [--replace]`: many entries at once, journaled like single

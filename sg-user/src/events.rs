@@ -89,6 +89,11 @@ pub enum EventKind {
     DnsblListed {
         centipoints: u32,
     },
+    /// Points reputation feeds give the client (`[[feeds]]` with `points`), in hundredths of
+    /// a point.
+    FeedListed {
+        centipoints: u32,
+    },
 }
 
 /// One event of one sender.

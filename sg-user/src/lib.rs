@@ -13,6 +13,7 @@
 //!    daemon's log lines (`tracing` to stderr).
 //! 2. `events`, `parsers`: a log line to typed events.
 //! 3. `tail`, `sources`: where lines come from (files followed across rotations, journald).
+//!    `dnsbl`, `feeds`: what DNSBL zones and reputation feeds say about networks.
 //! 4. `engine`: events and a caller's clock to level changes; sans-IO.
 //! 5. `decisions`: what producers of limits ask for, and the journal form of operators' changes.
 //! 6. `enforcer`: decisions to the kernel's maps; the only module that imports aya.
@@ -36,6 +37,7 @@ pub mod drops;
 pub mod enforcer;
 pub mod engine;
 pub mod events;
+pub mod feeds;
 pub mod history;
 pub mod learn;
 pub mod lists;

@@ -27,10 +27,8 @@ pub type Rows = Vec<Row>;
 
 pub use crate::decisions::{Import, ListChange as Change};
 
-/// The widest entry an import takes: an IPv4 /8, an IPv6 /19 (a line like `0.0.0.0/0` in a
-/// file is a mistake that would allow or deny everyone).
-pub const WIDEST_V4: u32 = 8;
-pub const WIDEST_V6: u32 = 19;
+/// The widest entry an import takes (the same as a feed's default).
+pub use crate::feeds::{WIDEST_V4, WIDEST_V6};
 
 /// The networks of an import file: one CIDR or address a line; `#` starts a comment (whole
 /// lines or after the entry); blank lines are skipped. Any other line makes the whole file

@@ -324,6 +324,7 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             ("{result=\"dropped\"}".into(), load(&crate::dnsbl::DROPPED)),
         ],
     );
+    feed_metrics(&mut out);
     metric(
         &mut out,
         "slowgate_limit_write_errors_total",
@@ -332,4 +333,66 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
         &[(String::new(), stats.write_errors as f64)],
     );
     out
+}
+
+/// Per feed: entries enforced, last success and error, age of the copy, refusals, failures.
+fn feed_metrics(out: &mut String) {
+    let feeds = crate::feeds::STATUS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if feeds.is_empty() {
+        return;
+    }
+    let now = crate::domain::unix_now();
+    let label = |f: &crate::feeds::Status| format!("{{feed=\"{}\"}}", f.name);
+    let series = |value: &dyn Fn(&crate::feeds::Status) -> f64| -> Vec<(String, f64)> {
+        feeds.iter().map(|f| (label(f), value(f))).collect()
+    };
+    let when = |t: u64| if t == 0 { -1.0 } else { t as f64 };
+    metric(
+        out,
+        "slowgate_feed_entries",
+        "gauge",
+        "Entries of the copy of each feed being enforced (0: none is).",
+        &series(&|f| if f.enforced { f.entries as f64 } else { 0.0 }),
+    );
+    metric(
+        out,
+        "slowgate_feed_last_success_timestamp_seconds",
+        "gauge",
+        "When a fetch last gave or confirmed each feed's copy (Unix seconds; -1: never).",
+        &series(&|f| when(f.last_success_unix)),
+    );
+    metric(
+        out,
+        "slowgate_feed_last_error_timestamp_seconds",
+        "gauge",
+        "When each feed's last fetch or update failed (Unix seconds; -1: never).",
+        &series(&|f| when(f.last_error_unix)),
+    );
+    metric(
+        out,
+        "slowgate_feed_age_seconds",
+        "gauge",
+        "Seconds since each feed's copy was last confirmed (-1: never fetched).",
+        &series(&|f| match f.last_success_unix {
+            0 => -1.0,
+            t => now.saturating_sub(t) as f64,
+        }),
+    );
+    metric(
+        out,
+        "slowgate_feed_updates_refused_total",
+        "counter",
+        "Copies refused by the guards (too wide entries, a size change over max_change, a garbled body).",
+        &series(&|f| f.refused as f64),
+    );
+    metric(
+        out,
+        "slowgate_feed_fetch_errors_total",
+        "counter",
+        "Fetches of each feed that failed (HTTP errors, timeouts, truncated bodies).",
+        &series(&|f| f.failed as f64),
+    );
 }

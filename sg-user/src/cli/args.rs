@@ -109,6 +109,11 @@ pub enum Command {
     Release { who: String },
     /// Re-read the config file (as SIGHUP does); a bad file is refused and the old one stays.
     Reload,
+    /// Reputation feeds (`[[feeds]]`): their state, or fetch one now.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages for every command into DIR (`cargo xtask man` calls this).
@@ -119,6 +124,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedCommand {
+    /// Each feed: entries enforced, last success, last error, refusals.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a feed now and apply it (the guards apply as on schedule).
+    Update { name: String },
 }
 
 #[derive(Debug, Subcommand)]

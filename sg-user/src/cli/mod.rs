@@ -130,6 +130,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Feed { command } => feed(cli, command),
         Command::Reload => {
             let reloaded: protocol::Reloaded = call(&cli.control_socket(), &Control::Reload)?;
             println!("reloaded {}", reloaded.reloaded);
@@ -250,4 +251,53 @@ fn parse(format: crate::parsers::Format, file: &std::path::Path) -> anyhow::Resu
          lines not understood: {not_understood}"
     );
     Ok(())
+}
+
+/// `slowgate feed list|update NAME`.
+fn feed(cli: &Cli, command: &args::FeedCommand) -> anyhow::Result<()> {
+    match command {
+        args::FeedCommand::List { json } => {
+            let all: Vec<crate::feeds::Status> = call(&cli.control_socket(), &Control::Feeds)?;
+            if *json {
+                println!("{}", serde_json::to_string(&all)?);
+                return Ok(());
+            }
+            let now = crate::domain::unix_now();
+            let ago = |t: u64| match t {
+                0 => "never".to_string(),
+                t => format!("{}s ago", now.saturating_sub(t)),
+            };
+            println!(
+                "{:<20} {:<14} {:<22} {:>8} {:>12} {:>8}  last error",
+                "feed", "format", "action", "entries", "last success", "refused"
+            );
+            for f in &all {
+                println!(
+                    "{:<20} {:<14} {:<22} {:>8} {:>12} {:>8}  {}",
+                    f.name,
+                    f.format,
+                    f.action,
+                    if f.enforced {
+                        f.entries.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    ago(f.last_success_unix),
+                    f.refused,
+                    f.last_error
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{e} ({})", ago(f.last_error_unix)))
+                );
+            }
+            Ok(())
+        }
+        args::FeedCommand::Update { name } => {
+            let said: protocol::Said = call(
+                &cli.control_socket(),
+                &Control::FeedUpdate { name: name.clone() },
+            )?;
+            println!("feed {name}: {}", said.said);
+            Ok(())
+        }
+    }
 }

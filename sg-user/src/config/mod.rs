@@ -17,6 +17,7 @@ pub use crate::{
 };
 
 pub mod error;
+mod feeds;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,8 @@ pub struct Config {
     pub catch_up: crate::tail::CatchUp,
     /// DNSBL zones new client addresses are looked up in; None without `[[dnsbl]]`.
     pub dnsbl: Option<crate::dnsbl::Settings>,
+    /// Reputation feeds (`[[feeds]]`).
+    pub feeds: Vec<crate::feeds::Feed>,
     pub engine: EngineConfig,
     /// The GeoIP2/GeoLite2 country database, if any.
     pub geoip: Option<PathBuf>,

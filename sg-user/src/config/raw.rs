@@ -50,6 +50,8 @@ pub(super) struct RawConfig {
     pub(super) dnsbl: Vec<RawDnsbl>,
     #[serde(default)]
     pub(super) dns: RawDns,
+    #[serde(default)]
+    pub(super) feeds: Vec<super::feeds::RawFeed>,
 }
 
 /// `[[dnsbl]]`: a zone and the points of its answers.

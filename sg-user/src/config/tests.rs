@@ -116,6 +116,34 @@ fn bad_values_name_the_key() {
             "[dns]\nresolver = \"nowhere\"\n[[dnsbl]]\nzone = \"bl.example\"\nweights = { \"127.0.0.2\" = 5 }",
             "dns.resolver",
         ),
+        (
+            "[[feeds]]\nname = \"a b\"\npath = \"/f\"\nformat = \"plain\"\naction = \"deny\"",
+            "feeds[0].name",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\nurl = \"ftp://x/y\"\nformat = \"plain\"\naction = \"deny\"",
+            "feeds[0].url",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\npath = \"/f\"\nformat = \"csv\"\naction = \"deny\"",
+            "feeds[0].format",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\npath = \"/f\"\nformat = \"plain\"\naction = \"deny\"\npoints = 5.0",
+            "feeds[0].action",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\npath = \"/f\"\nformat = \"plain\"\nrate = \"often\"",
+            "feeds[0].rate",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\npath = \"/f\"\nformat = \"plain\"\naction = \"deny\"\nmax_age = \"1m\"",
+            "feeds[0].max_age",
+        ),
+        (
+            "[[feeds]]\nname = \"f\"\npath = \"/f\"\nformat = \"plain\"\naction = \"deny\"\nwidest_v4 = 0",
+            "feeds[0].widest_v4",
+        ),
     ];
     for (body, key) in cases {
         let text = format!("interfaces = [\"eth0\"]\n{body}\n");

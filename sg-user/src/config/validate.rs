@@ -36,6 +36,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let (allow, deny, limits) = lists(raw.lists)?;
     let catch_up = catch_up(&raw.max_catch_up, raw.max_catch_up_lines)?;
     let dnsbl = dnsbl(&raw.dnsbl, &raw.dns)?;
+    let feeds = super::feeds::feeds(&raw.feeds)?;
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -57,6 +58,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         sources,
         catch_up,
         dnsbl,
+        feeds,
         engine,
         geoip: raw.countries.database,
         limit_ttl,

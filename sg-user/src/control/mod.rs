@@ -53,6 +53,10 @@ pub enum Op {
     Import(crate::decisions::Import),
     Rows(String),
 }
+/// How long `slowgate feed update` waits for the fetch (a feed's timeout is at most its refresh
+/// interval; past this the fetch goes on and the command says so).
+const FEED_UPDATE_WAIT: u64 = 120;
+
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -67,6 +71,8 @@ pub struct Handles {
     pub engine: EngineConfig,
     /// The group allowed besides root.
     pub group: Option<u32>,
+    /// `slowgate feed update`; None without `[[feeds]]`.
+    pub feeds: Option<crate::feeds::Control>,
 }
 
 /// Binds the socket (replacing a stale one), mode 0660, owned by root and `group`.
@@ -199,6 +205,25 @@ async fn answer(
                 Ok(Ok(answer)) => answer,
                 _ => Err("no answer from the daemon".into()),
             };
+        }
+        Control::Feeds => {
+            let all = crate::feeds::STATUS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            return protocol::reply(&all);
+        }
+        Control::FeedUpdate { name } => {
+            let Some(feeds) = handles.feeds.clone() else {
+                return Err("no feeds are configured (`[[feeds]]`)".into());
+            };
+            // A fetch may take the feed's timeout: off the async threads.
+            let said = tokio::task::spawn_blocking(move || {
+                feeds.update(&name, Duration::from_secs(FEED_UPDATE_WAIT))
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            return protocol::reply(&protocol::Said { said });
         }
         Control::Rows { list } => {
             if !["allow", "deny", "limit"].contains(&list.as_str()) {

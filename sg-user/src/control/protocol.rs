@@ -41,6 +41,10 @@ pub enum Request {
         comment: Option<String>,
         bytes: usize,
     },
+    /// Every feed's status ([`crate::feeds::Status`] list).
+    Feeds,
+    /// Fetch a feed now ([`Said`]).
+    FeedUpdate { name: String },
 }
 
 fn default_top() -> usize {

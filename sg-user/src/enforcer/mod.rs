@@ -24,6 +24,7 @@ use std::{
 };
 
 mod batch;
+mod feeds;
 mod filter;
 pub mod maps;
 pub mod program;
@@ -58,8 +59,13 @@ pub trait Table {
     ) -> anyhow::Result<()>;
     /// False when it was not listed.
     fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool>;
-    /// Adds many permanent entries to a list at once (a bulk import).
-    fn write_list_entries(&mut self, kind: ListKind, networks: &[Network]) -> anyhow::Result<()>;
+    /// Adds many entries to a list at once (a bulk import, a feed), with one TTL or none.
+    fn write_list_entries(
+        &mut self,
+        kind: ListKind,
+        networks: &[Network],
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()>;
     /// The networks a list holds.
     fn list_networks(&self, kind: ListKind) -> anyhow::Result<Vec<Network>>;
     /// Tells the kernel that entries changed.
@@ -95,8 +101,13 @@ impl Table for Maps {
     fn remove_list_entry(&mut self, kind: ListKind, network: Network) -> anyhow::Result<bool> {
         Maps::remove_list_entry(self, kind, network)
     }
-    fn write_list_entries(&mut self, kind: ListKind, networks: &[Network]) -> anyhow::Result<()> {
-        Maps::write_list_entries(self, kind, networks, None)
+    fn write_list_entries(
+        &mut self,
+        kind: ListKind,
+        networks: &[Network],
+        ttl: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        Maps::write_list_entries(self, kind, networks, ttl)
     }
     fn list_networks(&self, kind: ListKind) -> anyhow::Result<Vec<Network>> {
         Ok(self
@@ -127,7 +138,7 @@ fn import_into(table: &mut impl Table, import: &crate::decisions::Import) -> Out
                 }
             }
         }
-        table.write_list_entries(kind, &import.networks)?;
+        table.write_list_entries(kind, &import.networks, None)?;
         let replaced = if import.replace {
             format!(", {removed} other entries removed")
         } else {
@@ -172,6 +183,8 @@ pub struct Enforcer {
     learned: HashMap<Network, Limit>,
     /// Networks whose limit is an operator's.
     operators: HashSet<Network>,
+    /// What each reputation feed holds ([`feeds`]).
+    feeds: feeds::Holdings,
     /// Time to live of learned limits.
     pub ttl: Duration,
     /// When learned limits were last written with a fresh TTL (a caller's clock, ns).
@@ -183,6 +196,7 @@ impl Enforcer {
         Enforcer {
             learned: HashMap::new(),
             operators: HashSet::new(),
+            feeds: feeds::Holdings::default(),
             ttl,
             refreshed_ns: 0,
         }
@@ -196,6 +210,7 @@ impl Enforcer {
                 Decision::Learned { network, limit } => self.learned(table, *network, *limit),
                 Decision::Operator(change) => self.operator(table, change),
                 Decision::Import(import) => import_into(table, import),
+                Decision::Feed(set) => self.feed(table, set),
             })
             .collect();
         if outcomes.iter().any(|o| matches!(o, Outcome::Done(_)))
@@ -221,7 +236,7 @@ impl Enforcer {
                 Err(e) => Outcome::Failed(e),
             };
         };
-        if self.operators.contains(&network) {
+        if self.operators.contains(&network) || self.feeds.limits(network) {
             return Outcome::KeptOperators;
         }
         if !self.learned.contains_key(&network) {
@@ -245,45 +260,47 @@ impl Enforcer {
     }
 
     fn operator(&mut self, table: &mut impl Table, change: &ListChange) -> Outcome {
-        let result =
-            match change {
-                ListChange::Add {
-                    kind, network, ttl, ..
-                } => table
-                    .write_list_entry(*kind, *network, *ttl)
-                    .map(|()| format!("{} {network}{}", kind.name(), ttl_note(*ttl))),
-                ListChange::Del { kind, network } => table
-                    .remove_list_entry(*kind, *network)
-                    .and_then(|removed| match removed {
-                        true => Ok(format!("removed {network} from the {} list", kind.name())),
-                        false => Err(anyhow::anyhow!(
-                            "{network} is not on the {} list",
-                            kind.name()
-                        )),
-                    }),
-                ListChange::LimitSet {
-                    network,
-                    limit,
-                    ttl,
-                    ..
-                } => table.write_limit(*network, *limit, *ttl).map(|()| {
-                    // The operator's from now on, whoever wrote it before.
-                    self.learned.remove(network);
-                    self.operators.insert(*network);
-                    format!("limit {network}: {limit}{}", ttl_note(*ttl))
+        let result = match change {
+            ListChange::Add {
+                kind, network, ttl, ..
+            } => table.write_list_entry(*kind, *network, *ttl).map(|()| {
+                self.feeds.operator_listed(*kind, *network, true);
+                format!("{} {network}{}", kind.name(), ttl_note(*ttl))
+            }),
+            ListChange::Del { kind, network } => table
+                .remove_list_entry(*kind, *network)
+                .inspect(|_| self.feeds.operator_listed(*kind, *network, false))
+                .and_then(|removed| match removed {
+                    true => Ok(format!("removed {network} from the {} list", kind.name())),
+                    false => Err(anyhow::anyhow!(
+                        "{network} is not on the {} list",
+                        kind.name()
+                    )),
                 }),
-                ListChange::LimitDel { network } => {
-                    let removed = table.remove_limit(*network);
-                    if removed.is_ok() {
-                        self.learned.remove(network);
-                        self.operators.remove(network);
-                    }
-                    removed.and_then(|removed| match removed {
-                        true => Ok(format!("removed the limit of {network}")),
-                        false => Err(anyhow::anyhow!("{network} has no limit")),
-                    })
+            ListChange::LimitSet {
+                network,
+                limit,
+                ttl,
+                ..
+            } => table.write_limit(*network, *limit, *ttl).map(|()| {
+                // The operator's from now on, whoever wrote it before.
+                self.learned.remove(network);
+                self.feeds.forget_limit(*network);
+                self.operators.insert(*network);
+                format!("limit {network}: {limit}{}", ttl_note(*ttl))
+            }),
+            ListChange::LimitDel { network } => {
+                let removed = table.remove_limit(*network);
+                if removed.is_ok() {
+                    self.learned.remove(network);
+                    self.operators.remove(network);
                 }
-            };
+                removed.and_then(|removed| match removed {
+                    true => Ok(format!("removed the limit of {network}")),
+                    false => Err(anyhow::anyhow!("{network} has no limit")),
+                })
+            }
+        };
         match result {
             Ok(said) => Outcome::Done(said),
             Err(e) => Outcome::Failed(e),
@@ -385,9 +402,10 @@ mod tests {
             &mut self,
             kind: ListKind,
             networks: &[Network],
+            ttl: Option<Duration>,
         ) -> anyhow::Result<()> {
             for network in networks {
-                self.write_list_entry(kind, *network, None)?;
+                self.write_list_entry(kind, *network, ttl)?;
             }
             Ok(())
         }
@@ -580,5 +598,89 @@ mod tests {
         );
         e.apply(&mut t, &[learned("203.0.113.5", Some(Limit::Block))]);
         assert_eq!(t.limits[&net("203.0.113.5")], (Limit::Block, Some(TTL)));
+    }
+
+    fn feed_set(name: &str, action: crate::feeds::Action, nets: &[&str]) -> Decision {
+        let mut networks: Vec<Network> = nets.iter().map(|n| net(n)).collect();
+        networks.sort();
+        Decision::Feed(crate::feeds::FeedSet {
+            name: name.into(),
+            action,
+            networks,
+            ttl: TTL,
+        })
+    }
+
+    fn denied(t: &MemoryTable, s: &str) -> Option<Option<Duration>> {
+        t.lists.get(&(list_index(ListKind::Deny), net(s))).copied()
+    }
+
+    #[test]
+    fn a_feed_writes_only_its_difference_and_never_an_operators_entry() {
+        use crate::feeds::Action::Deny;
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        let out = e.apply(
+            &mut t,
+            &[feed_set("drop", Deny, &["198.51.100.0/24", "203.0.113.7"])],
+        );
+        assert!(
+            matches!(&out[0], Outcome::Done(s) if s == "2 entries (+2 -0)"),
+            "{out:?}"
+        );
+        assert_eq!(denied(&t, "198.51.100.0/24"), Some(Some(TTL)));
+        assert_eq!(t.generation, 1);
+        // The operator denies one of them for good; another feed lists the other.
+        e.apply(
+            &mut t,
+            &[Decision::Operator(ListChange::Add {
+                kind: ListKind::Deny,
+                network: net("203.0.113.7"),
+                ttl: None,
+                comment: None,
+            })],
+        );
+        e.apply(&mut t, &[feed_set("edrop", Deny, &["198.51.100.0/24"])]);
+        let writes = t.writes;
+        e.apply(
+            &mut t,
+            &[feed_set("drop", Deny, &["198.51.100.0/24", "203.0.113.9"])],
+        );
+        assert_eq!(
+            t.writes,
+            writes + 1,
+            "one addition; the operator's entry untouched"
+        );
+        // The feed dropped 203.0.113.7: the operator's entry stays, permanent.
+        assert_eq!(denied(&t, "203.0.113.7"), Some(None));
+        assert_eq!(denied(&t, "203.0.113.9"), Some(Some(TTL)));
+        // Withdrawn by one feed, held by the other: stays; withdrawn by both: goes.
+        e.apply(&mut t, &[feed_set("drop", Deny, &[])]);
+        assert!(denied(&t, "198.51.100.0/24").is_some());
+        assert!(denied(&t, "203.0.113.9").is_none());
+        e.apply(&mut t, &[feed_set("edrop", Deny, &[])]);
+        assert!(denied(&t, "198.51.100.0/24").is_none());
+        assert_eq!(denied(&t, "203.0.113.7"), Some(None));
+    }
+
+    #[test]
+    fn a_feeds_limit_holds_against_the_learning_loop_and_yields_to_operators() {
+        use crate::feeds::Action::Limit as FeedLimit;
+        let (mut e, mut t) = (Enforcer::new(TTL), MemoryTable::default());
+        e.apply(&mut t, &[operator_limit("203.0.113.5", Limit::Block)]);
+        e.apply(
+            &mut t,
+            &[feed_set(
+                "slow",
+                FeedLimit(slow()),
+                &["203.0.113.5", "203.0.113.6"],
+            )],
+        );
+        assert_eq!(t.limits[&net("203.0.113.5")], (Limit::Block, None));
+        assert_eq!(t.limits[&net("203.0.113.6")], (slow(), Some(TTL)));
+        let out = e.apply(&mut t, &[learned("203.0.113.6", Some(Limit::Block))]);
+        assert!(matches!(out[0], Outcome::KeptOperators));
+        e.apply(&mut t, &[feed_set("slow", FeedLimit(slow()), &[])]);
+        assert!(!t.limits.contains_key(&net("203.0.113.6")));
+        assert_eq!(t.limits[&net("203.0.113.5")], (Limit::Block, None));
     }
 }

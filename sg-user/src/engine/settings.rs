@@ -35,11 +35,13 @@ pub struct Weights {
     pub spam: f64,
     /// Multiplies the points of DNSBL answers (the zones' own weights).
     pub dnsbl: f64,
+    /// Multiplies the points reputation feeds give (each feed's own `points`).
+    pub feed: f64,
 }
 
 impl Weights {
     /// Each weight with its key in `[points.weights]`.
-    pub fn named(&self) -> [(&'static str, f64); 21] {
+    pub fn named(&self) -> [(&'static str, f64); 22] {
         [
             ("connection", self.connection),
             ("message", self.message),
@@ -62,6 +64,7 @@ impl Weights {
             ("no_auth_probe", self.no_auth_probe),
             ("spam", self.spam),
             ("dnsbl", self.dnsbl),
+            ("feed", self.feed),
         ]
     }
 }
@@ -93,12 +96,13 @@ impl Default for Weights {
             no_auth_probe: 0.3,
             spam: 3.0,
             dnsbl: 1.0,
+            feed: 1.0,
         }
     }
 }
 
 /// Event kinds as counted per sender ("the events that moved it").
-pub const KIND_NAMES: [&str; 21] = [
+pub const KIND_NAMES: [&str; 22] = [
     "connection",
     "message",
     "unknown_recipient",
@@ -120,6 +124,7 @@ pub const KIND_NAMES: [&str; 21] = [
     "no_auth_probe",
     "spam",
     "dnsbl",
+    "feed",
 ];
 
 /// The index of an event's kind in [`KIND_NAMES`].
@@ -148,6 +153,7 @@ pub fn kind_index(kind: &EventKind) -> usize {
         EventKind::NoAuthProbe => 18,
         EventKind::Spam => 19,
         EventKind::DnsblListed { .. } => 20,
+        EventKind::FeedListed { .. } => 21,
     }
 }
 
@@ -179,6 +185,7 @@ impl Weights {
             EventKind::NoAuthProbe => self.no_auth_probe,
             EventKind::Spam => self.spam,
             EventKind::DnsblListed { centipoints } => self.dnsbl * f64::from(*centipoints) / 100.0,
+            EventKind::FeedListed { centipoints } => self.feed * f64::from(*centipoints) / 100.0,
         }
     }
 }

@@ -136,6 +136,7 @@ pub fn run(
     requests: Requests,
     stop: Arc<AtomicBool>,
     shared: SharedStats,
+    feeds: Option<crate::feeds::Feeds>,
 ) {
     let mut config = config.clone();
     let config = &mut config;
@@ -153,11 +154,12 @@ pub fn run(
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
     let mut parsers = Parsers::default();
     // DNSBL lookups of new client addresses, on a thread of their own (`[[dnsbl]]`).
-    let mut dnsbl = config.dnsbl.clone().and_then(|settings| {
+    let dnsbl = config.dnsbl.clone().and_then(|settings| {
         crate::dnsbl::Dnsbl::start(settings)
             .inspect_err(|e| tracing::warn!("DNSBL lookups cannot start: {e}"))
             .ok()
     });
+    let mut lookups = Lookups { dnsbl, feeds };
     // Test hook, never set in production: a line holding this text panics the loop, so the
     // tests can show that a worker's panic ends the daemon.
     let panic_on = std::env::var("SLOWGATE_TEST_PANIC_ON")
@@ -291,7 +293,7 @@ pub fn run(
                                 &mut parsers,
                                 &mut engine,
                                 &mut stats,
-                                &mut dnsbl,
+                                &mut lookups,
                                 line,
                                 now,
                             ));
@@ -308,12 +310,26 @@ pub fn run(
             // socket, ticking and refreshing TTLs.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK / 4),
         }
-        if let Some(dnsbl) = &dnsbl {
+        if let Some(dnsbl) = &lookups.dnsbl {
             let now = crate::domain::boot_time_ns();
             for event in dnsbl.listed() {
                 stats.events += 1;
                 stats.events_by_kind[crate::engine::kind_index(&event.kind)] += 1;
                 changes.extend(engine.record(&event, now));
+            }
+        }
+        if let Some(feeds) = &mut lookups.feeds {
+            let sets: Vec<Decision> = feeds.arrived().into_iter().map(Decision::Feed).collect();
+            for (set, outcome) in sets.iter().zip(enforcer.apply(&mut maps, &sets)) {
+                let Decision::Feed(set) = set else { continue };
+                match outcome {
+                    Enforced::Done(said) => tracing::info!("feed {} enforced: {said}", set.name),
+                    Enforced::Failed(e) => {
+                        tracing::error!("{e:#}");
+                        stats.write_errors += 1;
+                    }
+                    Enforced::KeptOperators | Enforced::Nothing => {}
+                }
             }
         }
         if last_tick.elapsed() >= TICK {
@@ -456,11 +472,17 @@ fn operator_said(
         .and_then(|said| crate::control::protocol::reply(&crate::control::protocol::Said { said }))
 }
 
+/// What is asked about each client address the logs name: DNSBL zones, points feeds.
+struct Lookups {
+    dnsbl: Option<crate::dnsbl::Dnsbl>,
+    feeds: Option<crate::feeds::Feeds>,
+}
+
 fn handle(
     parsers: &mut Parsers,
     engine: &mut Engine,
     stats: &mut Stats,
-    dnsbl: &mut Option<crate::dnsbl::Dnsbl>,
+    lookups: &mut Lookups,
     line: Line,
     now: u64,
 ) -> Vec<Change> {
@@ -476,7 +498,7 @@ fn handle(
             program, message, ..
         } => parsers.parse_message(line.format, program, message),
     };
-    let Outcome::Understood(events) = outcome else {
+    let Outcome::Understood(mut events) = outcome else {
         stats.not_understood += 1;
         return Vec::new();
     };
@@ -485,11 +507,23 @@ fn handle(
         .events_by_format
         .entry(format_name(line.format))
         .or_default() += events.len() as u64;
+    let mut listed = Vec::new();
     for e in &events {
-        stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
-        if let Some(dnsbl) = dnsbl {
+        if let Some(dnsbl) = &mut lookups.dnsbl {
             dnsbl.seen(e.source);
         }
+        if let Some(points) = lookups.feeds.as_mut().and_then(|f| f.seen(e.source)) {
+            let centipoints = (points * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32;
+            listed.push(crate::events::Event::new(
+                crate::events::EventKind::FeedListed { centipoints },
+                e.source,
+            ));
+        }
+    }
+    stats.events += listed.len() as u64;
+    events.extend(listed);
+    for e in &events {
+        stats.events_by_kind[crate::engine::kind_index(&e.kind)] += 1;
     }
     events.iter().flat_map(|e| engine.record(e, now)).collect()
 }
