@@ -219,11 +219,13 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 &config,
                 learning_maps,
                 enforcer,
-                rx,
-                learning_rx,
+                learn::Inputs {
+                    lines: rx,
+                    requests: learning_rx,
+                    feeds,
+                },
                 stop,
                 stats,
-                feeds,
             )
         })
     };

@@ -15,6 +15,7 @@ use std::{
 };
 
 pub mod bench;
+pub mod feed_server;
 pub mod flood;
 pub mod lab;
 pub mod shapes;

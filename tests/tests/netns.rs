@@ -1355,3 +1355,161 @@ fn a_sender_listed_by_a_dnsbl_is_limited_after_its_first_logged_connection() {
         assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
     }
 }
+
+/// A Spamhaus DROP JSON body listing `listed` and `filler` other documentation addresses.
+fn drop_json(listed: &[&str], filler: usize) -> String {
+    let mut cidrs: Vec<String> = listed.iter().map(|a| format!("{a}/32")).collect();
+    cidrs.extend((0..filler).map(|i| format!("2001:db8:ffff::{:x}/128", i + 1)));
+    let mut body: String = cidrs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"cidr\":\"{c}\",\"sblid\":\"SBL{}\",\"rir\":\"arin\"}}\n",
+                c.len()
+            )
+        })
+        .collect();
+    body += &format!(
+        "{{\"type\":\"metadata\",\"timestamp\":1763884800,\"size\":{},\"records\":{},\"copyright\":\"test\"}}\n",
+        body.len(),
+        cidrs.len()
+    );
+    body
+}
+
+/// Whether every attempt of `from` to SMTP and IMAP is refused (`dropped`) or every one gets
+/// through.
+fn all_refused_or_passed(lab: &Lab, from: &str, dropped: bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<u32> = [25, 143]
+            .iter()
+            .map(|port| {
+                attempts(
+                    &lab.client,
+                    ip(from),
+                    to(SERVER_V4, *port),
+                    3,
+                    Duration::from_millis(600),
+                )
+            })
+            .collect();
+        let want = if dropped { 0 } else { 3 };
+        if got.iter().all(|n| *n == want) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("{from}: {got:?} of 3 connected, wanted {want}");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_source_listed_by_a_feed_is_dropped_until_the_feed_drops_it_and_bad_fetches_change_nothing() {
+    use sg_tests::feed_server::{FeedServer, Serve};
+    let lab = Lab::new();
+    let feed_addr: SocketAddr = format!("{SERVER_V4}:8081").parse().unwrap();
+    let listed = Serve::Body {
+        body: drop_json(&[CLIENT1_V4], 20),
+        etag: "\"v1\"".into(),
+    };
+    let server = FeedServer::start(&lab.server, feed_addr, listed.clone()).unwrap();
+    let config = format!(
+        "{}\n[[feeds]]\nname = \"drop\"\nurl = \"http://{feed_addr}/drop_v4.json\"\n\
+         format = \"spamhaus-json\"\naction = \"deny\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n",
+        daemon_config()
+    );
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let feed = |args: &[&str]| control(&daemon, args, false);
+    // Fetched at start: the listed source is dropped on SMTP and IMAP, the other passes.
+    assert!(
+        all_refused_or_passed(&lab, CLIENT1_V4, true),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(all_refused_or_passed(&lab, CLIENT2_V4, false));
+    // Unchanged: the server is asked with the ETag and answers 304.
+    let (ok, out) = feed(&["feed", "update", "drop"]);
+    assert!(ok && out.contains("not modified (21 entries)"), "{out}");
+    assert_eq!(
+        server
+            .asked
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("\"v1\"")
+    );
+    // Every failure keeps the copy in force.
+    let bad = [
+        (Serve::Status(503), "HTTP 503"),
+        (Serve::Hang(Duration::from_secs(6)), "fetch"),
+        (
+            Serve::Truncated(drop_json(&[CLIENT2_V4], 20)),
+            "read the body",
+        ),
+        (
+            Serve::Body {
+                body: drop_json(&[CLIENT1_V4, CLIENT2_V4], 40),
+                etag: "\"doubled\"".into(),
+            },
+            "grow from 21 to 42",
+        ),
+        (
+            Serve::Body {
+                body: "{\"cidr\":\"0.0.0.0/0\"}\n{\"type\":\"metadata\",\"records\":1}\n".into(),
+                etag: "\"everyone\"".into(),
+            },
+            "wider than /8",
+        ),
+    ];
+    for (how, says) in bad {
+        server.set(how);
+        let started = std::time::Instant::now();
+        let (ok, out) = feed(&["feed", "update", "drop"]);
+        assert!(!ok && out.contains(says), "{says}: {out}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{says}: took too long"
+        );
+        assert!(
+            all_refused_or_passed(&lab, CLIENT1_V4, true),
+            "after {says}"
+        );
+        assert!(
+            all_refused_or_passed(&lab, CLIENT2_V4, false),
+            "after {says}"
+        );
+    }
+    // Removed from the feed: it passes again on both services.
+    server.set(Serve::Body {
+        body: drop_json(&[], 20),
+        etag: "\"v2\"".into(),
+    });
+    let (ok, out) = feed(&["feed", "update", "drop"]);
+    assert!(ok && out.contains("20 entries (+0 -1)"), "{out}");
+    assert!(all_refused_or_passed(&lab, CLIENT1_V4, false));
+    let (ok, list) = feed(&["feed", "list"]);
+    assert!(ok, "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("drop "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("spamhaus-json") && row.contains(" 20 "),
+        "{list}"
+    );
+    let metrics =
+        http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics").unwrap_or_default();
+    for line in [
+        "slowgate_feed_entries{feed=\"drop\"} 20",
+        "slowgate_feed_updates_refused_total{feed=\"drop\"} 2",
+        "slowgate_feed_fetch_errors_total{feed=\"drop\"} 3",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+}

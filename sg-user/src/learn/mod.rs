@@ -127,17 +127,28 @@ pub use crate::control::{Reply, Requests, ToLearning as Request};
 /// Level changes remembered for `slowgate show` (the oldest go first).
 const HISTORY: usize = 10_000;
 
+/// What the learning loop takes in: lines from the sources, the control socket's requests,
+/// and the feeds' sets (None without `[[feeds]]`).
+pub struct Inputs {
+    pub lines: Receiver<Reading>,
+    pub requests: Requests,
+    pub feeds: Option<crate::feeds::Feeds>,
+}
+
 /// Runs until `stop` is set.
 pub fn run(
     config: &Config,
     mut maps: Maps,
     mut enforcer: Enforcer,
-    lines: Receiver<Reading>,
-    requests: Requests,
+    inputs: Inputs,
     stop: Arc<AtomicBool>,
     shared: SharedStats,
-    feeds: Option<crate::feeds::Feeds>,
 ) {
+    let Inputs {
+        lines,
+        requests,
+        feeds,
+    } = inputs;
     let mut config = config.clone();
     let config = &mut config;
     let mut recent: std::collections::VecDeque<(u64, Change)> = Default::default();
