@@ -8,11 +8,12 @@
 //! |---|---|---|
 //! | legit | 198.51.100.10, 2001:db8:1::10 | `vl` 198.51.100.1, 2001:db8:1::1 |
 //! | bulk | 2001:db8:b::25 | `vb` 2001:db8:b::1 |
-//! | attacker | 203.0.113.66 (flood), 203.0.113.20 (an honest neighbour of the flood), 203.0.113.130.. (a sender rotating through its prefix), 2001:db8:d::66 (a sender a DNSBL lists), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:d::1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
+//! | attacker | 203.0.113.66 (flood), 203.0.113.20 (an honest neighbour of the flood), 203.0.113.130.. (a sender rotating through its prefix), 2001:db8:d::66 (a sender a DNSBL lists), 2001:db8:e::66 (a sender a feed lists), 2001:db8:f::100.. (a /64 of rotating addresses), 2001:db8:6::77 (IMAP guesser), 2001:db8:7::78 (SMTP AUTH guesser) | `va` 203.0.113.1, 2001:db8:d::1, 2001:db8:e::1, 2001:db8:f::1, 2001:db8:6::1, 2001:db8:7::1 |
 //!
 //! The documentation ranges hold only two IPv4 /24s, so the lab's IPv4 prefixes are /25s:
 //! 203.0.113.0/25 holds the flood and its neighbour, 203.0.113.128/25 the rotating sender. The
-//! mta namespace also runs rbldnsd (198.51.100.1:5353), the DNSBL the daemon asks.
+//! mta namespace also runs rbldnsd (198.51.100.1:5353), the DNSBL the daemon asks, and an HTTP
+//! server (198.51.100.1:8081) serving the reputation feed the daemon fetches.
 //!
 //! Every guard (namespaces, servers, daemon, pins, files) cleans up on drop, also on failure and
 //! on Ctrl-C (which ends every loop early).
@@ -107,6 +108,11 @@ const LISTED_V6: &str = "2001:db8:d::66";
 const MTA_LISTED_V6: &str = "2001:db8:d::1";
 const LISTED_PREFIX: &str = "2001:db8:d::/64";
 const DNSBL_ZONE: &str = "bl.example.test";
+/// A sender inside a network a reputation feed lists (served over HTTP in the mta namespace).
+const FEED_LISTED_V6: &str = "2001:db8:e::66";
+const MTA_FEED_V6: &str = "2001:db8:e::1";
+const FEED_NETWORK: &str = "2001:db8:e::/48";
+const FEED_PORT: u16 = 8081;
 
 fn rotator_address(i: u8) -> IpAddr {
     IpAddr::from([203, 0, 113, 130 + i % ROTATOR_ADDRESSES])
@@ -156,6 +162,7 @@ impl Topology {
             "2001:db8:6::1/64",
             "2001:db8:7::1/64",
             "2001:db8:d::1/64",
+            "2001:db8:e::1/64",
         ] {
             t.mta.addr("va", a)?;
         }
@@ -167,6 +174,7 @@ impl Topology {
             "203.0.113.66/24",
             "203.0.113.20/24",
             "2001:db8:d::66/64",
+            "2001:db8:e::66/64",
             "2001:db8:6::77/64",
             "2001:db8:7::78/64",
         ] {
@@ -849,6 +857,15 @@ fn kernel_drops(maps: &slowgate::enforcer::Maps, who: &str) -> (u64, u64) {
         .map_or((0, 0), |(r, c)| (u64::from(r), u64::from(c)))
 }
 
+/// Whether `network` is on the kernel's deny list.
+fn feed_denies(maps: &slowgate::enforcer::Maps, network: &str) -> bool {
+    let Ok(net) = network.parse::<slowgate::domain::Network>() else {
+        return false;
+    };
+    maps.list_entries(slowgate::enforcer::ListKind::Deny)
+        .is_ok_and(|entries| entries.iter().any(|e| e.network == net))
+}
+
 fn lab_config(servers: &Servers, timing: &Timing) -> String {
     format!(
         "interfaces = [\"vl\", \"vb\", \"va\"]\nattach_mode = \"native\"\n\
@@ -861,7 +878,9 @@ fn lab_config(servers: &Servers, timing: &Timing) -> String {
          [[levels]]\npoints = 15\nrate = \"6/min\"\nburst = 2\n\
          [[levels]]\npoints = 30\nblock = true\n\
          [[dnsbl]]\nzone = \"{DNSBL_ZONE}\"\nweights = {{ \"127.0.0.2\" = 30 }}\n\
-         [dns]\nresolver = \"{MTA_V4}:5353\"\ntimeout = \"1s\"\n",
+         [dns]\nresolver = \"{MTA_V4}:5353\"\ntimeout = \"1s\"\n\
+         [[feeds]]\nname = \"lab-drop\"\nurl = \"http://{MTA_V4}:{FEED_PORT}/drop.txt\"\n\
+         format = \"plain\"\naction = \"deny\"\nrefresh = \"1m\"\ntimeout = \"5s\"\n",
         servers.mail_log().display(),
         servers.dovecot_log().display(),
         timing.half_life,
@@ -896,6 +915,15 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let _files = RemoveOnDrop(dir.clone());
     let topology = Topology::build()?;
     let servers = Servers::start(&topology.mta, &dir)?;
+    // The reputation feed: a plain list naming the feed sender's network, among others.
+    let _feed = crate::feed_server::FeedServer::start(
+        &topology.mta,
+        SocketAddr::new(ip(MTA_V4), FEED_PORT),
+        crate::feed_server::Serve::Body {
+            body: format!("# lab feed\n{FEED_NETWORK}\n2001:db8:ee::/48\n203.0.113.250/32\n"),
+            etag: "\"lab-1\"".into(),
+        },
+    )?;
     let pins = PinDir::new();
     let daemon = Daemon::start(&topology.mta, &lab_config(&servers, &timing), &pins.path)?;
     let say = |text: &str| {
@@ -917,6 +945,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         "neighbour",
         "rotator",
         "listed",
+        "feed-listed",
     ]
     .into_iter()
     .map(|r| (r, Arc::new(Tally::default())))
@@ -926,6 +955,12 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     // The kernel's view (sender -> level over time), sampled by the live loop from POLICY.
     let kernel: Arc<Mutex<KernelView>> = Arc::default();
     let maps = slowgate::enforcer::Maps::open_pinned(&pins.path)?;
+    // The daemon fetches the feed as it starts; the senders begin once it is enforced (or
+    // after 10 s, and the row says so).
+    let fetched_by = Instant::now() + Duration::from_secs(10);
+    while !feed_denies(&maps, FEED_NETWORK) && Instant::now() < fetched_by {
+        thread::sleep(Duration::from_millis(50));
+    }
     let level_of = {
         let kernel = kernel.clone();
         move |who: &str| kernel.lock().expect("kernel view").level(who)
@@ -1105,6 +1140,21 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                 };
                 let every = Duration::from_secs(1);
                 sender.until(attack_end, &["alice@example.net".into()], "listed", every);
+            });
+        }
+        // 2d. A sender in a network a reputation feed lists sends ordinary mail, one a second.
+        {
+            let (tally, ns) = (roles["feed-listed"].clone(), &topology.attacker);
+            s.spawn(move || {
+                let sender = Sender {
+                    ns,
+                    src: ip(FEED_LISTED_V6),
+                    server: MTA_FEED_V6,
+                    tally: &tally,
+                    start,
+                };
+                let every = Duration::from_secs(1);
+                sender.until(attack_end, &["alice@example.net".into()], "feed", every);
             });
         }
         // 4. Normal mail from legit, all along the attack.
@@ -1448,18 +1498,23 @@ fn verdicts(
             && kernel.max_level(ROTATOR_PREFIX) > 0,
     });
 
-    // 4c. The DNSBL-listed sender: blocked after its first logged connection.
+    // 4c. Listed senders: the DNSBL-listed one blocked after its first logged connection, the
+    // feed-listed one dropped from its very first SYN (its network is a deny entry).
     let listed = &roles["listed"];
     let listed_ms = kernel.first_limited_ms(LISTED_V6);
     let (by_rule, _) = drops(LISTED_V6);
     let attack_ms = timing.attack.as_millis() as u64;
     let held =
         kernel.held_at_top(LISTED_V6, attack_ms) && kernel.held_at_top(LISTED_PREFIX, attack_ms);
+    let fed = &roles["feed-listed"];
+    let feed_entry = feed_denies(maps, FEED_NETWORK);
     rows.push(Row {
-        check: "a DNSBL-listed sender is blocked after its first connection, and held while it knocks",
+        check: "listed senders limited from their first connection: a DNSBL-listed one blocked after its first, a feed-listed one dropped from its first",
         measured: format!(
-            "level {} in the kernel {} after the start (levels {}, its /64 {}); {} of its {} \
-             messages accepted, {} attempts unanswered; kernel dropped {by_rule} by its block",
+            "DNSBL: level {} in the kernel {} after the start (levels {}, its /64 {}); {} of its \
+             {} messages accepted, {} attempts unanswered; kernel dropped {by_rule} by its block. \
+             Feed: {FEED_NETWORK} {} the deny list; {} of its {} messages accepted, {} attempts \
+             unanswered",
             kernel.max_level(LISTED_V6),
             listed_ms.map_or("never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
             kernel.path(LISTED_V6),
@@ -1467,12 +1522,20 @@ fn verdicts(
             listed.get(|t| &t.accepted),
             listed.get(|t| &t.attempts),
             listed.get(|t| &t.refused),
+            if feed_entry { "on" } else { "NOT on" },
+            fed.get(|t| &t.accepted),
+            fed.get(|t| &t.attempts),
+            fed.get(|t| &t.refused),
         ),
         pass: kernel.max_level(LISTED_V6) >= BLOCK_LEVEL
             && held
             && listed_ms.is_some_and(|ms| ms <= 5000)
             && listed.get(|t| &t.accepted) <= 2
-            && by_rule > 0,
+            && by_rule > 0
+            && feed_entry
+            && fed.get(|t| &t.attempts) > 0
+            && fed.get(|t| &t.accepted) == 0
+            && fed.get(|t| &t.refused) == fed.get(|t| &t.attempts),
     });
 
     // 5. The bulk sender: slowed by what it did (a learned limit), not lost.
