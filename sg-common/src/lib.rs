@@ -33,6 +33,8 @@ pub mod map_name {
     pub const FILTER: &str = "FILTER";
     pub const SHORT_KEYS: &str = "SHORT_KEYS";
     pub const LIST_LENGTHS: &str = "LIST_LENGTHS";
+    pub const CONNECTIONS: &str = "CONNECTIONS";
+    pub const COUNTED: &str = "COUNTED";
 }
 
 /// Default capacities. Userspace may change them at load time (see `[capacity]` in the config).
@@ -52,6 +54,13 @@ pub mod capacity {
     pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
     /// ATTACHMENTS slots (interfaces one daemon can attach to).
     pub const ATTACHMENTS: u32 = 64;
+    /// CONNECTIONS: sources and prefixes with established connections counted (hash). Full:
+    /// a new source's connection is not counted (it is admitted, and counted as
+    /// CONCURRENT_UNTRACKED); entries at zero are removed by userspace's sweep.
+    pub const CONNECTIONS: u32 = 65_536;
+    /// COUNTED: established connections counted, by socket cookie (hash). Full: the
+    /// connection is not counted (admitted, CONCURRENT_UNTRACKED).
+    pub const COUNTED: u32 = 262_144;
 }
 
 /// Value of the ALLOW and DENY LPM tries (keyed by `Key<Addr>`: prefix length, then address).
@@ -432,7 +441,16 @@ pub struct Config {
     /// one connection a forgotten prefix gets without its buckets is one they would have
     /// refilled anyway. 0 = no first contact path (every new connection reads its slots).
     pub seen_epoch_shift: u32,
-    pub _pad: u32,
+    /// Most established connections to the protected ports one source may hold; 0 = no cap.
+    pub concurrent_source: u32,
+    /// The same for a prefix.
+    pub concurrent_prefix: u32,
+    /// The cap of a source or prefix that a POLICY limit (a level) holds, when lower than its
+    /// own; 0 = the same caps.
+    pub concurrent_limited: u32,
+    /// The network namespace whose connections CONNECTIONS counts (its cookie), so daemons in
+    /// other namespaces of the host count theirs apart; 0 = every namespace.
+    pub netns_cookie: u64,
 }
 
 /// Services, the values of PORTS (indexed by destination port in host order).
@@ -458,7 +476,9 @@ pub mod reason {
     /// A frame whose source is out of reach of the program (more VLAN tags than it walks)
     /// but not of the stack.
     pub const UNJUDGEABLE: u8 = 6;
-    pub const COUNT: u32 = 7;
+    /// The source or its prefix holds as many established connections as its cap allows.
+    pub const CONCURRENT: u8 = 7;
+    pub const COUNT: u32 = 8;
     pub const NAMES: [&str; COUNT as usize] = [
         "deny",
         "policy_rate",
@@ -467,6 +487,7 @@ pub mod reason {
         "default_prefix_ceiling",
         "blocked_established",
         "unjudgeable",
+        "concurrent_cap",
     ];
 }
 
@@ -516,8 +537,11 @@ pub mod counter {
     /// New connections decided on first contact (see `filter`): no list or policy can match
     /// and the prefix was not seen lately; passed without touching a slot.
     pub const FIRST_CONTACT: u32 = BUCKET_CONTENDED + 1;
+    /// Established connections that could not be counted for the concurrent caps (CONNECTIONS
+    /// or COUNTED full); they were admitted.
+    pub const CONCURRENT_UNTRACKED: u32 = FIRST_CONTACT + 1;
     /// Number of counters.
-    pub const COUNT: u32 = FIRST_CONTACT + 1;
+    pub const COUNT: u32 = CONCURRENT_UNTRACKED + 1;
 }
 
 /// A sampled drop, sent to userspace through the DROP_EVENTS ring buffer.
@@ -574,13 +598,14 @@ mod pod {
 // Counter ranges do not overlap.
 const _: () = assert!(counter::EVENTS_LOST < counter::DROP_REASON);
 // Every reason and service has its counter: a value added without bumping COUNT fails here.
-const _: () = assert!((reason::UNJUDGEABLE as u32) < reason::COUNT);
+const _: () = assert!((reason::CONCURRENT as u32) < reason::COUNT);
 const _: () = assert!((service::IMAP as u32) < service::COUNT);
 
 // No implicit padding anywhere: a key's padding bytes would be hashed.
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Policy>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 8 + 16 + 8 + 8);
+const _: () =
+    assert!(core::mem::size_of::<Config>() == 32 + 32 + 8 + 40 + 8 + 8 + 8 + 16 + 8 + 8 + 8 + 8);
 const _: () = assert!(core::mem::size_of::<ListLengths>() == 24);
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);

@@ -29,6 +29,12 @@ mod program {
         parse::{self, Packet},
     };
 
+    /// The concurrent-connection caps' `sock_ops` program and its maps (in a file of its own,
+    /// included: it shares this module's maps).
+    mod concurrent {
+        include!("concurrent.rs");
+    }
+
     /// Single entry, written by userspace before attaching.
     #[btf_map]
     static CONFIG: Array<Config, 1> = Array::new();
@@ -229,7 +235,10 @@ mod program {
         let seen = match first_contact(src, config, now, ahead) {
             Contact::First => {
                 count(counter::FIRST_CONTACT);
-                return None;
+                // No list nor policy matches; a long-lived connection may outlast the
+                // prefix's "seen" mark, so the caps are checked here too.
+                return concurrent::over_cap(src, &ahead.prefix, config, false)
+                    .then_some(reason::CONCURRENT);
             }
             Contact::Seen(seen) => seen,
         };
@@ -242,11 +251,15 @@ mod program {
             }
             verdict::DENY => return Some(reason::DENY),
             verdict::BLOCK => return Some(reason::POLICY_BLOCK),
-            verdict::LIMIT => {
-                return (!source.take(now, config, source.interval_ns, u64::from(source.burst)))
-                    .then_some(reason::POLICY_RATE);
-            }
             _ => {}
+        }
+        let limited = source.verdict == verdict::LIMIT;
+        if concurrent::over_cap(src, &ahead.prefix, config, limited) {
+            return Some(reason::CONCURRENT);
+        }
+        if limited {
+            return (!source.take(now, config, source.interval_ns, u64::from(source.burst)))
+                .then_some(reason::POLICY_RATE);
         }
         let prefix = Remembered::of_prefix(src, config, generation, now, seen.prefix)?;
         let by_prefix = match prefix.verdict {

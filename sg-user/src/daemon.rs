@@ -175,6 +175,23 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         );
     }
     maps.record_attachments(&attached)?;
+    // The concurrent caps' connection counter, pinned like the XDP links.
+    match &config.concurrent {
+        Some(caps) => {
+            match enforcer::attach_counting(&mut ebpf, pin_dir, caps.cgroup.as_deref())? {
+                Some(dir) => tracing::info!(
+                    "counting established connections for the concurrent caps (cgroup {})",
+                    dir.display()
+                ),
+                None => tracing::info!("re-using the connection counter already attached"),
+            }
+        }
+        None => {
+            if enforcer::detach_counting(pin_dir)? {
+                tracing::info!("no concurrent caps: the connection counter is removed");
+            }
+        }
+    }
     // The one writer of lists and limits from here on: it takes the operators' entries now,
     // then moves into the learning loop, where every later decision goes.
     let mut enforcer = Enforcer::new(config.limit_ttl);

@@ -118,6 +118,13 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             "New connections from prefixes not seen lately, passed without reading a slot.",
             &[(String::new(), at(counter::FIRST_CONTACT))],
         );
+        metric(
+            &mut out,
+            "slowgate_concurrent_untracked_total",
+            "counter",
+            "Established connections the concurrent caps could not count (their tables full); admitted.",
+            &[(String::new(), at(counter::CONCURRENT_UNTRACKED))],
+        );
         let by_reason: Vec<(String, f64)> = reason::NAMES
             .iter()
             .enumerate()

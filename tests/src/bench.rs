@@ -697,6 +697,7 @@ pub fn lists(args: &[String]) -> anyhow::Result<()> {
         policies: 1024,
         sources: 4096,
         prefixes: 1024,
+        connections: 1024,
     };
     let mut ours = Vec::new();
     let mut parts = Vec::new();

@@ -650,3 +650,74 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Listeners that keep each connection open until the client closes it (as an MTA does until
+/// QUIT), writing a byte every 300 ms so that a client gone silent times out: each accepted
+/// socket has TCP_USER_TIMEOUT `user_timeout`. Stops on drop.
+pub struct HoldingListeners {
+    stop: std::sync::Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl HoldingListeners {
+    pub fn start(ns: &Netns, ports: &[u16], user_timeout: Duration) -> anyhow::Result<Self> {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &port in ports {
+            let listener = ns.enter(|| TcpListener::bind(("::", port)))??;
+            listener.set_nonblocking(true)?;
+            let stop = stop.clone();
+            threads.push(thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let stop = stop.clone();
+                            held.push(thread::spawn(move || hold(conn, user_timeout, &stop)));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                for t in held {
+                    let _ = t.join();
+                }
+            }));
+        }
+        Ok(HoldingListeners { stop, threads })
+    }
+}
+
+fn hold(conn: std::net::TcpStream, user_timeout: Duration, stop: &AtomicBool) {
+    use std::io::Write as _;
+    let socket = socket2::SockRef::from(&conn);
+    let _ = socket.set_tcp_user_timeout(Some(user_timeout));
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
+    let mut conn = conn;
+    let mut buf = [0u8; 256];
+    // Bounded: the test ends every connection, and `stop` ends them all.
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+        if conn.write_all(b".").is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for HoldingListeners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1513,3 +1513,115 @@ fn a_source_listed_by_a_feed_is_dropped_until_the_feed_drops_it_and_bad_fetches_
         assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
     }
 }
+
+/// Established connections the kernel counts for `who` (a source or prefix), 0 when none.
+fn counted(lab: &Lab, who: &str) -> u64 {
+    let net: slowgate::domain::Network = who.parse().unwrap();
+    slowgate::enforcer::Maps::open_pinned(&lab.pins.path)
+        .unwrap()
+        .connection_counts()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| *n == net)
+        .map_or(0, |(_, c)| c)
+}
+
+/// Waits (at most 10 s) until the kernel counts `want` connections for `who`.
+fn wait_counted(lab: &Lab, who: &str, want: u64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = counted(lab, who);
+        if n == want {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("{who}: {n} counted, wanted {want}");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn concurrent_connections_are_capped_and_counted_down_after_closes_resets_and_timeouts() {
+    use std::net::TcpStream;
+    let lab = Lab::new();
+    // POP3 and submission hold their connections until the client closes (as a server does
+    // until QUIT), and give up on a silent client after 1 s.
+    let _held = HoldingListeners::start(&lab.server, &[110, 587], Duration::from_secs(1)).unwrap();
+    let config = format!(
+        "{}\n[ceiling.concurrent]\nsource = 20\nprefix = 30\n",
+        daemon_config()
+    );
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let open = |from: &str, server: &str, i: usize| -> Option<TcpStream> {
+        let port = if i.is_multiple_of(2) { 110 } else { 587 };
+        tcp_connect(
+            &lab.client,
+            ip(from),
+            to(server, port),
+            Duration::from_millis(700),
+        )
+        .ok()
+    };
+    // The prefix cap: two sources of one /64, 20 + 10, and the 31st refused although its
+    // source holds only 10.
+    let a: Vec<TcpStream> = (0..20)
+        .map(|i| open(CLIENT_A6, SERVER_A6, i).expect("first source's 20"))
+        .collect();
+    let b: Vec<TcpStream> = (0..10)
+        .map(|i| open(CLIENT_A6_OTHER, SERVER_A6, i).expect("second source's 10"))
+        .collect();
+    assert!(wait_counted(&lab, "2001:db8:a::/64", 30));
+    assert!(
+        open(CLIENT_A6_OTHER, SERVER_A6, 0).is_none(),
+        "31st of the /64 admitted"
+    );
+    drop(a);
+    drop(b);
+    assert!(wait_counted(&lab, "2001:db8:a::/64", 0));
+    // 20 at once, across two services: all admitted; the 21st refused on either service.
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|i| open(CLIENT1_V4, SERVER_V4, i).expect("one of the first 20 connections"))
+        .collect();
+    assert!(wait_counted(&lab, CLIENT1_V4, 20), "{}", daemon.log_text());
+    assert!(
+        open(CLIENT1_V4, SERVER_V4, 0).is_none(),
+        "21st on POP3 admitted"
+    );
+    assert!(
+        open(CLIENT1_V4, SERVER_V4, 1).is_none(),
+        "21st on submission admitted"
+    );
+    // Another source passes.
+    let other = open(CLIENT2_V4, SERVER2_V4, 0).expect("another source is not capped");
+    // One closes (FIN both ways): the next is admitted, and the one after refused again.
+    drop(held.pop());
+    assert!(wait_counted(&lab, CLIENT1_V4, 19));
+    held.push(open(CLIENT1_V4, SERVER_V4, 0).expect("admitted after one closed"));
+    assert!(wait_counted(&lab, CLIENT1_V4, 20));
+    assert!(open(CLIENT1_V4, SERVER_V4, 1).is_none());
+    // Five reset (RST): counted down at once, though the server never closed them.
+    for stream in held.drain(..5) {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    assert!(wait_counted(&lab, CLIENT1_V4, 15));
+    // The client goes silent (its link down): the server's sockets time out, and the counts
+    // return to zero, the prefix's too.
+    lab.client.ip(&["link", "set", "cl0", "down"]).unwrap();
+    let timed_out = wait_counted(&lab, CLIENT1_V4, 0) && wait_counted(&lab, "198.51.100.0/24", 0);
+    lab.client.ip(&["link", "set", "cl0", "up"]).unwrap();
+    assert!(timed_out, "{}", daemon.log_text());
+    drop(held);
+    drop(other);
+    assert!(wait_counted(&lab, CLIENT2_V4, 0));
+    // Metrics name the refusals.
+    let metrics =
+        http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("reason=\"concurrent_cap\""),
+        "no concurrent_cap drops in:\n{metrics}"
+    );
+}

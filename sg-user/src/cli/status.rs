@@ -39,6 +39,7 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         ("verified_over_ceiling", counter::VERIFIED_OVER_CEILING),
         ("bucket_contended", counter::BUCKET_CONTENDED),
         ("first_contacts", counter::FIRST_CONTACT),
+        ("concurrent_untracked", counter::CONCURRENT_UNTRACKED),
         ("new_connections", counter::NEW_CONN),
         ("allowed_by_list", counter::ALLOWED),
         ("verdicts_worked_out", counter::VERDICT_WORKED_OUT),

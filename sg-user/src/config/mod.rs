@@ -16,6 +16,7 @@ pub use crate::{
     sources::Source,
 };
 
+mod ceilings;
 pub mod error;
 mod feeds;
 mod raw;
@@ -51,6 +52,8 @@ pub struct Config {
     pub prefix_v6: u8,
     pub source_ceiling: Option<(Rate, u32)>,
     pub prefix_ceiling: Option<(Rate, u32)>,
+    /// Concurrent-connection caps (`[ceiling.concurrent]`); None: no caps.
+    pub concurrent: Option<crate::enforcer::ConcurrentCaps>,
     pub drop_established_from_blocked: bool,
     pub drop_event_sample: u32,
     pub sweep_interval: Duration,
@@ -152,6 +155,9 @@ impl Config {
                 0
             },
             event_sample: self.drop_event_sample,
+            concurrent_source: self.concurrent.as_ref().map_or(0, |c| c.source),
+            concurrent_prefix: self.concurrent.as_ref().map_or(0, |c| c.prefix),
+            concurrent_limited: self.concurrent.as_ref().map_or(0, |c| c.limited),
             // Filled in by `Maps::write_config`, which knows the kernel and the maps.
             ..sg_common::Config::default()
         }

@@ -356,6 +356,25 @@ pub(super) struct RawBucket {
 pub(super) struct RawCeiling {
     pub(super) source: Option<RawBucket>,
     pub(super) prefix: Option<RawBucket>,
+    #[serde(default)]
+    pub(super) concurrent: Option<RawConcurrent>,
+}
+
+/// `[ceiling.concurrent]`: established connections one source or prefix may hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConcurrent {
+    #[serde(default)]
+    pub(super) source: u32,
+    #[serde(default)]
+    pub(super) prefix: u32,
+    /// The cap of a source or prefix a level limits, when lower.
+    #[serde(default)]
+    pub(super) limited: u32,
+    /// The cgroup v2 directory the counting program attaches to; default: the root of the
+    /// cgroup2 hierarchy.
+    #[serde(default)]
+    pub(super) cgroup: Option<PathBuf>,
 }
 
 impl Default for RawCeiling {
@@ -369,6 +388,7 @@ impl Default for RawCeiling {
                 rate: "20/s".into(),
                 burst: 60,
             }),
+            concurrent: None,
         }
     }
 }
@@ -409,6 +429,12 @@ pub(super) struct RawCapacity {
     pub(super) policies: u32,
     pub(super) sources: u32,
     pub(super) prefixes: u32,
+    #[serde(default = "default_connections")]
+    pub(super) connections: u32,
+}
+
+fn default_connections() -> u32 {
+    sg_common::capacity::CONNECTIONS
 }
 
 impl Default for RawCapacity {
@@ -419,6 +445,7 @@ impl Default for RawCapacity {
             policies: capacity::POLICY,
             sources: capacity::SOURCES,
             prefixes: capacity::PREFIXES,
+            connections: capacity::CONNECTIONS,
         }
     }
 }

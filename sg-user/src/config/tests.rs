@@ -116,6 +116,15 @@ fn bad_values_name_the_key() {
             "[dns]\nresolver = \"nowhere\"\n[[dnsbl]]\nzone = \"bl.example\"\nweights = { \"127.0.0.2\" = 5 }",
             "dns.resolver",
         ),
+        ("[ceiling.concurrent]\nlimited = 5", "ceiling.concurrent"),
+        (
+            "[ceiling.concurrent]\nsource = 2000000",
+            "ceiling.concurrent.source",
+        ),
+        (
+            "[ceiling.concurrent]\nsource = 20\ncgroup = \"sys/fs/cgroup\"",
+            "ceiling.concurrent.cgroup",
+        ),
         (
             "[[feeds]]\nname = \"a b\"\npath = \"/f\"\nformat = \"plain\"\naction = \"deny\"",
             "feeds[0].name",

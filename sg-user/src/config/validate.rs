@@ -12,12 +12,12 @@ use super::error::{key_bail, key_error};
 use super::{
     AttachMode, Capacity, Config, Source,
     raw::{
-        RawBucket, RawCapacity, RawCeiling, RawConfig, RawCountries, RawDns, RawDnsbl,
-        RawEnforcement, RawLevel, RawLists, RawMetrics, RawPoints, RawPorts, RawPrefix, RawSource,
+        RawCapacity, RawConfig, RawCountries, RawDns, RawDnsbl, RawEnforcement, RawLevel, RawLists,
+        RawMetrics, RawPoints, RawPorts, RawPrefix, RawSource,
     },
 };
 use crate::{
-    domain::{Limit, Network, Rate, parse_duration},
+    domain::{Limit, Network, parse_duration},
     engine::{EngineConfig, LevelRow},
     parsers::Format,
 };
@@ -27,7 +27,8 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let attach_mode = attach_mode(&raw.attach_mode)?;
     let ports = ports(&raw.ports)?;
     prefix(&raw.prefix)?;
-    let (source_ceiling, prefix_ceiling) = ceilings(raw.ceiling)?;
+    let concurrent = super::ceilings::concurrent(raw.ceiling.concurrent.as_ref())?;
+    let (source_ceiling, prefix_ceiling) = super::ceilings::ceilings(raw.ceiling)?;
     let sweep_interval = enforcement(&raw.enforcement)?;
     let capacity = capacity(&raw.capacity)?;
     let sources = sources(&raw.sources)?;
@@ -48,6 +49,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         prefix_v6: raw.prefix.ipv6,
         source_ceiling,
         prefix_ceiling,
+        concurrent,
         drop_established_from_blocked: raw.enforcement.drop_established_from_blocked,
         drop_event_sample: raw.enforcement.drop_event_sample,
         sweep_interval,
@@ -283,28 +285,6 @@ fn prefix(raw: &RawPrefix) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `[ceiling]`: the default ceilings per source and per prefix.
-#[allow(clippy::type_complexity)]
-fn ceilings(raw: RawCeiling) -> anyhow::Result<(Option<(Rate, u32)>, Option<(Rate, u32)>)> {
-    let bucket = |key: &str, b: Option<RawBucket>| -> anyhow::Result<Option<(Rate, u32)>> {
-        match b {
-            None => Ok(None),
-            Some(b) => {
-                let rate: Rate = b
-                    .rate
-                    .parse()
-                    .map_err(|e| key_error!(format!("{key}.rate"), "{e:#}"))?;
-                check_burst(&format!("{key}.burst"), b.burst)?;
-                Ok(Some((rate, b.burst)))
-            }
-        }
-    };
-    Ok((
-        bucket("ceiling.source", raw.source)?,
-        bucket("ceiling.prefix", raw.prefix)?,
-    ))
-}
-
 /// `[enforcement]`: the sweep interval (the rest needs no check).
 fn enforcement(raw: &RawEnforcement) -> anyhow::Result<Duration> {
     let sweep_interval = duration(
@@ -323,6 +303,7 @@ fn capacity(c: &RawCapacity) -> anyhow::Result<Capacity> {
         ("capacity.policies", c.policies),
         ("capacity.sources", c.sources),
         ("capacity.prefixes", c.prefixes),
+        ("capacity.connections", c.connections),
     ] {
         if !(16..=16_777_216).contains(&value) {
             key_bail!(format!("{key}"), "{value} is outside 16..=16777216");
@@ -343,6 +324,7 @@ fn capacity(c: &RawCapacity) -> anyhow::Result<Capacity> {
         policies: c.policies,
         sources: c.sources,
         prefixes: c.prefixes,
+        connections: c.connections,
     })
 }
 
@@ -556,6 +538,10 @@ pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
             .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
             .map(|h| h.trim().to_string())
     };
+    // A key that names a table (`ceiling.concurrent`): its header.
+    if let Some(i) = text.lines().position(|l| header(l).as_deref() == Some(key)) {
+        return Some(i + 1);
+    }
     let mut current = String::new();
     let mut seen = 0usize;
     for (i, line) in text.lines().enumerate() {

@@ -46,6 +46,8 @@ pub struct Maps {
     pub(super) filter: Array<MapData, FilterLine>,
     pub(super) short_keys: Array<MapData, u64>,
     pub(super) list_lengths: Array<MapData, ListLengths>,
+    /// Established connections per source and prefix (the concurrent caps).
+    pub(super) connections: HashMap<MapData, PolicyKey, u64>,
     /// max_entries of each bounded map, read from the kernel.
     capacities: Vec<(&'static str, u32)>,
     /// When this handle last rebuilt the present bits (None: not yet, so the first
@@ -95,6 +97,7 @@ impl Maps {
         let policy = bounded(map_name::POLICY)?.try_into()?;
         let sources = bounded(map_name::SOURCES)?.try_into()?;
         let prefixes = bounded(map_name::PREFIXES)?.try_into()?;
+        let connections = bounded(map_name::CONNECTIONS)?.try_into()?;
         Ok(Maps {
             config: get(map_name::CONFIG)?.try_into()?,
             ports: get(map_name::PORTS)?.try_into()?,
@@ -109,6 +112,7 @@ impl Maps {
             filter: get(map_name::FILTER)?.try_into()?,
             short_keys: get(map_name::SHORT_KEYS)?.try_into()?,
             list_lengths: get(map_name::LIST_LENGTHS)?.try_into()?,
+            connections,
             capacities,
             filter_rebuilt: None,
         })
@@ -146,6 +150,7 @@ impl Maps {
             source_slots_mask: capacity(map_name::SOURCES) - 1,
             prefix_slots_mask: capacity(map_name::PREFIXES) - 1,
             seen_epoch_shift: seen_epoch_shift(config, tick_ns),
+            netns_cookie: super::netns_cookie()?,
             ..*config
         };
         let keying = [Keying::of(&old), Keying::of(&config)];

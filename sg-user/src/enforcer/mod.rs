@@ -24,11 +24,13 @@ use std::{
 };
 
 mod batch;
+mod concurrent;
 mod feeds;
 mod filter;
 pub mod maps;
 pub mod program;
 
+pub use concurrent::*;
 pub use maps::{Entry, Maps};
 pub use program::*;
 

@@ -34,6 +34,9 @@ pub struct Capacity {
     pub policies: u32,
     pub sources: u32,
     pub prefixes: u32,
+    /// Sources and prefixes with established connections counted (the concurrent caps); the
+    /// connections themselves get four times as many entries.
+    pub connections: u32,
 }
 
 /// The XDP program, built by build.rs and embedded so that the binary is all an operator installs.
@@ -114,7 +117,7 @@ fn run_clock(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<u32> {
 
 /// Maps pinned under the pin directory: all of them, so a restarted daemon finds the state the
 /// running program uses.
-const PINNED_MAPS: [&str; 14] = [
+const PINNED_MAPS: [&str; 16] = [
     map_name::DROP_EVENTS,
     map_name::CONFIG,
     map_name::PORTS,
@@ -129,6 +132,8 @@ const PINNED_MAPS: [&str; 14] = [
     map_name::FILTER,
     map_name::SHORT_KEYS,
     map_name::LIST_LENGTHS,
+    map_name::CONNECTIONS,
+    map_name::COUNTED,
 ];
 
 /// Expiry time for a time-to-live; 0 (never) without one.
@@ -189,7 +194,9 @@ pub fn load_object(
         .map_max_entries(map_name::DENY, capacity.lists)
         .map_max_entries(map_name::POLICY, capacity.policies)
         .map_max_entries(map_name::SOURCES, capacity.sources.next_power_of_two())
-        .map_max_entries(map_name::PREFIXES, capacity.prefixes.next_power_of_two());
+        .map_max_entries(map_name::PREFIXES, capacity.prefixes.next_power_of_two())
+        .map_max_entries(map_name::CONNECTIONS, capacity.connections)
+        .map_max_entries(map_name::COUNTED, capacity.connections.saturating_mul(4));
     let paths: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => PINNED_MAPS.iter().map(|m| (*m, dir.join(m))).collect(),
         None => Vec::new(),
@@ -209,6 +216,7 @@ pub fn default_capacity() -> Capacity {
         policies: capacity::POLICY,
         sources: capacity::SOURCES,
         prefixes: capacity::PREFIXES,
+        connections: capacity::CONNECTIONS,
     }
 }
 

@@ -395,6 +395,11 @@ pub fn run(
                     Ok(n) => tracing::info!("removed {n} expired entries"),
                     Err(e) => tracing::warn!("sweeping expired entries failed: {e:#}"),
                 }
+                if config.concurrent.is_some()
+                    && let Err(e) = maps.sweep_connections()
+                {
+                    tracing::warn!("sweeping closed connections' counts failed: {e:#}");
+                }
             }
             for e in enforcer.refresh_ttls(&mut maps, now) {
                 tracing::info!("{e:#}");

@@ -82,6 +82,7 @@ fn xdp(sizes: &Sizes) -> anyhow::Result<()> {
         policies: 262_144,
         sources: 1_048_576,
         prefixes: 262_144,
+        connections: 65_536,
     };
     let mut p = TestProgram::load_with(&config, &capacity)?;
     eprintln!("filling maps: {tracked_sources} tracked sources, {list_entries} list entries ...");
