@@ -1550,7 +1550,7 @@ fn concurrent_connections_are_capped_and_counted_down_after_closes_resets_and_ti
     // until QUIT), and give up on a silent client after 1 s.
     let _held = HoldingListeners::start(&lab.server, &[110, 587], Duration::from_secs(1)).unwrap();
     let config = format!(
-        "{}\n[ceiling.concurrent]\nsource = 20\nprefix = 30\n",
+        "{}\n[ceiling.concurrent]\nsource = 20\nprefix = 30\nlimited = 5\n",
         daemon_config()
     );
     let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
@@ -1616,6 +1616,20 @@ fn concurrent_connections_are_capped_and_counted_down_after_closes_resets_and_ti
     assert!(timed_out, "{}", daemon.log_text());
     drop(held);
     drop(other);
+    assert!(wait_counted(&lab, CLIENT2_V4, 0));
+    // A source a level (here an operator's limit, loose in rate) holds gets the lower cap.
+    lab.cli(&[
+        "limit", "set", CLIENT2_V4, "--rate", "600/min", "--burst", "100",
+    ]);
+    let limited: Vec<TcpStream> = (0..5)
+        .map(|i| open(CLIENT2_V4, SERVER2_V4, i).expect("a limited source's first 5"))
+        .collect();
+    assert!(wait_counted(&lab, CLIENT2_V4, 5));
+    assert!(
+        open(CLIENT2_V4, SERVER2_V4, 0).is_none(),
+        "a limited source's 6th admitted"
+    );
+    drop(limited);
     assert!(wait_counted(&lab, CLIENT2_V4, 0));
     // Metrics name the refusals.
     let metrics =
