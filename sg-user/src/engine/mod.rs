@@ -23,7 +23,7 @@
 //!
 //! Countries weigh events (a multiplier) and may have their own level table.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 
@@ -33,6 +33,8 @@ use crate::{
 };
 
 mod change;
+mod decay;
+mod fleet;
 mod geo;
 mod rotation;
 mod settings;
@@ -42,13 +44,17 @@ mod tests;
 mod timers;
 
 pub use change::{Change, SenderInfo};
+use decay::{counted, decay, level_for, secs, truncate};
 pub use geo::Geo;
 pub use settings::{EngineConfig, KIND_NAMES, LevelRow, Weights, kind_index};
 pub use snapshot::{SavedSender, Snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Tracked {
+    /// All points, other hosts' of a fleet included.
     points: f32,
+    /// The part of `points` other hosts of a fleet earned (decays with them).
+    fleet: f32,
     /// Seconds on the caller's clock when `points` was last brought up to date.
     at_s: u32,
     level_since_s: u32,
@@ -80,6 +86,7 @@ impl Tracked {
     fn new(now: u32, country: [u8; 2]) -> Tracked {
         Tracked {
             points: 0.0,
+            fleet: 0.0,
             at_s: now,
             level_since_s: now,
             level: 0,
@@ -118,6 +125,9 @@ pub struct Engine {
     limited: FastSet<Sender>,
     /// Timer entries taken off the queue so far (what a tick costs).
     timer_pops: u64,
+    /// Senders whose own points changed since [`Engine::take_changed`] (a fleet publishes
+    /// them); bounded by `tracked`'s bound, as each is a tracked sender.
+    changed: FastSet<Sender>,
 }
 
 impl Engine {
@@ -133,6 +143,7 @@ impl Engine {
             timer_entries: 0,
             limited: FastSet::default(),
             timer_pops: 0,
+            changed: FastSet::default(),
         }
     }
 
@@ -245,6 +256,8 @@ impl Engine {
         let now = secs(now_ns);
         let change = self.set_level(sender, 0, now);
         self.tracked.remove(sender);
+        // Its own points are gone too: a fleet publishes that.
+        self.changed.insert(sender.clone());
         change
     }
 
@@ -461,6 +474,7 @@ impl Engine {
     ) -> Vec<Change> {
         let half_life = self.config.half_life;
         let entry = self.entry(&sender, country, now);
+        entry.fleet = decay(entry.fleet, entry.at_s, now, half_life) as f32;
         entry.points = (decay(entry.points, entry.at_s, now, half_life) + weight) as f32;
         entry.at_s = now;
         entry.recent[kind] = entry.recent[kind].saturating_add(1);
@@ -473,6 +487,9 @@ impl Engine {
         if matches!(sender, Sender::Country(_)) {
             // Countries are reported, not limited (a whole country is not one sender).
             return Vec::new();
+        }
+        if self.changed.len() < self.config.max_tracked {
+            self.changed.insert(sender.clone());
         }
         let table = self
             .config
@@ -663,38 +680,4 @@ impl Engine {
             self.limited.remove(&victim);
         }
     }
-}
-
-/// Event counts as (kind, count), most frequent first.
-fn counted(recent: &[u8; KIND_NAMES.len()]) -> Vec<(&'static str, u32)> {
-    let mut events: Vec<(&'static str, u32)> = KIND_NAMES
-        .iter()
-        .zip(recent)
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, n)| (*k, u32::from(*n)))
-        .collect();
-    events.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    events
-}
-
-fn truncate(addr: IpAddr, v4: u8, v6: u8) -> IpNet {
-    let len = if addr.is_ipv4() { v4 } else { v6 };
-    IpNet::new(addr, len)
-        .expect("validated prefix length")
-        .trunc()
-}
-
-/// Seconds of a nanosecond clock, as stored per sender (u32 lasts until 2106 on the Unix clock).
-fn secs(now_ns: u64) -> u32 {
-    (now_ns / 1_000_000_000) as u32
-}
-
-fn decay(points: f32, at_s: u32, now_s: u32, half_life: Duration) -> f64 {
-    let elapsed = f64::from(now_s.saturating_sub(at_s));
-    f64::from(points) * (-elapsed / half_life.as_secs_f64()).exp2()
-}
-
-/// The highest level whose threshold `points` reach.
-fn level_for(levels: &[LevelRow], points: f64) -> usize {
-    levels.iter().take_while(|row| points >= row.points).count()
 }

@@ -112,7 +112,8 @@ impl Snapshot {
             .senders
             .into_iter()
             .map(|(s, t)| {
-                let points = decay(t.points, t.at_s, now, self.half_life);
+                // Only this host's own points: a fleet's are the other hosts' to keep.
+                let points = decay(t.points - t.fleet, t.at_s, now, self.half_life);
                 (s, t, points)
             })
             .filter(|(_, t, p)| t.level > 0 || *p >= 0.5)

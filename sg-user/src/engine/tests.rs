@@ -2,6 +2,7 @@ use super::*;
 use crate::events::RejectKind;
 use crate::events::Service;
 use std::collections::HashMap;
+use std::time::Duration;
 
 const SECOND: u64 = 1_000_000_000;
 const MINUTE: u64 = 60 * SECOND;
@@ -520,4 +521,49 @@ fn an_addresss_refusals_hold_its_prefix_too() {
         e.tick(minute * MINUTE);
     }
     assert_eq!((e.level(&s), e.level(&p)), (3, 3));
+}
+
+#[test]
+fn other_hosts_points_raise_the_level_but_only_own_points_are_published_and_saved() {
+    let mut e = Engine::new(config());
+    let source = Sender::Source(ip("203.0.113.66"));
+    let now = 10 * MINUTE;
+    // Three own harvest attempts (weight 2 each by default: 6 points), below level 1 alone.
+    record_n(&mut e, &harvest("203.0.113.66"), 3, now);
+    assert_eq!(e.level(&source), 0);
+    let own = e.own_points(&source, now);
+    let published = e.take_changed(now);
+    assert!(
+        published
+            .iter()
+            .any(|(s, p)| *s == source && (*p - own).abs() < 1e-6)
+    );
+    assert!(e.take_changed(now).is_empty(), "taken once");
+    // Another host's 5 points: together past level 1 (10).
+    let changes = e.add_peer_points(&source, 5.0, now);
+    assert_eq!(e.level(&source), 1, "{changes:?}");
+    assert!(
+        (e.own_points(&source, now) - own).abs() < 1e-3,
+        "own points unchanged"
+    );
+    assert!(
+        e.take_changed(now).is_empty(),
+        "peers' points are not ours to publish"
+    );
+    // Saved: only our own.
+    let rows = e.snapshot(now, 1_000_000).rows(100);
+    let row = rows.iter().find(|r| r.id == "203.0.113.66").unwrap();
+    assert!((f64::from(row.points) - own).abs() < 1e-3, "{row:?}");
+    // The other host's contribution shrinks (released there): back below the threshold, and
+    // the level comes down as it would by decay.
+    e.add_peer_points(&source, -5.0, now);
+    assert!((e.points(&source, now) - own).abs() < 1e-3);
+    let later = now + 10 * MINUTE;
+    e.tick(later);
+    assert_eq!(e.level(&source), 0);
+    // Allow-listed senders take none.
+    e.set_allowed(vec!["198.51.100.0/24".parse().unwrap()]);
+    let allowed = Sender::Source(ip("198.51.100.7"));
+    e.add_peer_points(&allowed, 100.0, later);
+    assert_eq!(e.level(&allowed), 0);
 }
