@@ -208,6 +208,22 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             tracing::warn!("{e:#}; reading the logs from their end");
             Default::default()
         });
+    // Fleet mode: a task of its own talks to Redis; what it reads wakes the learning loop.
+    let (fleet_learning, fleet, mut fleet_lists) = match config.fleet.clone() {
+        Some(settings) => {
+            tracing::info!(
+                "fleet: {} as {} (working alone until it answers)",
+                settings.shown(),
+                settings.name
+            );
+            let wake = tx.clone();
+            let (learning, fleet, lists) = crate::fleet::start(settings, move || {
+                let _ = wake.try_send(sources::Reading::Wake);
+            });
+            (Some(learning), Some(fleet), Some(lists))
+        }
+        None => (None, None, None),
+    };
     let readers = sources::spawn(
         &config.sources,
         Start::End,
@@ -240,6 +256,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                     lines: rx,
                     requests: learning_rx,
                     feeds,
+                    fleet: fleet_learning,
                 },
                 stop,
                 stats,
@@ -285,6 +302,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let mut watchdog = tokio::time::interval(watchdog_interval().min(Duration::from_secs(1)));
 
     let mut current = config.clone();
+    let mut fleet_applied = FleetApplied::new();
     // Interfaces found gone, so that it is said once, not every second.
     let mut missing = std::collections::BTreeSet::new();
     let mut hangup = signal(SignalKind::hangup()).context("handle SIGHUP")?;
@@ -326,13 +344,23 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 reattach_lost(&mut ebpf, &current, &mut missing);
                 notify("WATCHDOG=1");
             }
+            Some(change) = next_fleet_change(&mut fleet_lists) => {
+                fleet_change(&current, &maps, &learning_tx, &mut fleet_applied, change).await;
+            }
             _ = hangup.recv() => {
                 let _ = reload(&mut current, &mut maps, (tick_ns, boot_offset), &learning_tx).await;
             }
             Some((op, reply)) = ops_rx.recv() => {
                 let answer = match op {
                     control::Op::Reload => reload(&mut current, &mut maps, (tick_ns, boot_offset), &learning_tx).await,
-                    control::Op::Lists(change) => operator_change(&current, &maps, &learning_tx, change).await,
+                    control::Op::Lists(change) => {
+                        let answer = operator_change(&current, &maps, &learning_tx, change.clone()).await;
+                        // Made here: every host of the fleet makes it too.
+                        if let (Ok(_), Some(fleet)) = (&answer, &fleet) {
+                            fleet.list(change);
+                        }
+                        answer
+                    }
                     control::Op::Import(import) => operator_import(&current, &learning_tx, import).await,
                     control::Op::Rows(list) => crate::store::Store::open(&current.state_dir)
                         .and_then(|store| crate::lists::rows(&maps, &store, &list))
@@ -572,6 +600,76 @@ async fn operator_change(
         tracing::info!("control: {said}");
     }
     Ok(answer)
+}
+
+/// The next operator's entry from another host (never, without a fleet).
+async fn next_fleet_change(
+    lists: &mut Option<tokio::sync::mpsc::Receiver<crate::lists::Change>>,
+) -> Option<crate::lists::Change> {
+    match lists {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Entries from the fleet already made here, by list and network (the full reconcile reads
+/// them all again every half minute: each is journaled once, not each time).
+type FleetApplied = std::collections::HashMap<String, crate::lists::Change>;
+
+/// An operator's change made on another host: journaled and made here like a local one, but
+/// not published again.
+async fn fleet_change(
+    current: &Config,
+    maps: &Maps,
+    learning: &std::sync::mpsc::SyncSender<(
+        learn::Request,
+        tokio::sync::oneshot::Sender<learn::Reply>,
+    )>,
+    applied: &mut FleetApplied,
+    change: crate::lists::Change,
+) {
+    let field = crate::fleet::wire::list_field(&change);
+    let same = |a: &crate::lists::Change, b: &crate::lists::Change| {
+        // The TTL counts down between reads: the same entry whatever it says.
+        let strip = |c: &crate::lists::Change| match c.clone() {
+            crate::lists::Change::Add {
+                kind,
+                network,
+                comment,
+                ..
+            } => crate::lists::Change::Add {
+                kind,
+                network,
+                ttl: None,
+                comment,
+            },
+            crate::lists::Change::LimitSet {
+                network,
+                limit,
+                comment,
+                ..
+            } => crate::lists::Change::LimitSet {
+                network,
+                limit,
+                ttl: None,
+                comment,
+            },
+            other => other,
+        };
+        strip(a) == strip(b)
+    };
+    if applied.get(&field).is_some_and(|old| same(old, &change)) {
+        return;
+    }
+    match operator_change(current, maps, learning, change.clone()).await {
+        Ok(_) => {
+            tracing::info!("fleet: {field} from another host");
+            if applied.len() < 1_000_000 {
+                applied.insert(field, change);
+            }
+        }
+        Err(e) => tracing::warn!("fleet: {field} from another host not made: {e}"),
+    }
 }
 
 /// Journals an operator's import, then has the learning loop's enforcer make it.

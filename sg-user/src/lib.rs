@@ -16,7 +16,8 @@
 //!    `dnsbl`, `feeds`: what DNSBL zones and reputation feeds say about networks.
 //! 4. `engine`: events and a caller's clock to level changes; sans-IO.
 //! 5. `decisions`: what producers of limits ask for, and the journal form of operators' changes.
-//! 6. `enforcer`: decisions to the kernel's maps; the only module that imports aya.
+//! 6. `enforcer`: decisions to the kernel's maps; the only module that imports aya. `fleet`:
+//!    points and operators' entries shared with other hosts through Redis.
 //! 7. `config`: the config file to runtime settings.
 //! 8. `store`, `history`: what survives a restart (journal, points snapshot, history).
 //! 9. `lists`, `drops`: operators' entries as commands see them; drop reports.
@@ -38,6 +39,7 @@ pub mod enforcer;
 pub mod engine;
 pub mod events;
 pub mod feeds;
+pub mod fleet;
 pub mod history;
 pub mod learn;
 pub mod lists;

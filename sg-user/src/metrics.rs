@@ -332,6 +332,7 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
         ],
     );
     feed_metrics(&mut out);
+    fleet_metrics(&mut out);
     metric(
         &mut out,
         "slowgate_limit_write_errors_total",
@@ -401,5 +402,78 @@ fn feed_metrics(out: &mut String) {
         "counter",
         "Fetches of each feed that failed (HTTP errors, timeouts, truncated bodies).",
         &series(&|f| f.failed as f64),
+    );
+}
+
+/// The fleet connection: up, last success, lag, buffered, dropped, refused, peers.
+fn fleet_metrics(out: &mut String) {
+    let Some(f) = crate::fleet::current_status() else {
+        return;
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    let gauges: [(&str, &str, &str, f64); 5] = [
+        (
+            "slowgate_fleet_up",
+            "gauge",
+            "1 while Redis answers, 0 while this host works alone.",
+            f64::from(u8::from(f.up)),
+        ),
+        (
+            "slowgate_fleet_last_success_timestamp_seconds",
+            "gauge",
+            "When a Redis call last succeeded (Unix seconds; 0: never).",
+            f.last_success_ms as f64 / 1000.0,
+        ),
+        (
+            "slowgate_fleet_lag_seconds",
+            "gauge",
+            "From a peer's publication to its arrival here, the last one.",
+            f.lag_ms as f64 / 1000.0,
+        ),
+        (
+            "slowgate_fleet_buffered",
+            "gauge",
+            "Publications waiting for Redis.",
+            f.buffered as f64,
+        ),
+        (
+            "slowgate_fleet_peers",
+            "gauge",
+            "Other hosts with a heartbeat in Redis.",
+            f.peers.len() as f64,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        metric(out, name, kind, help, &one(value));
+    }
+    metric(
+        out,
+        "slowgate_fleet_dropped_total",
+        "counter",
+        "Publications and updates dropped because a bounded buffer was full.",
+        &one(f.dropped as f64),
+    );
+    metric(
+        out,
+        "slowgate_fleet_refused_total",
+        "counter",
+        "Data read from Redis and refused by the checks (bad addresses, widths, values).",
+        &one(f.refused as f64),
+    );
+    let now = crate::fleet::now_ms();
+    metric(
+        out,
+        "slowgate_fleet_peer_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since each peer's last heartbeat.",
+        &f.peers
+            .iter()
+            .map(|(p, t)| {
+                (
+                    format!("{{peer=\"{p}\"}}"),
+                    now.saturating_sub(*t) as f64 / 1000.0,
+                )
+            })
+            .collect::<Vec<_>>(),
     );
 }

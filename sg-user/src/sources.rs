@@ -54,6 +54,8 @@ pub enum Reading {
         source: String,
         at: ReadTo,
     },
+    /// Another producer (the fleet) has input for the learning loop: stop waiting.
+    Wake,
 }
 
 /// How far a source was read, as saved with the points snapshot.

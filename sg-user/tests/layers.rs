@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Layer of each top-level module, as `lib.rs` lists them.
-const LAYERS: [(&str, u32); 25] = [
+const LAYERS: [(&str, u32); 26] = [
     ("domain", 1),
     ("logging", 1),
     ("events", 2),
@@ -16,6 +16,7 @@ const LAYERS: [(&str, u32); 25] = [
     ("engine", 4),
     ("decisions", 5),
     ("enforcer", 6),
+    ("fleet", 6),
     ("config", 7),
     ("store", 8),
     ("history", 8),

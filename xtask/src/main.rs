@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd-journal-remote",
     // A real DNSBL server for the DNSBL scores' test.
     "rbldnsd",
+    // A real Redis for the fleet's tests (started inside the tests' namespaces only).
+    "redis-server",
 ];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];

@@ -102,6 +102,14 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
                 }
                 None => println!("not tracked (no points)"),
             }
+            if !shown.fleet.is_empty() {
+                let by: Vec<String> = shown
+                    .fleet
+                    .iter()
+                    .map(|(host, p)| format!("{host} {p:.1}"))
+                    .collect();
+                println!("fleet:   {}", by.join(", "));
+            }
             println!("level changes:");
             for c in &shown.changes {
                 println!(

@@ -16,6 +16,13 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let attachments = maps.attachments()?;
     let ports = maps.protected_ports()?;
     let fill = maps.fill();
+    // The daemon's view of the fleet, when one runs and is in a fleet.
+    let fleet: Option<crate::fleet::Status> = cli
+        .control_socket()
+        .exists()
+        .then(|| call(&cli.control_socket(), &Control::Fleet).ok())
+        .flatten()
+        .flatten();
     let interfaces: Vec<(String, &str)> = attachments
         .iter()
         .map(|a| {
@@ -87,6 +94,7 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             "ceiling_prefix": ceiling(config.prefix_ceiling),
             "counters": named.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "maps": fill.iter().map(|(n, used, max)| json!({"name": n, "entries": used, "capacity": max})).collect::<Vec<_>>(),
+            "fleet": fleet,
         });
         println!("{value}");
         return Ok(());
@@ -119,6 +127,27 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     println!("maps:");
     for (name, used, max) in fill {
         println!("  {name:<12} {used:>9} / {max}");
+    }
+    if let Some(f) = fleet {
+        let now = crate::fleet::now_ms();
+        let ago = |ms: u64| match ms {
+            0 => "never".to_string(),
+            ms => format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0),
+        };
+        println!(
+            "fleet:       {} as {}: {}, last success {}, lag {} ms, {} buffered, {} dropped, {} refused",
+            f.redis,
+            f.name,
+            if f.up { "up" } else { "DOWN (working alone)" },
+            ago(f.last_success_ms),
+            f.lag_ms,
+            f.buffered,
+            f.dropped,
+            f.refused
+        );
+        for (peer, beat) in &f.peers {
+            println!("  peer {peer:<20} heartbeat {}", ago(*beat));
+        }
     }
     Ok(())
 }

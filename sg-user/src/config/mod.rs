@@ -19,6 +19,7 @@ pub use crate::{
 mod ceilings;
 pub mod error;
 mod feeds;
+mod fleet;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -68,6 +69,8 @@ pub struct Config {
     pub dnsbl: Option<crate::dnsbl::Settings>,
     /// Reputation feeds (`[[feeds]]`).
     pub feeds: Vec<crate::feeds::Feed>,
+    /// Fleet mode (`[fleet]`); None: this host alone.
+    pub fleet: Option<crate::fleet::Settings>,
     pub engine: EngineConfig,
     /// The GeoIP2/GeoLite2 country database, if any.
     pub geoip: Option<PathBuf>,

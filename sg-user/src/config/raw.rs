@@ -52,6 +52,8 @@ pub(super) struct RawConfig {
     pub(super) dns: RawDns,
     #[serde(default)]
     pub(super) feeds: Vec<super::feeds::RawFeed>,
+    #[serde(default)]
+    pub(super) fleet: Option<super::fleet::RawFleet>,
 }
 
 /// `[[dnsbl]]`: a zone and the points of its answers.

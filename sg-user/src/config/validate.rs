@@ -38,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let catch_up = catch_up(&raw.max_catch_up, raw.max_catch_up_lines)?;
     let dnsbl = dnsbl(&raw.dnsbl, &raw.dns)?;
     let feeds = super::feeds::feeds(&raw.feeds)?;
+    let fleet = super::fleet::fleet(raw.fleet.as_ref(), engine.lengths(), engine.half_life)?;
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -61,6 +62,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         catch_up,
         dnsbl,
         feeds,
+        fleet,
         engine,
         geoip: raw.countries.database,
         limit_ttl,

@@ -213,6 +213,7 @@ async fn answer(
                 .clone();
             return protocol::reply(&all);
         }
+        Control::Fleet => return protocol::reply(&crate::fleet::current_status()),
         Control::FeedUpdate { name } => {
             let Some(feeds) = handles.feeds.clone() else {
                 return Err("no feeds are configured (`[[feeds]]`)".into());

@@ -45,6 +45,8 @@ pub enum Request {
     Feeds,
     /// Fetch a feed now ([`Said`]).
     FeedUpdate { name: String },
+    /// The fleet's state (`Option<crate::fleet::Status>`).
+    Fleet,
 }
 
 fn default_top() -> usize {
@@ -64,6 +66,9 @@ pub struct Shown {
     pub changes: Vec<ShownChange>,
     /// Allow, deny and limit entries of the kernel that cover it, as text.
     pub kernel_entries: Vec<String>,
+    /// In a fleet: each host's points for it (this host first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<(String, f64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,12 @@ use super::{Change, Engine, NO_COUNTRY, NOT_SCHEDULED, decay, level_for, secs};
 use crate::domain::Sender;
 
 impl Engine {
+    /// Remembers which senders' own points change, for [`Engine::take_changed`] (a fleet's
+    /// host calls it once; alone, nothing is remembered).
+    pub fn share_changes(&mut self) {
+        self.share = true;
+    }
+
     /// Adds `delta` points that other hosts earned for `sender` (negative when their
     /// contribution shrank: a release, or a decay faster than ours); raises its level as its
     /// own points would, and lets it come down as they decay. Allow-listed senders and

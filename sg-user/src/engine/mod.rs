@@ -128,6 +128,8 @@ pub struct Engine {
     /// Senders whose own points changed since [`Engine::take_changed`] (a fleet publishes
     /// them); bounded by `tracked`'s bound, as each is a tracked sender.
     changed: FastSet<Sender>,
+    /// Whether `changed` is kept (a fleet's host).
+    share: bool,
 }
 
 impl Engine {
@@ -144,6 +146,7 @@ impl Engine {
             limited: FastSet::default(),
             timer_pops: 0,
             changed: FastSet::default(),
+            share: false,
         }
     }
 
@@ -257,7 +260,9 @@ impl Engine {
         let change = self.set_level(sender, 0, now);
         self.tracked.remove(sender);
         // Its own points are gone too: a fleet publishes that.
-        self.changed.insert(sender.clone());
+        if self.share {
+            self.changed.insert(sender.clone());
+        }
         change
     }
 
@@ -488,7 +493,7 @@ impl Engine {
             // Countries are reported, not limited (a whole country is not one sender).
             return Vec::new();
         }
-        if self.changed.len() < self.config.max_tracked {
+        if self.share && self.changed.len() < self.config.max_tracked {
             self.changed.insert(sender.clone());
         }
         let table = self

@@ -32,6 +32,9 @@ use crate::{
 };
 
 mod saver;
+mod shared;
+
+use shared::Shared;
 
 use saver::{SAVE_EVERY, Saver};
 
@@ -133,6 +136,8 @@ pub struct Inputs {
     pub lines: Receiver<Reading>,
     pub requests: Requests,
     pub feeds: Option<crate::feeds::Feeds>,
+    /// Other hosts' points, and where to publish ours (None without `[fleet]`).
+    pub fleet: Option<crate::fleet::ForLearning>,
 }
 
 /// Runs until `stop` is set.
@@ -148,6 +153,7 @@ pub fn run(
         lines,
         requests,
         feeds,
+        fleet,
     } = inputs;
     let mut config = config.clone();
     let config = &mut config;
@@ -163,6 +169,10 @@ pub fn run(
         None => None,
     };
     let mut engine = Engine::new(config.engine.clone()).with_geo(geo);
+    let mut fleet_link = fleet.map(|f| {
+        engine.share_changes();
+        Shared::new(f, config)
+    });
     let mut parsers = Parsers::default();
     // DNSBL lookups of new client addresses, on a thread of their own (`[[dnsbl]]`).
     let dnsbl = config.dnsbl.clone().and_then(|settings| {
@@ -252,9 +262,16 @@ pub fn run(
                     serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
                 }
                 Request::Show { who } => {
-                    crate::control::protocol::reply(&show(&engine, &maps, &recent, &who, now))
+                    let mut shown = show(&engine, &maps, &recent, &who, now);
+                    if let Some(link) = &fleet_link {
+                        shown.fleet = link.contributions(&engine, &who, now);
+                    }
+                    crate::control::protocol::reply(&shown)
                 }
                 Request::Release { who } => {
+                    if let Some(link) = &mut fleet_link {
+                        link.release(&who);
+                    }
                     let released = engine.release(&who, now);
                     let was = released.as_ref().map_or(0, |c| c.from);
                     changes.extend(released);
@@ -313,6 +330,7 @@ pub fn run(
                         Reading::Reached { source, at } => {
                             read.insert(source, at);
                         }
+                        Reading::Wake => {}
                     }
                 }
             }
@@ -328,6 +346,9 @@ pub fn run(
                 stats.events_by_kind[crate::engine::kind_index(&event.kind)] += 1;
                 changes.extend(engine.record(&event, now));
             }
+        }
+        if let Some(link) = &mut fleet_link {
+            changes.extend(link.exchange(&mut engine, crate::domain::boot_time_ns()));
         }
         if let Some(feeds) = &mut lookups.feeds {
             let sets: Vec<Decision> = feeds.arrived().into_iter().map(Decision::Feed).collect();
@@ -591,6 +612,7 @@ fn show(
         }
     }
     crate::control::protocol::Shown {
+        fleet: Vec::new(),
         sender: who.to_string(),
         tracked: engine.info(who, now),
         changes,
