@@ -1,0 +1,517 @@
+//! Fleet mode against a real `redis-server`: two hosts, each a daemon protecting its own veth,
+//! sharing points and operators' entries through Redis in a namespace of its own. Root only.
+//! Documentation addresses only.
+//!
+//!     client A (198.51.100.10) ── host A (198.51.100.1) ── 203.0.113.49/.50 ─┐
+//!                                                                            redis
+//!     client B (198.51.100.10) ── host B (198.51.100.1) ── 203.0.113.53/.54 ─┘
+//!
+//! The same attacker address reaches both hosts (each pair of namespaces is its own network).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sg_tests::*;
+
+const ATTACKER: &str = "198.51.100.10";
+const SERVER: &str = "198.51.100.1";
+const REDIS_FOR_A: &str = "203.0.113.49";
+const REDIS_FOR_B: &str = "203.0.113.53";
+
+/// A real redis-server in its namespace, without persistence (a restart comes back empty).
+struct Redis {
+    child: Option<Child>,
+    ns_path: PathBuf,
+}
+
+impl Redis {
+    fn start(ns: &Netns) -> Redis {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .args(["redis-server", "--bind", REDIS_FOR_A, REDIS_FOR_B])
+            .args(["--port", "6379", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt install redis-server)");
+        let redis = Redis {
+            child: Some(child),
+            ns_path: ns.path(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .args(["redis-cli", "-h", REDIS_FOR_A, "--raw"])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
+
+/// One host: its namespace, its client's, its log, pins and daemon config.
+struct Host {
+    ns: Netns,
+    client: Netns,
+    pins: PinDir,
+    log: PathBuf,
+    config: String,
+    _listeners: Listeners,
+}
+
+impl Host {
+    fn new(name: &str, redis_ns: &Netns, redis_addr: &str, host_addr: &str, dir: &Path) -> Host {
+        let ns = Netns::new(&format!("fl{name}")).unwrap();
+        let client = Netns::new(&format!("fc{name}")).unwrap();
+        veth(&ns, "sg0", &client, "cl0").unwrap();
+        ns.addr("sg0", &format!("{SERVER}/24")).unwrap();
+        client.addr("cl0", &format!("{ATTACKER}/24")).unwrap();
+        veth(&ns, "rd0", redis_ns, &format!("h{name}")).unwrap();
+        ns.addr("rd0", &format!("{host_addr}/30")).unwrap();
+        redis_ns
+            .addr(&format!("h{name}"), &format!("{redis_addr}/30"))
+            .unwrap();
+        let listeners = Listeners::start(&ns, &[25, 143]).unwrap();
+        let log = dir.join(format!("mail-{name}.log"));
+        std::fs::write(&log, "").unwrap();
+        let config = format!(
+            "interfaces = [\"sg0\"]\nattach_mode = \"native\"\n\
+             [ceiling.source]\nrate = \"100/s\"\nburst = 200\n\
+             [ceiling.prefix]\nrate = \"100/s\"\nburst = 200\n\
+             [[sources]]\npath = \"{}\"\nformat = \"postfix\"\n\
+             [points]\nhalf_life = \"10m\"\n[[levels]]\npoints = 10\nblock = true\n\
+             [metrics]\nlisten = \"127.0.0.1:9465\"\n\
+             [fleet]\nurl = \"redis://{redis_addr}:6379/0\"\nname = \"mx-{name}\"\ntimeout = \"50ms\"\n",
+            log.display()
+        );
+        Host {
+            ns,
+            client,
+            pins: PinDir::new(),
+            log,
+            config,
+            _listeners: listeners,
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.ns, &self.config, &self.pins.path).unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        cli(&self.pins.path, args).1
+    }
+
+    fn limited(&self, who: &str) -> bool {
+        self.cli(&["limit", "list"]).contains(who)
+    }
+
+    fn denied(&self, who: &str) -> bool {
+        self.cli(&["deny", "list"]).contains(who)
+    }
+
+    /// Whether `who` is limited within `within`.
+    fn limited_within(&self, who: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.limited(who) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn connects(&self) -> bool {
+        connect(
+            &self.client,
+            ATTACKER.parse().unwrap(),
+            SocketAddr::new(SERVER.parse().unwrap(), 25),
+            Duration::from_millis(500),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.ns, "127.0.0.1:9465".parse().unwrap(), "/metrics").unwrap_or_default()
+    }
+}
+
+/// Postfix's words for a directory-harvest attempt (2 points each by default).
+fn harvest(client: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Nov 22 07:53:{:02} mx1 postfix/smtpd[4242]: NOQUEUE: reject: RCPT from \
+                 unknown[{client}]: 550 5.1.1 <u{i}@example.net>: Recipient address rejected: \
+                 User unknown in virtual mailbox table; from=<x@example.com> \
+                 to=<u{i}@example.net> proto=ESMTP helo=<x>\n",
+                i % 60
+            )
+        })
+        .collect()
+}
+
+fn append(log: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Fleet {
+    redis_ns: Netns,
+    a: Host,
+    b: Host,
+    _tmp: TempDir,
+}
+
+fn fleet() -> Fleet {
+    require_root();
+    let tmp = TempDir::new("fleet");
+    let redis_ns = Netns::new("redis").unwrap();
+    let a = Host::new("a", &redis_ns, REDIS_FOR_A, "203.0.113.50", &tmp.path);
+    let b = Host::new("b", &redis_ns, REDIS_FOR_B, "203.0.113.54", &tmp.path);
+    Fleet {
+        redis_ns,
+        a,
+        b,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn a_sender_spread_over_two_hosts_is_limited_on_both_and_operators_entries_reach_every_host() {
+    let f = fleet();
+    let redis = Redis::start(&f.redis_ns);
+    let (da, db) = (f.a.start(), f.b.start());
+    assert!(until(Duration::from_secs(5), || f
+        .a
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    assert!(until(Duration::from_secs(5), || f
+        .b
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    // Three harvest attempts on each host: 6 points each, below level 1 (10) alone.
+    append(&f.a.log, &harvest(ATTACKER, 3));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!f.a.limited(ATTACKER), "A alone already limits");
+    append(&f.b.log, &harvest(ATTACKER, 3));
+    assert!(
+        f.b.limited_within(ATTACKER, Duration::from_secs(3)),
+        "B: {}",
+        db.log_text()
+    );
+    assert!(
+        f.a.limited_within(ATTACKER, Duration::from_secs(3)),
+        "A: {}",
+        da.log_text()
+    );
+    assert!(!f.a.connects() && !f.b.connects(), "not dropped on both");
+    // `show` says who contributed what; Redis holds both contributions.
+    let (_, shown) = {
+        let out = Command::new(bin())
+            .arg("--control")
+            .arg(&da.control)
+            .args(["show", ATTACKER])
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(
+        shown.contains("fleet:") && shown.contains("mx-a 6.0") && shown.contains("mx-b 6.0"),
+        "{shown}"
+    );
+    let stored = redis.cli(&["HGETALL", &format!("slowgate:{{{ATTACKER}}}:points")]);
+    assert!(
+        stored.contains("mx-a") && stored.contains("mx-b"),
+        "{stored}"
+    );
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("slowgate:{{{ATTACKER}}}:points")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "the contribution key never expires ({ttl})");
+    // An operator's deny on A drops on B; its removal on B frees it on A.
+    let other = "203.0.113.77";
+    let out = Command::new(bin())
+        .arg("--control")
+        .arg(&da.control)
+        .args(["deny", "add", other, "--comment", "fleet test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        until(Duration::from_secs(3), || f.b.denied(other)),
+        "{}",
+        db.log_text()
+    );
+    let out = Command::new(bin())
+        .arg("--control")
+        .arg(&db.control)
+        .args(["deny", "del", other])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(until(Duration::from_secs(3), || !f.a.denied(other)));
+    // A release on one host applies fleet-wide (the address, and its /24, which the same
+    // attempts limited).
+    for who in [ATTACKER, "198.51.100.0/24"] {
+        let out = Command::new(bin())
+            .arg("--control")
+            .arg(&db.control)
+            .args(["release", who])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert!(until(Duration::from_secs(3), || !f.a.limited(ATTACKER)
+        && !f.b.limited(ATTACKER)));
+    assert!(
+        until(Duration::from_secs(3), || f.a.connects() && f.b.connects()),
+        "{}",
+        da.log_text()
+    );
+}
+
+#[test]
+fn a_frozen_killed_or_empty_redis_never_stops_a_host_and_the_fleet_recovers() {
+    let f = fleet();
+    let mut redis = Redis::start(&f.redis_ns);
+    let (da, db) = (f.a.start(), f.b.start());
+    assert!(until(Duration::from_secs(5), || f
+        .a
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    assert!(until(Duration::from_secs(5), || f
+        .b
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    // Frozen (SIGSTOP): lines still become local limits within the usual time, and commands
+    // answer at once.
+    redis.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    append(&f.a.log, &harvest("198.51.100.20", 6));
+    assert!(
+        f.a.limited_within("198.51.100.20", Duration::from_secs(3)),
+        "{}",
+        da.log_text()
+    );
+    let status_took = Instant::now();
+    let status = Command::new(bin())
+        .arg("--control")
+        .arg(&da.control)
+        .arg("--pin-dir")
+        .arg(&f.a.pins.path)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert!(
+        status_took.elapsed() < Duration::from_secs(2),
+        "status hung on a frozen Redis"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(until(Duration::from_secs(5), || f
+        .a
+        .metrics()
+        .contains("slowgate_fleet_up 0")));
+    redis.signal(libc::SIGCONT);
+    assert!(until(Duration::from_secs(10), || f
+        .a
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    // Killed, then restarted empty: both hosts work alone meanwhile, then refill it.
+    redis.kill();
+    append(&f.b.log, &harvest("198.51.100.21", 6));
+    assert!(f.b.limited_within("198.51.100.21", Duration::from_secs(3)));
+    // B restarts while Redis is down: it starts alone.
+    drop(db);
+    let db = f.b.start();
+    assert!(db.log_text().contains("working alone"), "{}", db.log_text());
+    let redis = Redis::start(&f.redis_ns);
+    let key = "slowgate:{198.51.100.20}:points";
+    assert!(
+        until(Duration::from_secs(10), || redis
+            .cli(&["HGET", key, "mx-a"])
+            .trim()
+            .len()
+            > 1),
+        "A did not refill the empty Redis: {}",
+        da.log_text()
+    );
+    assert!(until(Duration::from_secs(10), || f
+        .b
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    // B joined late and learns A's points from the refill.
+    assert!(
+        f.b.limited_within("198.51.100.20", Duration::from_secs(10)),
+        "{}",
+        db.log_text()
+    );
+}
+
+#[test]
+fn hostile_data_written_into_redis_by_hand_is_refused() {
+    let f = fleet();
+    let redis = Redis::start(&f.redis_ns);
+    let (da, _db) = (f.a.start(), f.b.start());
+    assert!(until(Duration::from_secs(5), || f
+        .a
+        .metrics()
+        .contains("slowgate_fleet_up 1")));
+    let channel = "slowgate:events";
+    let hostile = [
+        r#"{"t":"l","h":"evil","c":{"op":"add","list":"deny","network":"0.0.0.0/0"}}"#,
+        r#"{"t":"l","h":"evil","c":{"op":"add","list":"deny","network":"::/0"}}"#,
+        r#"{"t":"l","h":"evil","c":{"op":"add","list":"deny","network":"198.0.0.0/8"}}"#,
+        r#"{"t":"p","h":"evil","s":"198.51.100.10","p":1e300,"at":1}"#,
+        r#"{"t":"p","h":"evil","s":"0.0.0.0/0","p":50,"at":1}"#,
+        "not json at all",
+    ];
+    for message in hostile {
+        redis.cli(&["PUBLISH", channel, message]);
+    }
+    redis.cli(&[
+        "HSET",
+        "slowgate:{lists}",
+        "deny 0.0.0.0/0",
+        r#"{"op":"add","list":"deny","network":"0.0.0.0/0"}"#,
+    ]);
+    redis.cli(&["HSET", "slowgate:{198.51.100.10}:points", "evil", "nan 1"]);
+    redis.cli(&["HSET", "slowgate:{0.0.0.0/0}:points", "evil", "50 1"]);
+    // Refused and counted; nothing denied, nobody limited; the host still serves.
+    assert!(
+        until(Duration::from_secs(5), || {
+            f.a.metrics()
+                .lines()
+                .find_map(|l| l.strip_prefix("slowgate_fleet_refused_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v >= 6.0)
+        }),
+        "{}",
+        f.a.metrics()
+    );
+    let denied = f.a.cli(&["deny", "list"]);
+    assert!(
+        !denied.contains("0.0.0.0") && !denied.contains("198.0.0.0"),
+        "{denied}"
+    );
+    assert!(!f.a.limited(ATTACKER));
+    assert!(f.a.connects(), "{}", da.log_text());
+}
+
+#[test]
+fn the_password_never_shows_and_a_world_readable_password_file_is_refused() {
+    require_root();
+    let tmp = TempDir::new("fleetpw");
+    let file = tmp.path.join("redis.pass");
+    std::fs::write(&file, "s3cret-pa55\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = tmp.path.join("slowgate.toml");
+    let write = |url: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "interfaces = [\"lo\"]\n[fleet]\nurl = \"{url}\"\nname = \"mx1\"\n\
+                 password_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("redis://user:urlpa55@203.0.113.49:6379/0");
+    let check = || {
+        let out = Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check();
+    assert!(!ok && out.contains("readable by others"), "{out}");
+    assert!(!out.contains("s3cret") && !out.contains("urlpa55"), "{out}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (ok, out) = check();
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret") && !out.contains("urlpa55"), "{out}");
+    write("http://user:urlpa55@203.0.113.49:6379/0");
+    let (ok, out) = check();
+    assert!(!ok && out.contains("fleet.url"), "{out}");
+    assert!(!out.contains("urlpa55"), "{out}");
+}
