@@ -103,7 +103,7 @@ fn mixed_line(r: &mut Lcg, i: usize) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -451,7 +451,7 @@ pub fn reaction(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// p50, p90, p99, max.
-fn quantiles(mut samples: Vec<f64>) -> [f64; 4] {
+pub(crate) fn quantiles(mut samples: Vec<f64>) -> [f64; 4] {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     [at(0.5), at(0.9), at(0.99), samples[samples.len() - 1]]

@@ -16,6 +16,7 @@ use std::{
 
 pub mod bench;
 pub mod feed_server;
+pub mod fleet;
 pub mod flood;
 pub mod lab;
 pub mod shapes;

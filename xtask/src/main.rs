@@ -325,7 +325,7 @@ fn test() -> anyhow::Result<()> {
     // figures mean nothing), so a broken benchmark fails the tests.
     install_bench_packages()?;
     for what in [
-        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists",
+        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists", "fleet",
     ] {
         run(cargo()
             .args(["run", "--package", "sg-tests", "--bin", "sg-bench", "--"])
@@ -349,8 +349,8 @@ fn install_bench_packages() -> anyhow::Result<()> {
 }
 
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
-    const KNOWN: [&str; 7] = [
-        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists",
+    const KNOWN: [&str; 8] = [
+        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists", "fleet",
     ];
     if !KNOWN.contains(&what) {
         bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));

@@ -50,12 +50,13 @@ fn main() -> anyhow::Result<()> {
         "memory" => sg_tests::bench::memory(&std::env::args().skip(2).collect::<Vec<_>>()),
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
         "lists" => sg_tests::bench::lists(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "fleet" => sg_tests::fleet::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         "mixed-log" => {
             sg_tests::bench::write_mixed_log(&std::env::args().skip(2).collect::<Vec<_>>())
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood, lists)"
+                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood, lists, fleet)"
             )
         }
     }
