@@ -238,8 +238,19 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
     let (feeds, feed_control) = match config.feeds.is_empty() {
         true => (None, None),
         false => {
+            // In a fleet one host fetches each feed and the others take its copy.
+            let share = match &config.fleet {
+                Some(settings) => match crate::fleet::FeedStore::new(settings) {
+                    Ok(store) => Some(Box::new(store) as Box<dyn crate::feeds::share::Share>),
+                    Err(e) => {
+                        tracing::warn!("feeds: {e:#}; each feed fetched here");
+                        None
+                    }
+                },
+                None => None,
+            };
             let (feeds, control) =
-                crate::feeds::Feeds::start(config.feeds.clone(), config.state_dir.clone())
+                crate::feeds::Feeds::start(config.feeds.clone(), config.state_dir.clone(), share)
                     .context("start the feeds thread")?;
             (Some(feeds), Some(control))
         }

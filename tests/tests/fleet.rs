@@ -293,3 +293,48 @@ fn the_password_never_shows_and_a_world_readable_password_file_is_refused() {
     assert!(!ok && out.contains("fleet.url"), "{out}");
     assert!(!out.contains("urlpa55"), "{out}");
 }
+
+#[test]
+fn in_a_fleet_one_host_fetches_a_feed_and_the_other_takes_its_copy() {
+    use sg_tests::feed_server::{FeedServer, Serve};
+    let mut f = fleet();
+    let _redis = Redis::start(&f.redis_ns);
+    // The feed's server sits beside Redis, reachable from both hosts.
+    let body: String = std::iter::once(format!("{ATTACKER}\n"))
+        .chain((1..=20).map(|i| format!("2001:db8:ffff::{i:x}\n")))
+        .collect();
+    let server = FeedServer::start(
+        &f.redis_ns,
+        "0.0.0.0:8081".parse().unwrap(),
+        Serve::Body {
+            body,
+            etag: "\"v1\"".into(),
+        },
+    )
+    .unwrap();
+    for (host, addr) in [(&mut f.a, "203.0.113.49"), (&mut f.b, "203.0.113.53")] {
+        host.config += &format!(
+            "[[feeds]]\nname = \"shared\"\nurl = \"http://{addr}:8081/drop.txt\"\n\
+             format = \"plain\"\naction = \"deny\"\nrefresh = \"1h\"\ntimeout = \"2s\"\n"
+        );
+    }
+    let da = f.a.start();
+    assert!(
+        until(Duration::from_secs(10), || f.a.denied(ATTACKER)),
+        "{}",
+        da.log_text()
+    );
+    let db = f.b.start();
+    assert!(
+        until(Duration::from_secs(10), || f.b.denied(ATTACKER)),
+        "{}",
+        db.log_text()
+    );
+    assert!(
+        db.log_text().contains("from the host that fetches it"),
+        "{}",
+        db.log_text()
+    );
+    assert_eq!(server.asked.lock().unwrap().len(), 1, "both hosts fetched");
+    assert!(!f.b.connects() && !f.a.connects());
+}

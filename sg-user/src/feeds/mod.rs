@@ -30,6 +30,7 @@ use crate::domain::{Limit, Network, unix_now};
 
 pub mod fetch;
 pub mod formats;
+pub mod share;
 
 pub use formats::Format;
 
@@ -236,7 +237,11 @@ fn masked(mut addr: sg_common::Addr, len: u32) -> sg_common::Addr {
 
 impl Feeds {
     /// Starts the feeds thread; `state_dir` keeps the last good copies.
-    pub fn start(feeds: Vec<Feed>, state_dir: PathBuf) -> std::io::Result<(Feeds, Control)> {
+    pub fn start(
+        feeds: Vec<Feed>,
+        state_dir: PathBuf,
+        share: Option<Box<dyn share::Share>>,
+    ) -> std::io::Result<(Feeds, Control)> {
         let (commands, asked) = std::sync::mpsc::sync_channel(8);
         let (send, sets) = std::sync::mpsc::sync_channel(64);
         *STATUS.lock().unwrap_or_else(|e| e.into_inner()) = feeds
@@ -252,7 +257,7 @@ impl Feeds {
         std::fs::create_dir_all(&dir)?;
         std::thread::Builder::new()
             .name("sg-feeds".into())
-            .spawn(move || Fetcher::new(feeds, dir, send).run(&asked))?;
+            .spawn(move || Fetcher::new(feeds, dir, send, share).run(&asked))?;
         Ok((
             Feeds {
                 sets,
@@ -318,13 +323,20 @@ struct Fetcher {
     copies: Vec<Option<Vec<Network>>>,
     metas: Vec<Meta>,
     next: Vec<Instant>,
+    /// In a fleet: one host fetches, the others take its copy ([`share`]).
+    share: Option<Box<dyn share::Share>>,
 }
 
 /// How soon a failed fetch is tried again (or the refresh interval, if shorter).
 const RETRY: Duration = Duration::from_secs(300);
 
 impl Fetcher {
-    fn new(feeds: Vec<Feed>, dir: PathBuf, send: SyncSender<FeedSet>) -> Fetcher {
+    fn new(
+        feeds: Vec<Feed>,
+        dir: PathBuf,
+        send: SyncSender<FeedSet>,
+        share: Option<Box<dyn share::Share>>,
+    ) -> Fetcher {
         let n = feeds.len();
         let mut fetcher = Fetcher {
             feeds,
@@ -333,6 +345,7 @@ impl Fetcher {
             copies: vec![None; n],
             metas: vec![Meta::default(); n],
             next: vec![Instant::now(); n],
+            share,
         };
         for i in 0..n {
             fetcher.restore(i);
@@ -432,11 +445,15 @@ impl Fetcher {
     /// Fetches feed `i` and applies what came; reports, schedules the next fetch.
     fn check(&mut self, i: usize) -> anyhow::Result<String> {
         let feed = self.feeds[i].clone();
-        let result = self.fetch_and_apply(i);
+        // The next look, unless what follows asks for one sooner.
+        self.next[i] = Instant::now() + feed.refresh;
+        let result = match self.share.is_some() {
+            true => self.check_shared(i),
+            false => self.fetch_and_apply(i),
+        };
         let now = unix_now();
         match &result {
             Ok(said) => {
-                self.next[i] = Instant::now() + feed.refresh;
                 tracing::info!("feed {}: {said}", feed.name);
                 with_status(&feed.name, |s| s.last_success_unix = now);
             }
@@ -480,6 +497,20 @@ impl Fetcher {
         let copy = formats::parse(feed.format, &body, now)
             .inspect_err(|_| with_status(&feed.name, |s| s.refused += 1))
             .context("copy refused")?;
+        self.accept(i, copy, (etag, modified), now)
+    }
+
+    /// Applies a parsed copy checked at `checked_unix`, if the guards let it: saves it as the
+    /// last good copy and hands it to the enforcer.
+    fn accept(
+        &mut self,
+        i: usize,
+        copy: formats::Copy,
+        (etag, modified): (Option<String>, Option<String>),
+        checked_unix: u64,
+    ) -> anyhow::Result<String> {
+        let feed = self.feeds[i].clone();
+        let now = checked_unix;
         let old = self.copies[i].as_ref().map(Vec::len);
         if let Err(e) = guard(&feed, old, &copy) {
             with_status(&feed.name, |s| s.refused += 1);

@@ -93,7 +93,7 @@ fn a_file_feed_is_applied_kept_refused_and_restored() {
     std::fs::write(&list, many(20)).unwrap();
     let f = feed("local", Origin::Path(list.clone()), Action::Deny);
     let (send, sets) = std::sync::mpsc::sync_channel(16);
-    let mut fetcher = Fetcher::new(vec![f.clone()], dir.join("feeds"), send.clone());
+    let mut fetcher = Fetcher::new(vec![f.clone()], dir.join("feeds"), send.clone(), None);
     std::fs::create_dir_all(dir.join("feeds")).unwrap();
     assert_eq!(fetcher.check(0).unwrap(), "20 entries (+20 -0)");
     assert_eq!(sets.try_recv().unwrap().networks.len(), 20);
@@ -111,7 +111,7 @@ fn a_file_feed_is_applied_kept_refused_and_restored() {
     assert!(fetcher.check(0).is_err());
     assert!(sets.try_recv().is_err());
     // A restart enforces the last good copy from disk before any fetch.
-    let _restarted = Fetcher::new(vec![f], dir.join("feeds"), send);
+    let _restarted = Fetcher::new(vec![f], dir.join("feeds"), send, None);
     assert_eq!(sets.try_recv().unwrap().networks.len(), 20);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -124,7 +124,7 @@ fn a_copy_unconfirmed_for_max_age_is_withdrawn() {
     std::fs::create_dir_all(dir.join("feeds")).unwrap();
     let f = feed("old", Origin::Path(list), Action::Deny);
     let (send, sets) = std::sync::mpsc::sync_channel(16);
-    let mut fetcher = Fetcher::new(vec![f], dir.join("feeds"), send);
+    let mut fetcher = Fetcher::new(vec![f], dir.join("feeds"), send, None);
     fetcher.check(0).unwrap();
     assert_eq!(sets.try_recv().unwrap().networks.len(), 3);
     assert!(!fetcher.stale(0));

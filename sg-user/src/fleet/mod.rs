@@ -32,8 +32,11 @@ use crate::{
     domain::{PrefixLengths, Sender},
 };
 
+mod feeds;
 mod link;
 pub mod wire;
+
+pub use feeds::FeedStore;
 
 pub use wire::Incoming;
 
