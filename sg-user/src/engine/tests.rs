@@ -526,6 +526,7 @@ fn an_addresss_refusals_hold_its_prefix_too() {
 #[test]
 fn other_hosts_points_raise_the_level_but_only_own_points_are_published_and_saved() {
     let mut e = Engine::new(config());
+    e.share_changes();
     let source = Sender::Source(ip("203.0.113.66"));
     let now = 10 * MINUTE;
     // Three own harvest attempts (weight 2 each by default: 6 points), below level 1 alone.
