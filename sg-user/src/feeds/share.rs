@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Fetcher, formats, unix_now};
 
-/// Where a fleet keeps feed copies (Redis, in `crate::fleet`).
+/// Where a fleet keeps feed copies (Redis, in the fleet module).
 pub trait Share: Send {
     /// Tries to become the host that fetches `feed` for `hold`; Ok(false) when another is.
     fn lock(&mut self, feed: &str, hold: Duration) -> anyhow::Result<bool>;
