@@ -37,6 +37,8 @@ use anyhow::{Context, bail};
 
 use crate::*;
 
+mod fleet;
+
 /// Set by SIGINT/SIGTERM: every loop ends, guards clean up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -201,10 +203,8 @@ struct Servers {
 const MAILBOXES: [(&str, &str); 2] = [("alice", "alicepw"), ("bob", "bobpw")];
 
 impl Servers {
-    fn start(ns: &Netns, dir: &Path) -> anyhow::Result<Servers> {
-        let servers = Servers {
-            dir: dir.to_path_buf(),
-        };
+    /// Postfix's files under `dir` (its queue, its config, its log).
+    fn write_postfix(dir: &Path) -> anyhow::Result<()> {
         let d = dir.display();
         for sub in ["pf", "spool", "mail", "dc/run", "dc/state"] {
             std::fs::create_dir_all(dir.join(sub))?;
@@ -239,6 +239,15 @@ impl Servers {
             .map(|(u, _)| format!("{u}@example.net example.net/{u}/\n"))
             .collect();
         std::fs::write(dir.join("pf/vmailbox"), vmailbox)?;
+        Ok(())
+    }
+
+    fn start(ns: &Netns, dir: &Path) -> anyhow::Result<Servers> {
+        let servers = Servers {
+            dir: dir.to_path_buf(),
+        };
+        let d = dir.display();
+        Servers::write_postfix(dir)?;
         std::fs::write(
             dir.join("dc/dovecot.conf"),
             format!(
@@ -880,10 +889,11 @@ fn lab_config(servers: &Servers, timing: &Timing) -> String {
          [[dnsbl]]\nzone = \"{DNSBL_ZONE}\"\nweights = {{ \"127.0.0.2\" = 30 }}\n\
          [dns]\nresolver = \"{MTA_V4}:5353\"\ntimeout = \"1s\"\n\
          [[feeds]]\nname = \"lab-drop\"\nurl = \"http://{MTA_V4}:{FEED_PORT}/drop.txt\"\n\
-         format = \"plain\"\naction = \"deny\"\nrefresh = \"1m\"\ntimeout = \"5s\"\n",
+         format = \"plain\"\naction = \"deny\"\nrefresh = \"1m\"\ntimeout = \"5s\"\n{}",
         servers.mail_log().display(),
         servers.dovecot_log().display(),
         timing.half_life,
+        fleet::config("mx1"),
     )
 }
 
@@ -915,6 +925,8 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let _files = RemoveOnDrop(dir.clone());
     let topology = Topology::build()?;
     let servers = Servers::start(&topology.mta, &dir)?;
+    // The second MX host and the Redis both share, before the first host's daemon starts.
+    let fleet = fleet::Fleet::build(&topology, &dir, &timing)?;
     // The reputation feed: a plain list naming the feed sender's network, among others.
     let _feed = crate::feed_server::FeedServer::start(
         &topology.mta,
@@ -946,6 +958,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
         "rotator",
         "listed",
         "feed-listed",
+        "alternating",
     ]
     .into_iter()
     .map(|r| (r, Arc::new(Tally::default())))
@@ -969,6 +982,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     let probes: Arc<Mutex<Vec<(String, u32, u32)>>> = Arc::default();
     let bulk_delivered = Arc::new(AtomicU64::new(0));
     let bulk_refusals = Arc::new(AtomicU64::new(0));
+    let fleet_seen: Mutex<fleet::Seen> = Mutex::default();
 
     thread::scope(|s| -> anyhow::Result<()> {
         // 1. A spam flood from one address: 4 sessions at a time, 5 recipients each, 4 unknown.
@@ -1157,6 +1171,24 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                 sender.until(attack_end, &["alice@example.net".into()], "feed", every);
             });
         }
+        // 2e. A spammer alternating between the two MX hosts; and the fleet's sampler, which
+        // also kills Redis at the attack's midpoint and restarts it empty.
+        {
+            let (tally, ns) = (roles["alternating"].clone(), &topology.attacker);
+            let half_life = slowgate::domain::parse_duration(timing.half_life)?;
+            s.spawn(move || fleet::alternate(ns, &tally, start, attack_end, half_life));
+            let (fleet, seen, daemon, pins) = (&fleet, &fleet_seen, &daemon, &pins);
+            s.spawn(move || {
+                fleet::sample(
+                    fleet,
+                    (&pins.path, daemon),
+                    FLOOD_V4,
+                    start,
+                    attack_end,
+                    seen,
+                )
+            });
+        }
         // 4. Normal mail from legit, all along the attack.
         {
             let (tally, ns) = (roles["legit"].clone(), &topology.legit);
@@ -1297,8 +1329,11 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     }
     let probes = probes.lock().expect("probes").clone();
     let kernel = std::mem::take(&mut *kernel.lock().expect("kernel view"));
-    let rows = verdicts(&roles, &servers, &kernel, &maps, &timing, &pins, &probes);
+    let mut rows = verdicts(&roles, &servers, &kernel, &maps, &timing, &pins, &probes);
+    let seen = fleet_seen.into_inner().expect("fleet view");
+    rows.extend(fleet::rows(&seen, &roles["alternating"], &roles["legit"]));
     drop(daemon);
+    drop(fleet);
     drop(servers);
     Ok(rows)
 }
