@@ -11,6 +11,10 @@ use std::{
 
 mod fleet;
 
+/// Where the daemon's main task sends requests to the learning loop.
+type LearningTx =
+    std::sync::mpsc::SyncSender<(learn::Request, tokio::sync::oneshot::Sender<learn::Reply>)>;
+
 use fleet::{FleetApplied, fleet_change, next_fleet_change};
 
 use anyhow::Context;
@@ -426,10 +430,7 @@ async fn reload(
     current: &mut Config,
     maps: &mut Maps,
     clock: (u64, u64),
-    learning: &std::sync::mpsc::SyncSender<(
-        learn::Request,
-        tokio::sync::oneshot::Sender<learn::Reply>,
-    )>,
+    learning: &LearningTx,
 ) -> learn::Reply {
     notify("RELOADING=1");
     let result = async {
@@ -601,10 +602,7 @@ fn apply_stored_lists(maps: &mut Maps, enforcer: &mut Enforcer, config: &Config)
 async fn operator_change(
     current: &Config,
     maps: &Maps,
-    learning: &std::sync::mpsc::SyncSender<(
-        learn::Request,
-        tokio::sync::oneshot::Sender<learn::Reply>,
-    )>,
+    learning: &LearningTx,
     change: crate::lists::Change,
 ) -> Result<serde_json::Value, String> {
     crate::store::Store::open(&current.state_dir)
@@ -620,10 +618,7 @@ async fn operator_change(
 /// Journals an operator's import, then has the learning loop's enforcer make it.
 async fn operator_import(
     current: &Config,
-    learning: &std::sync::mpsc::SyncSender<(
-        learn::Request,
-        tokio::sync::oneshot::Sender<learn::Reply>,
-    )>,
+    learning: &LearningTx,
     import: crate::lists::Import,
 ) -> Result<serde_json::Value, String> {
     crate::store::Store::open(&current.state_dir)

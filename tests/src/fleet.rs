@@ -192,16 +192,6 @@ pub fn harvest(client: &str, n: usize) -> String {
         .collect()
 }
 
-pub fn append(log: &Path, text: &str) {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(log)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
-
 pub fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
@@ -220,6 +210,24 @@ pub struct Fleet {
     pub a: Host,
     pub b: Host,
     _tmp: TempDir,
+}
+
+impl Fleet {
+    /// Starts both hosts' daemons and waits until both are in the fleet.
+    pub fn joined(&self) -> (Daemon, Daemon) {
+        let (da, db) = (self.a.start(), self.b.start());
+        for host in [&self.a, &self.b] {
+            assert!(
+                until(Duration::from_secs(10), || host
+                    .metrics()
+                    .contains("slowgate_fleet_up 1")),
+                "a host did not join the fleet: {}{}",
+                da.log_text(),
+                db.log_text()
+            );
+        }
+        (da, db)
+    }
 }
 
 pub fn fleet() -> Fleet {
@@ -287,14 +295,7 @@ fn used_memory(redis: &Redis) -> f64 {
 fn bench_run(events: usize, run: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     let f = fleet();
     let redis = Redis::start(&f.redis_ns);
-    let (_da, db) = (f.a.start(), f.b.start());
-    for host in [&f.a, &f.b] {
-        if !until(Duration::from_secs(10), || {
-            host.metrics().contains("slowgate_fleet_up 1")
-        }) {
-            anyhow::bail!("a host did not join the fleet: {}", db.log_text());
-        }
-    }
+    let (_da, db) = f.joined();
     let maps = slowgate::enforcer::Maps::open_pinned(&f.b.pins.path)?;
     let memory_before = used_memory(&redis);
     let keys_before: f64 = redis.cli(&["DBSIZE"]).trim().parse().unwrap_or(0.0);

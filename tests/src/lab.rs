@@ -1141,34 +1141,23 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
                 }
             });
         }
-        // 2c. A sender a DNSBL lists sends ordinary mail, one message a second.
-        {
-            let (tally, ns) = (roles["listed"].clone(), &topology.attacker);
+        // 2c. A sender a DNSBL lists, and 2d. a sender in a network a reputation feed lists,
+        // send ordinary mail, one message a second.
+        for (role, src, server, tag) in [
+            ("listed", LISTED_V6, MTA_LISTED_V6, "listed"),
+            ("feed-listed", FEED_LISTED_V6, MTA_FEED_V6, "feed"),
+        ] {
+            let (tally, ns) = (roles[role].clone(), &topology.attacker);
             s.spawn(move || {
                 let sender = Sender {
                     ns,
-                    src: ip(LISTED_V6),
-                    server: MTA_LISTED_V6,
+                    src: ip(src),
+                    server,
                     tally: &tally,
                     start,
                 };
                 let every = Duration::from_secs(1);
-                sender.until(attack_end, &["alice@example.net".into()], "listed", every);
-            });
-        }
-        // 2d. A sender in a network a reputation feed lists sends ordinary mail, one a second.
-        {
-            let (tally, ns) = (roles["feed-listed"].clone(), &topology.attacker);
-            s.spawn(move || {
-                let sender = Sender {
-                    ns,
-                    src: ip(FEED_LISTED_V6),
-                    server: MTA_FEED_V6,
-                    tally: &tally,
-                    start,
-                };
-                let every = Duration::from_secs(1);
-                sender.until(attack_end, &["alice@example.net".into()], "feed", every);
+                sender.until(attack_end, &["alice@example.net".into()], tag, every);
             });
         }
         // 2e. A spammer alternating between the two MX hosts; and the fleet's sampler, which

@@ -722,3 +722,14 @@ impl Drop for HoldingListeners {
         }
     }
 }
+
+/// Appends `text` to a log file, as the mail software would.
+pub fn append(log: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .expect("open the log")
+        .write_all(text.as_bytes())
+        .expect("append to the log");
+}

@@ -13,15 +13,7 @@ use sg_tests::{fleet::*, *};
 fn a_sender_spread_over_two_hosts_is_limited_on_both_and_operators_entries_reach_every_host() {
     let f = fleet();
     let redis = Redis::start(&f.redis_ns);
-    let (da, db) = (f.a.start(), f.b.start());
-    assert!(until(Duration::from_secs(5), || f
-        .a
-        .metrics()
-        .contains("slowgate_fleet_up 1")));
-    assert!(until(Duration::from_secs(5), || f
-        .b
-        .metrics()
-        .contains("slowgate_fleet_up 1")));
+    let (da, db) = f.joined();
     // Three harvest attempts on each host: 6 points each, below level 1 (10) alone.
     append(&f.a.log, &harvest(ATTACKER, 3));
     std::thread::sleep(Duration::from_millis(500));
@@ -120,15 +112,7 @@ fn a_sender_spread_over_two_hosts_is_limited_on_both_and_operators_entries_reach
 fn a_frozen_killed_or_empty_redis_never_stops_a_host_and_the_fleet_recovers() {
     let f = fleet();
     let mut redis = Redis::start(&f.redis_ns);
-    let (da, db) = (f.a.start(), f.b.start());
-    assert!(until(Duration::from_secs(5), || f
-        .a
-        .metrics()
-        .contains("slowgate_fleet_up 1")));
-    assert!(until(Duration::from_secs(5), || f
-        .b
-        .metrics()
-        .contains("slowgate_fleet_up 1")));
+    let (da, db) = f.joined();
     // Frozen (SIGSTOP): lines still become local limits within the usual time, and commands
     // answer at once.
     redis.signal(libc::SIGSTOP);
@@ -198,11 +182,7 @@ fn a_frozen_killed_or_empty_redis_never_stops_a_host_and_the_fleet_recovers() {
 fn hostile_data_written_into_redis_by_hand_is_refused() {
     let f = fleet();
     let redis = Redis::start(&f.redis_ns);
-    let (da, _db) = (f.a.start(), f.b.start());
-    assert!(until(Duration::from_secs(5), || f
-        .a
-        .metrics()
-        .contains("slowgate_fleet_up 1")));
+    let (da, _db) = f.joined();
     let channel = "slowgate:events";
     let hostile = [
         r#"{"t":"l","h":"evil","c":{"op":"add","list":"deny","network":"0.0.0.0/0"}}"#,

@@ -292,17 +292,6 @@ fn learning_config(sources: &str) -> String {
     )
 }
 
-/// Appends `text` to a log file, as the mail software would.
-fn append(log: &std::path::Path, text: &str) {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(log)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
-
 /// An empty Postfix log in `dir`, and the learning config that follows it.
 fn postfix_log_in(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let log = dir.join("mail.log");

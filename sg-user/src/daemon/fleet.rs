@@ -1,7 +1,7 @@
 //! The daemon's side of a fleet: operators' entries made on other hosts, journaled and made
 //! here once each.
 
-use crate::{config::Config, enforcer::Maps, learn};
+use crate::{config::Config, enforcer::Maps};
 
 /// The next operator's entry from another host (never, without a fleet).
 pub(super) async fn next_fleet_change(
@@ -22,10 +22,7 @@ pub(super) type FleetApplied = std::collections::HashMap<String, crate::lists::C
 pub(super) async fn fleet_change(
     current: &Config,
     maps: &Maps,
-    learning: &std::sync::mpsc::SyncSender<(
-        learn::Request,
-        tokio::sync::oneshot::Sender<learn::Reply>,
-    )>,
+    learning: &super::LearningTx,
     applied: &mut FleetApplied,
     change: crate::lists::Change,
 ) {

@@ -10,7 +10,6 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,13 +21,12 @@ use std::{
 use super::{
     Mail, Netns, Row, Servers, Tally, Timing, Topology, interrupted, ip, kernel_level, smtp,
 };
-use crate::{Daemon, PinDir};
+use crate::{Daemon, PinDir, fleet::Redis};
 
 pub(super) const ALTERNATING_V6: &str = "2001:db8:c::77";
 const MX1_ALT_V6: &str = "2001:db8:c::1";
 const MX2_V6: &str = "2001:db8:c2::1";
-const REDIS_FOR_MX1: &str = "203.0.113.49";
-const REDIS_FOR_MX2: &str = "203.0.113.53";
+use crate::fleet::{REDIS_FOR_A as REDIS_FOR_MX1, REDIS_FOR_B as REDIS_FOR_MX2};
 /// The lab's first level, in points.
 const LEVEL_1: f64 = 6.0;
 
@@ -47,7 +45,7 @@ pub(super) struct Fleet {
     pub(super) daemon: Daemon,
     pub(super) pins: PinDir,
     _servers: Servers,
-    redis: Mutex<Option<Child>>,
+    redis: Mutex<Option<Redis>>,
     _mx2: Netns,
     redis_ns: Netns,
 }
@@ -96,7 +94,7 @@ impl Fleet {
             ],
         )?;
         let servers = Servers { dir: mx2_dir };
-        let redis = start_redis(&redis_ns)?;
+        let redis = Redis::start(&redis_ns);
         let pins = PinDir::new();
         let config = format!(
             "interfaces = [\"vx\"]\nattach_mode = \"native\"\n\
@@ -122,59 +120,20 @@ impl Fleet {
     }
 
     fn kill_redis(&self) {
-        if let Some(mut child) = self.redis.lock().expect("redis").take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.redis.lock().expect("redis").take();
     }
 
-    fn restart_redis(&self) -> anyhow::Result<()> {
-        let child = start_redis(&self.redis_ns)?;
-        *self.redis.lock().expect("redis") = Some(child);
-        Ok(())
+    fn restart_redis(&self) {
+        *self.redis.lock().expect("redis") = Some(Redis::start(&self.redis_ns));
     }
 
     fn redis_keys(&self) -> u64 {
-        redis_cli(&self.redis_ns, &["DBSIZE"])
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        self.redis
+            .lock()
+            .expect("redis")
+            .as_ref()
+            .map_or(0, |r| r.cli(&["DBSIZE"]).trim().parse().unwrap_or(0))
     }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.kill_redis();
-    }
-}
-
-fn start_redis(ns: &Netns) -> anyhow::Result<Child> {
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["redis-server", "--bind", REDIS_FOR_MX1, REDIS_FOR_MX2])
-        .args(["--port", "6379", "--save", "", "--appendonly", "no"])
-        .args(["--protected-mode", "no", "--daemonize", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_cli(ns, &["PING"]).trim() != "PONG" {
-        if Instant::now() > deadline {
-            anyhow::bail!("redis-server did not answer (apt install redis-server)");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child)
-}
-
-fn redis_cli(ns: &Netns, args: &[&str]) -> String {
-    Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["redis-cli", "-h", REDIS_FOR_MX1, "--raw"])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// The spammer: one harvest attempt at a time, alternating between the two hosts, each host
@@ -294,11 +253,9 @@ pub(super) fn sample(
         }
         if down.load(Ordering::Relaxed) && now >= kill_at + Duration::from_secs(3) {
             down.store(false, Ordering::Relaxed);
-            if fleet.restart_redis().is_ok() {
-                *restarted.lock().expect("restarted") = Some(Instant::now());
-                seen.lock().expect("seen").restarted_at =
-                    Some((Instant::now() - start).as_secs_f64());
-            }
+            fleet.restart_redis();
+            *restarted.lock().expect("restarted") = Some(Instant::now());
+            seen.lock().expect("seen").restarted_at = Some((Instant::now() - start).as_secs_f64());
         }
         if let Some(at) = *restarted.lock().expect("restarted") {
             let mut s = seen.lock().expect("seen");
