@@ -424,8 +424,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
 
 /// Re-reads the config file. A bad one is refused with the reason and the running config stays;
 /// a good one is applied to the kernel (ceilings, ports, lists) and to the engine (weights,
-/// levels, half-life: every sender keeps its points). Interfaces, pins, capacities and
-/// sources need a restart, and the log says so.
+/// levels, half-life: every sender keeps its points). Interfaces, pins, capacities, sources,
+/// feeds, DNSBL zones, the fleet and switching the concurrent caps on or off need a restart,
+/// and the answer says so.
 async fn reload(
     current: &mut Config,
     maps: &mut Maps,
@@ -447,6 +448,16 @@ async fn reload(
         }
         if new.metrics != current.metrics || new.control_socket != current.control_socket {
             restart.push("metrics and control addresses");
+        }
+        if new.feeds != current.feeds || new.dnsbl != current.dnsbl {
+            restart.push("feeds and DNSBL zones");
+        }
+        if new.fleet != current.fleet {
+            restart.push("fleet");
+        }
+        let counting = |c: &Config| c.concurrent.as_ref().map(|c| c.cgroup.clone());
+        if counting(&new) != counting(current) {
+            restart.push("concurrent caps on or off, or their cgroup");
         }
         // The pin directory may come from the command line (`run --pin-dir`): it stays.
         let new = Config {
