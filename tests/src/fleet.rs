@@ -1,9 +1,11 @@
 //! Fleet mode's test bench: a real `redis-server` in a namespace of its own and hosts, each a
 //! namespace with a daemon protecting its own veth, linked to Redis by another veth.
 //!
-//!     client A (198.51.100.10) ── host A (198.51.100.1) ── 203.0.113.49/.50 ─┐
-//!                                                                            redis
-//!     client B (198.51.100.10) ── host B (198.51.100.1) ── 203.0.113.53/.54 ─┘
+//! ```text
+//! client A (198.51.100.10) ── host A (198.51.100.1) ── 203.0.113.49/.50 ─┐
+//!                                                                        redis
+//! client B (198.51.100.10) ── host B (198.51.100.1) ── 203.0.113.53/.54 ─┘
+//! ```
 //!
 //! The same attacker address reaches both hosts (each pair of namespaces is its own network).
 
