@@ -136,9 +136,10 @@ impl Fleet {
     }
 }
 
-/// The spammer: one harvest attempt at a time, alternating between the two hosts, each host
-/// once per half-life, so that neither alone sees enough for level 1 (its points stay near
-/// 4, under 6) while the fleet's sum passes it.
+/// The spammer: one harvest attempt (2 points) at a time, alternating between the two hosts,
+/// each host once every 0.74 half-lives, so that its own points on each approach 5 and never
+/// reach level 1 (6), while the fleet's sum on either host, its own plus the other's decayed
+/// by half a period, passes 8.
 pub(super) fn alternate(
     attacker: &Netns,
     tally: &Tally,
@@ -159,7 +160,7 @@ pub(super) fn alternate(
             let outcome = smtp(attacker, ip(ALTERNATING_V6), server, &mail);
             tally.add(outcome, start);
             n += 1;
-            thread::sleep(half_life / 2);
+            thread::sleep(half_life.mul_f64(0.37));
             if Instant::now() >= end || interrupted() {
                 return;
             }
