@@ -392,6 +392,9 @@ pub struct Bucket {
 pub mod flag {
     /// Also drop packets of established connections from denied or blocked sources.
     pub const DROP_ESTABLISHED_FROM_BLOCKED: u32 = 1;
+    /// Concurrent-connection caps are on (`Config::concurrent_*`): the one bit the hot path
+    /// reads when they are off, next to the fields it reads anyway.
+    pub const CONCURRENT_CAPS: u32 = 2;
 }
 
 /// The single entry of CONFIG, written by userspace before the program is attached.

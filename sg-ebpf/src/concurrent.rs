@@ -21,7 +21,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sg_ebpf::bucket::{CAS_ATTEMPTS, compare_exchange};
-use sg_common::{Addr, Config, PolicyKey, capacity, counter, map_v4};
+use sg_common::{Addr, Config, PolicyKey, capacity, counter, flag, map_v4};
 
 use super::{CONFIG, PORTS, count, prefix_of};
 
@@ -223,6 +223,9 @@ fn step(n: *mut u64, by: i64) {
 /// Whether a new connection from `src` would pass its caps (`limited`: a level holds it).
 #[inline(always)]
 pub(super) fn over_cap(src: &Addr, prefix: &PolicyKey, config: &Config, limited: bool) -> bool {
+    if config.flags & flag::CONCURRENT_CAPS == 0 {
+        return false;
+    }
     let cap = |own: u32| {
         if limited && config.concurrent_limited != 0 && (own == 0 || config.concurrent_limited < own)
         {

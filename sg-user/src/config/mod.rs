@@ -156,6 +156,10 @@ impl Config {
                 sg_common::flag::DROP_ESTABLISHED_FROM_BLOCKED
             } else {
                 0
+            } | if self.concurrent.is_some() {
+                sg_common::flag::CONCURRENT_CAPS
+            } else {
+                0
             },
             event_sample: self.drop_event_sample,
             concurrent_source: self.concurrent.as_ref().map_or(0, |c| c.source),
