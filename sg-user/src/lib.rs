@@ -13,7 +13,8 @@
 //!    daemon's log lines (`tracing` to stderr).
 //! 2. `events`, `parsers`: a log line to typed events.
 //! 3. `tail`, `sources`: where lines come from (files followed across rotations, journald).
-//!    `dnsbl`, `feeds`: what DNSBL zones and reputation feeds say about networks.
+//!    `dnsbl`, `feeds`: what DNSBL zones and reputation feeds say about networks. `policy`:
+//!    per-user sending limits answered to the MTA.
 //! 4. `engine`: events and a caller's clock to level changes; sans-IO.
 //! 5. `decisions`: what producers of limits ask for, and the journal form of operators' changes.
 //! 6. `enforcer`: decisions to the kernel's maps; the only module that imports aya. `fleet`:
@@ -46,6 +47,7 @@ pub mod lists;
 pub mod logging;
 pub mod metrics;
 pub mod parsers;
+pub mod policy;
 pub mod replay;
 pub mod report;
 pub mod sources;

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Layer of each top-level module, as `lib.rs` lists them.
-const LAYERS: [(&str, u32); 26] = [
+const LAYERS: [(&str, u32); 27] = [
     ("domain", 1),
     ("logging", 1),
     ("events", 2),
@@ -13,6 +13,7 @@ const LAYERS: [(&str, u32); 26] = [
     ("sources", 3),
     ("dnsbl", 3),
     ("feeds", 3),
+    ("policy", 3),
     ("engine", 4),
     ("decisions", 5),
     ("enforcer", 6),
