@@ -10,6 +10,7 @@ use std::{
 };
 
 mod fleet;
+mod policy;
 
 /// Where the daemon's main task sends requests to the learning loop.
 type LearningTx =
@@ -297,6 +298,15 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         feeds: feed_control,
     });
     tokio::spawn(control::serve(listener, handles));
+    // The Postfix policy service, answering from memory and the kernel's maps.
+    if let Some(settings) = config.policy.clone() {
+        let maps = Arc::new(Maps::open_pinned(pin_dir)?);
+        tokio::spawn(async move {
+            if let Err(e) = policy::serve(settings, maps).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     tracing::info!("control socket {}", config.control_socket.display());
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr)

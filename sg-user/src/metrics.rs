@@ -333,6 +333,7 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
     );
     feed_metrics(&mut out);
     fleet_metrics(&mut out);
+    policy_metrics(&mut out);
     metric(
         &mut out,
         "slowgate_limit_write_errors_total",
@@ -475,5 +476,42 @@ fn fleet_metrics(out: &mut String) {
                 )
             })
             .collect::<Vec<_>>(),
+    );
+}
+
+/// The Postfix policy service: answers by verdict, malformed requests, answer time.
+fn policy_metrics(out: &mut String) {
+    use crate::policy::{ANSWER_NS, ANSWERED_DEFER, ANSWERED_DUNNO, MALFORMED, SLOWEST_NS};
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        out,
+        "slowgate_policy_answers_total",
+        "counter",
+        "Policy requests answered, by verdict (DUNNO, or deferred over a limit).",
+        &[
+            ("{verdict=\"dunno\"}".into(), load(&ANSWERED_DUNNO) as f64),
+            ("{verdict=\"defer\"}".into(), load(&ANSWERED_DEFER) as f64),
+        ],
+    );
+    metric(
+        out,
+        "slowgate_policy_malformed_total",
+        "counter",
+        "Policy connections closed for a malformed request, or silence within one.",
+        &[(String::new(), load(&MALFORMED) as f64)],
+    );
+    metric(
+        out,
+        "slowgate_policy_answer_seconds_sum",
+        "counter",
+        "Time spent answering policy requests.",
+        &[(String::new(), load(&ANSWER_NS) as f64 / 1e9)],
+    );
+    metric(
+        out,
+        "slowgate_policy_answer_seconds_max",
+        "gauge",
+        "The slowest policy answer since the start.",
+        &[(String::new(), load(&SLOWEST_NS) as f64 / 1e9)],
     );
 }

@@ -1628,3 +1628,138 @@ fn concurrent_connections_are_capped_and_counted_down_after_closes_resets_and_ti
         "no concurrent_cap drops in:\n{metrics}"
     );
 }
+
+/// One policy request over `stream`; the answer's action, or None when the daemon closed.
+fn policy_ask(stream: &mut std::os::unix::net::UnixStream, attributes: &str) -> Option<String> {
+    use std::io::{BufRead, Write};
+    stream
+        .write_all(format!("{attributes}\n").as_bytes())
+        .ok()?;
+    let mut reader = std::io::BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut empty = String::new();
+    reader.read_line(&mut empty).ok()?;
+    line.strip_prefix("action=")
+        .map(|a| a.trim_end().to_string())
+}
+
+fn policy_request(state: &str, user: &str, client: &str, instance: &str) -> String {
+    format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         sasl_username={user}\nclient_address={client}\ninstance={instance}\n\
+         recipient_count=1\n"
+    )
+}
+
+#[test]
+fn the_policy_service_holds_users_to_their_buckets_and_survives_malformed_requests() {
+    use std::os::unix::net::UnixStream;
+    let lab = Lab::new();
+    let tmp = TempDir::new("policy");
+    let socket = tmp.path.join("policy.sock");
+    let config = format!(
+        "{}\n[policy]\nlisten = \"unix:{}\"\nidle = \"2s\"\n\
+         [users]\nmessages = \"3/h\"\nrecipients = \"100/h\"\n\
+         [users.override.\"newsletter@example.org\"]\nmessages = \"5000/h\"\n",
+        daemon_config(),
+        socket.display()
+    );
+    let daemon = Daemon::start(&lab.server, &config, &lab.pins.path).unwrap();
+    let connect = || {
+        let s = UnixStream::connect(&socket).expect("connect to the policy socket");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let mut postfix = connect();
+    // Alice: three messages, then a temporary failure as early as RCPT; Bob and the
+    // newsletter send on.
+    for i in 0..3 {
+        let id = format!("a{i}");
+        let rcpt = policy_request("RCPT", "alice@example.net", "203.0.113.7", &id);
+        assert_eq!(policy_ask(&mut postfix, &rcpt).as_deref(), Some("DUNNO"));
+        let data = policy_request("DATA", "alice@example.net", "203.0.113.7", &id);
+        assert_eq!(policy_ask(&mut postfix, &data).as_deref(), Some("DUNNO"));
+    }
+    let fourth = policy_request("RCPT", "alice@example.net", "198.51.100.99", "a3");
+    let answer = policy_ask(&mut postfix, &fourth).unwrap_or_default();
+    assert!(
+        answer.starts_with("451 4.7.1"),
+        "{answer}: {}",
+        daemon.log_text()
+    );
+    for i in 0..10 {
+        let bob = policy_request("DATA", "bob@example.net", "203.0.113.7", &format!("b{i}"));
+        let news = policy_request(
+            "DATA",
+            "newsletter@example.org",
+            "203.0.113.8",
+            &format!("n{i}"),
+        );
+        let (b, n) = (
+            policy_ask(&mut postfix, &bob),
+            policy_ask(&mut postfix, &news),
+        );
+        if i < 3 {
+            assert_eq!(b.as_deref(), Some("DUNNO"));
+        }
+        assert_eq!(n.as_deref(), Some("DUNNO"));
+    }
+    // A limited address is limited in messages too: 2 at once, then deferred, in one session.
+    lab.cli(&[
+        "limit",
+        "set",
+        "203.0.113.66",
+        "--rate",
+        "6/min",
+        "--burst",
+        "2",
+    ]);
+    let mut answers = Vec::new();
+    for i in 0..4 {
+        let data = policy_request("DATA", "", "203.0.113.66", &format!("s{i}"));
+        answers.push(policy_ask(&mut postfix, &data).unwrap_or_default());
+    }
+    assert_eq!(&answers[..2], ["DUNNO", "DUNNO"], "{answers:?}");
+    assert!(
+        answers[2..].iter().all(|a| a.starts_with("451")),
+        "{answers:?}"
+    );
+    // Malformed requests: no verdict, the connection closed; everybody else served on.
+    let hostile: [&[u8]; 4] = [
+        b"protocol_state=RCPT\n\n",
+        b"request=smtpd_access_policy\n\xff\xfe\x00junk\n\n",
+        b"no equals sign here\n\n",
+        &[b'x'; 10_000],
+    ];
+    for bytes in hostile {
+        use std::io::{Read, Write};
+        let mut s = connect();
+        let _ = s.write_all(bytes);
+        let _ = s.write_all(b"\n\n");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("action="),
+            "{rest:?}"
+        );
+    }
+    // A connection that never sends the empty line is closed after `idle`.
+    {
+        use std::io::{Read, Write};
+        let mut s = connect();
+        s.write_all(b"request=smtpd_access_policy\n").unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty() && started.elapsed() < Duration::from_secs(5));
+    }
+    let carol = policy_request("DATA", "carol@example.net", "203.0.113.9", "c0");
+    assert_eq!(policy_ask(&mut connect(), &carol).as_deref(), Some("DUNNO"));
+    let metrics =
+        http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("slowgate_policy_malformed_total 5"),
+        "{metrics}"
+    );
+}

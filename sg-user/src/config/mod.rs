@@ -20,6 +20,7 @@ mod ceilings;
 pub mod error;
 mod feeds;
 mod fleet;
+mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,8 @@ pub struct Config {
     pub feeds: Vec<crate::feeds::Feed>,
     /// Fleet mode (`[fleet]`); None: this host alone.
     pub fleet: Option<crate::fleet::Settings>,
+    /// The Postfix policy service (`[policy]`, `[users]`); None: not offered.
+    pub policy: Option<crate::policy::Settings>,
     pub engine: EngineConfig,
     /// The GeoIP2/GeoLite2 country database, if any.
     pub geoip: Option<PathBuf>,

@@ -54,6 +54,10 @@ pub(super) struct RawConfig {
     pub(super) feeds: Vec<super::feeds::RawFeed>,
     #[serde(default)]
     pub(super) fleet: Option<super::fleet::RawFleet>,
+    #[serde(default)]
+    pub(super) policy: Option<super::policy::RawPolicy>,
+    #[serde(default)]
+    pub(super) users: super::policy::RawUsers,
 }
 
 /// `[[dnsbl]]`: a zone and the points of its answers.

@@ -39,6 +39,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let dnsbl = dnsbl(&raw.dnsbl, &raw.dns)?;
     let feeds = super::feeds::feeds(&raw.feeds)?;
     let fleet = super::fleet::fleet(raw.fleet.as_ref(), engine.lengths(), engine.half_life)?;
+    let policy = super::policy::policy(raw.policy.as_ref(), &raw.users)?;
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -63,6 +64,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         dnsbl,
         feeds,
         fleet,
+        policy,
         engine,
         geoip: raw.countries.database,
         limit_ttl,

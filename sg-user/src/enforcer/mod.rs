@@ -27,6 +27,7 @@ mod batch;
 mod concurrent;
 mod feeds;
 mod filter;
+mod lookup;
 pub mod maps;
 pub mod program;
 
