@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 
 use super::DEFAULT_PIN_DIR;
-use crate::engine::Weights;
+use crate::{domain::PrefixLengths, engine::Weights};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,10 +327,10 @@ pub(super) fn default_min_sources_v6() -> u32 {
 }
 
 pub(super) fn default_network_v4() -> u8 {
-    16
+    PrefixLengths::DEFAULT.network_v4
 }
 pub(super) fn default_network_v6() -> u8 {
-    48
+    PrefixLengths::DEFAULT.network_v6
 }
 pub(super) fn default_network_after() -> usize {
     3
@@ -339,8 +339,8 @@ pub(super) fn default_network_after() -> usize {
 impl Default for RawPrefix {
     fn default() -> Self {
         RawPrefix {
-            ipv4: 24,
-            ipv6: 64,
+            ipv4: PrefixLengths::DEFAULT.v4,
+            ipv6: PrefixLengths::DEFAULT.v6,
             network_ipv4: default_network_v4(),
             network_ipv6: default_network_v6(),
             network_after: default_network_after(),

@@ -127,22 +127,22 @@ async fn connection(
             .client_address()
             .and_then(|a| maps.limit_for_address(a).ok().flatten());
         let now = start.elapsed().as_secs_f64();
-        let (verdict, defer) = {
+        let (verdict, action) = {
             let mut q = quotas.lock().unwrap_or_else(|e| e.into_inner());
             let verdict = q.decide(&request, address_limit, now);
-            (verdict, q.settings().defer.clone())
+            let action = match verdict {
+                Verdict::Dunno => "DUNNO".to_string(),
+                Verdict::Defer(_) => q.settings().defer.clone(),
+            };
+            (verdict, action)
         };
-        let action = match &verdict {
-            Verdict::Dunno => "DUNNO".to_string(),
-            Verdict::Defer(why) => {
-                tracing::info!(
-                    "policy: deferred {} from {} ({why})",
-                    request.user().unwrap_or_else(|| "-".into()),
-                    request.get("client_address").unwrap_or("-")
-                );
-                defer
-            }
-        };
+        if let Verdict::Defer(why) = &verdict {
+            tracing::info!(
+                "policy: deferred {} from {} ({why})",
+                request.user().unwrap_or_else(|| "-".into()),
+                request.get("client_address").unwrap_or("-")
+            );
+        }
         answered(
             matches!(verdict, Verdict::Defer(_)),
             began.elapsed().as_nanos() as u64,

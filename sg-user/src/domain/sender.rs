@@ -28,6 +28,16 @@ pub struct PrefixLengths {
     pub network_v6: u8,
 }
 
+impl PrefixLengths {
+    /// The defaults of `[prefix]`: IPv4 /24 and /16, IPv6 /64 and /48.
+    pub const DEFAULT: PrefixLengths = PrefixLengths {
+        v4: 24,
+        v6: 64,
+        network_v4: 16,
+        network_v6: 48,
+    };
+}
+
 /// Why a text is not a sender.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SenderError {
@@ -110,12 +120,7 @@ pub fn country_name(code: [u8; 2]) -> String {
 mod tests {
     use super::*;
 
-    const LENGTHS: PrefixLengths = PrefixLengths {
-        v4: 24,
-        v6: 64,
-        network_v4: 16,
-        network_v6: 48,
-    };
+    const LENGTHS: PrefixLengths = PrefixLengths::DEFAULT;
 
     #[test]
     fn a_sender_is_an_address_a_prefix_a_network_or_a_user() {

@@ -18,8 +18,8 @@ impl Engine {
     /// countries take none.
     pub fn add_peer_points(&mut self, sender: &Sender, delta: f64, now_ns: u64) -> Vec<Change> {
         let allowed = match sender {
-            Sender::Source(a) => self.allow.iter().any(|n| n.contains(a)),
-            Sender::Prefix(p) | Sender::Network(p) => self.allow.iter().any(|n| n.contains(p)),
+            Sender::Source(a) => self.allowed(&ipnet::IpNet::from(*a)),
+            Sender::Prefix(p) | Sender::Network(p) => self.allowed(p),
             Sender::User(_) => false,
             Sender::Country(_) => true,
         };

@@ -160,6 +160,11 @@ impl Engine {
         self.allow = allow;
     }
 
+    /// Whether the allow list covers `net` (an address is a /32 or /128).
+    fn allowed(&self, net: &IpNet) -> bool {
+        self.allow.iter().any(|n| n.contains(net))
+    }
+
     /// New weights, levels and lengths (a reload); every sender keeps its points and level,
     /// and comes down through the new table as it decays.
     /// Takes a new config (a reload). Every limited sender is re-aligned with the new level
@@ -332,7 +337,7 @@ impl Engine {
     pub fn record(&mut self, event: &Event, now_ns: u64) -> Vec<Change> {
         let source = event.source;
         let mut changes = Vec::new();
-        if self.allow.iter().any(|n| n.contains(&source)) {
+        if self.allowed(&IpNet::from(source)) {
             return changes;
         }
         let country = self

@@ -266,13 +266,35 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
 }
 
 /// Removes `x` from the set: listed networks inside it go; a listed network holding it is
-/// replaced by the pieces around it (at most one per bit between the two lengths).
+/// replaced by the pieces around it (at most one per bit between the two lengths). Looks only
+/// at the networks whose address falls inside `x`, and at one candidate holder per length, so
+/// a zone's exclusions cost what they touch, not the size of the zone each.
 fn subtract(set: &mut BTreeSet<IpNet>, x: IpNet) {
-    let inside: Vec<IpNet> = set.iter().filter(|n| x.contains(*n)).copied().collect();
+    let (low, high) = match x {
+        IpNet::V4(v4) => (
+            IpNet::new(v4.network().into(), 0),
+            IpNet::new(v4.broadcast().into(), 32),
+        ),
+        IpNet::V6(v6) => (
+            IpNet::new(v6.network().into(), 0),
+            IpNet::new(v6.broadcast().into(), 128),
+        ),
+    };
+    let (Ok(low), Ok(high)) = (low, high) else {
+        return;
+    };
+    let inside: Vec<IpNet> = set
+        .range(low..=high)
+        .filter(|n| x.contains(*n))
+        .copied()
+        .collect();
     for n in inside {
         set.remove(&n);
     }
-    let holders: Vec<IpNet> = set.iter().filter(|n| n.contains(&x)).copied().collect();
+    let holders: Vec<IpNet> = (0..x.prefix_len())
+        .filter_map(|len| IpNet::new(x.addr(), len).ok().map(|n| n.trunc()))
+        .filter(|n| set.contains(n))
+        .collect();
     for holder in holders {
         set.remove(&holder);
         for len in holder.prefix_len() + 1..=x.prefix_len() {
@@ -416,5 +438,20 @@ mod tests {
         )
         .unwrap();
         assert!(copy.networks.is_empty(), "{:?}", nets(&copy));
+        // IPv6 too, and an exclusion inside two nested listed networks.
+        let copy = parse(
+            Format::Rbldnsd,
+            "2001:db8:66::/48\n2001:db8::/32\n!2001:db8:66::1\n",
+            0,
+        )
+        .unwrap();
+        let got = nets(&copy);
+        assert!(
+            !got.iter()
+                .any(|n| n == "2001:db8:66::1/128" || n == "2001:db8::/32"),
+            "{got:?}"
+        );
+        assert!(got.contains(&"2001:db8:66::/128".to_string()), "{got:?}");
+        assert!(got.contains(&"2001:db8:8000::/33".to_string()), "{got:?}");
     }
 }

@@ -269,8 +269,7 @@ impl Peers {
     }
 
     fn decayed(&self, points: f64, at_ms: u64, now_ms: u64) -> f64 {
-        let elapsed = now_ms.saturating_sub(at_ms) as f64 / 1000.0;
-        points * (-elapsed / self.half_life.as_secs_f64()).exp2()
+        decayed(points, at_ms, now_ms, self.half_life)
     }
 
     /// Records `host`'s contribution for `sender`; returns how much the sum of the others'
@@ -322,11 +321,15 @@ impl Peers {
     /// Drops contributions that decayed to nothing (called now and then; bounded work).
     pub fn sweep(&mut self, now_ms: u64) {
         let half_life = self.half_life;
-        self.contributions.retain(|_, (p, at)| {
-            let elapsed = now_ms.saturating_sub(*at) as f64 / 1000.0;
-            *p * (-elapsed / half_life.as_secs_f64()).exp2() >= wire::NEGLIGIBLE
-        });
+        self.contributions
+            .retain(|_, (p, at)| decayed(*p, *at, now_ms, half_life) >= wire::NEGLIGIBLE);
     }
+}
+
+/// `points` given at `at_ms`, decayed to `now_ms`.
+fn decayed(points: f64, at_ms: u64, now_ms: u64, half_life: Duration) -> f64 {
+    let elapsed = now_ms.saturating_sub(at_ms) as f64 / 1000.0;
+    points * (-elapsed / half_life.as_secs_f64()).exp2()
 }
 
 #[cfg(test)]

@@ -277,12 +277,7 @@ pub fn parse_message(
 mod tests {
     use super::*;
 
-    const LENGTHS: PrefixLengths = PrefixLengths {
-        v4: 24,
-        v6: 64,
-        network_v4: 16,
-        network_v6: 48,
-    };
+    const LENGTHS: PrefixLengths = PrefixLengths::DEFAULT;
     const NOW: u64 = 1_763_884_800_000;
 
     #[test]

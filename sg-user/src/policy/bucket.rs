@@ -14,6 +14,15 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// `rate` (like `60/min`) with `capacity` tokens; for tests.
+    #[cfg(test)]
+    pub fn of(rate: &str, capacity: u32) -> Shape {
+        Shape {
+            rate: rate.parse().expect("a rate"),
+            capacity,
+        }
+    }
+
     fn per_second(&self) -> f64 {
         1.0 / self.rate.interval.as_secs_f64()
     }
@@ -101,17 +110,10 @@ impl Buckets {
 mod tests {
     use super::*;
 
-    fn shape(rate: &str, capacity: u32) -> Shape {
-        Shape {
-            rate: rate.parse().unwrap(),
-            capacity,
-        }
-    }
-
     #[test]
     fn a_bucket_gives_its_capacity_then_refills_at_its_rate() {
         let mut b = Buckets::new(10);
-        let s = shape("60/min", 3);
+        let s = Shape::of("60/min", 3);
         assert!(b.take("alice", &s, 1, 0.0));
         assert!(b.take("alice", &s, 2, 0.0));
         assert!(!b.take("alice", &s, 1, 0.0), "empty");
@@ -128,7 +130,7 @@ mod tests {
     #[test]
     fn a_full_table_forgets_full_buckets_first() {
         let mut b = Buckets::new(2);
-        let s = shape("1/s", 2);
+        let s = Shape::of("1/s", 2);
         assert!(b.take("a", &s, 2, 0.0));
         assert!(b.take("b", &s, 1, 9.0));
         // At 10 s, "a" is full again and goes; "b" (used at 9 s) stays.

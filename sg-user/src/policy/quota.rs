@@ -146,21 +146,14 @@ mod tests {
     use super::*;
     use crate::policy::postfix::parse;
 
-    fn shape(rate: &str, capacity: u32) -> Shape {
-        Shape {
-            rate: rate.parse().unwrap(),
-            capacity,
-        }
-    }
-
     fn quotas() -> Quotas {
         let defaults = UserLimits {
-            messages: shape("3/h", 3),
-            recipients: shape("10/h", 10),
+            messages: Shape::of("3/h", 3),
+            recipients: Shape::of("10/h", 10),
         };
         let big = UserLimits {
-            messages: shape("5000/h", 5000),
-            recipients: shape("5000/h", 5000),
+            messages: Shape::of("5000/h", 5000),
+            recipients: Shape::of("5000/h", 5000),
         };
         Quotas::new(Settings {
             defaults,
