@@ -194,19 +194,6 @@ pub fn harvest(client: &str, n: usize) -> String {
         .collect()
 }
 
-pub fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 pub struct Fleet {
     pub redis_ns: Netns,
     pub a: Host,

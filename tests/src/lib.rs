@@ -356,20 +356,40 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Listens on `[::]:port` (dual stack) for each port.
+    /// Listens on `[::]:port` (dual stack) for each port; accepted connections are closed at
+    /// once.
     pub fn start(ns: &Netns, ports: &[u16]) -> anyhow::Result<Listeners> {
+        Listeners::serve(ns, ports, |conn, _| {
+            drop(conn);
+            None
+        })
+    }
+
+    /// The same, each accepted connection handed to `handle`, which may give back a thread
+    /// that serves it (joined when the listeners stop; it must end once `stop` is set).
+    fn serve<H>(ns: &Netns, ports: &[u16], handle: H) -> anyhow::Result<Listeners>
+    where
+        H: Fn(std::net::TcpStream, std::sync::Arc<AtomicBool>) -> Option<thread::JoinHandle<()>>
+            + Clone
+            + Send
+            + 'static,
+    {
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &port in ports {
             let listener = ns.enter(|| TcpListener::bind(("::", port)))??;
             listener.set_nonblocking(true)?;
-            let stop = stop.clone();
+            let (stop, handle) = (stop.clone(), handle.clone());
             threads.push(thread::spawn(move || {
+                let mut served = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((conn, _)) => drop(conn),
+                        Ok((conn, _)) => served.extend(handle(conn, stop.clone())),
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
+                }
+                for t in served {
+                    let _ = t.join();
                 }
             }));
         }
@@ -516,12 +536,31 @@ pub fn cli(pin_dir: &Path, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run slowgate");
+    said(&out)
+}
+
+/// Whether a command succeeded, and what it printed (stdout, then stderr).
+pub fn said(out: &std::process::Output) -> (bool, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Polls `f` every 50 ms until it holds (true) or `within` has passed (false).
+pub fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A pin directory under /sys/fs/bpf, detached and removed on drop.
@@ -628,6 +667,26 @@ impl Daemon {
         }
     }
 
+    /// `slowgate --control SOCKET ARGS` against this daemon, as root or (`as_nobody`) as an
+    /// unprivileged user: whether it succeeded, and what it printed.
+    pub fn control(&self, args: &[&str], as_nobody: bool) -> (bool, String) {
+        let mut cmd = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(bin());
+            c
+        } else {
+            Command::new(bin())
+        };
+        let out = cmd
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("run slowgate");
+        said(&out)
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = File::open(&self.log) {
@@ -652,39 +711,14 @@ impl Drop for Daemon {
     }
 }
 
-/// Listeners that keep each connection open until the client closes it (as an MTA does until
-/// QUIT), writing a byte every 300 ms so that a client gone silent times out: each accepted
-/// socket has TCP_USER_TIMEOUT `user_timeout`. Stops on drop.
-pub struct HoldingListeners {
-    stop: std::sync::Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl HoldingListeners {
-    pub fn start(ns: &Netns, ports: &[u16], user_timeout: Duration) -> anyhow::Result<Self> {
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &port in ports {
-            let listener = ns.enter(|| TcpListener::bind(("::", port)))??;
-            listener.set_nonblocking(true)?;
-            let stop = stop.clone();
-            threads.push(thread::spawn(move || {
-                let mut held = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            let stop = stop.clone();
-                            held.push(thread::spawn(move || hold(conn, user_timeout, &stop)));
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-                for t in held {
-                    let _ = t.join();
-                }
-            }));
-        }
-        Ok(HoldingListeners { stop, threads })
+impl Listeners {
+    /// Listeners that keep each connection open until the client closes it (as an MTA does
+    /// until QUIT), writing a byte every 300 ms so that a client gone silent times out: each
+    /// accepted socket has TCP_USER_TIMEOUT `user_timeout`.
+    pub fn holding(ns: &Netns, ports: &[u16], user_timeout: Duration) -> anyhow::Result<Self> {
+        Listeners::serve(ns, ports, move |conn, stop| {
+            Some(thread::spawn(move || hold(conn, user_timeout, &stop)))
+        })
     }
 }
 
@@ -710,15 +744,6 @@ fn hold(conn: std::net::TcpStream, user_timeout: Duration, stop: &AtomicBool) {
         }
         if conn.write_all(b".").is_err() {
             return;
-        }
-    }
-}
-
-impl Drop for HoldingListeners {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
         }
     }
 }

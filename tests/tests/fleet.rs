@@ -31,18 +31,7 @@ fn a_sender_spread_over_two_hosts_is_limited_on_both_and_operators_entries_reach
     );
     assert!(!f.a.connects() && !f.b.connects(), "not dropped on both");
     // `show` says who contributed what; Redis holds both contributions.
-    let (_, shown) = {
-        let out = Command::new(bin())
-            .arg("--control")
-            .arg(&da.control)
-            .args(["show", ATTACKER])
-            .output()
-            .unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let (_, shown) = da.control(&["show", ATTACKER], false);
     assert!(
         shown.contains("fleet:") && shown.contains("mx-a 6.0") && shown.contains("mx-b 6.0"),
         "{shown}"
@@ -60,44 +49,21 @@ fn a_sender_spread_over_two_hosts_is_limited_on_both_and_operators_entries_reach
     assert!(ttl > 0, "the contribution key never expires ({ttl})");
     // An operator's deny on A drops on B; its removal on B frees it on A.
     let other = "203.0.113.77";
-    let out = Command::new(bin())
-        .arg("--control")
-        .arg(&da.control)
-        .args(["deny", "add", other, "--comment", "fleet test"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = da.control(&["deny", "add", other, "--comment", "fleet test"], false);
+    assert!(ok, "{out}");
     assert!(
         until(Duration::from_secs(3), || f.b.denied(other)),
         "{}",
         db.log_text()
     );
-    let out = Command::new(bin())
-        .arg("--control")
-        .arg(&db.control)
-        .args(["deny", "del", other])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = db.control(&["deny", "del", other], false);
+    assert!(ok, "{out}");
     assert!(until(Duration::from_secs(3), || !f.a.denied(other)));
     // A release on one host applies fleet-wide (the address, and its /24, which the same
     // attempts limited).
     for who in [ATTACKER, "198.51.100.0/24"] {
-        let out = Command::new(bin())
-            .arg("--control")
-            .arg(&db.control)
-            .args(["release", who])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let (ok, out) = db.control(&["release", who], false);
+        assert!(ok, "{out}");
     }
     assert!(until(Duration::from_secs(3), || !f.a.limited(ATTACKER)
         && !f.b.limited(ATTACKER)));
@@ -124,15 +90,9 @@ fn a_frozen_killed_or_empty_redis_never_stops_a_host_and_the_fleet_recovers() {
         da.log_text()
     );
     let status_took = Instant::now();
-    let status = Command::new(bin())
-        .arg("--control")
-        .arg(&da.control)
-        .arg("--pin-dir")
-        .arg(&f.a.pins.path)
-        .arg("status")
-        .output()
-        .unwrap();
-    assert!(status.status.success());
+    let pins = f.a.pins.path.to_string_lossy().into_owned();
+    let (ok, out) = da.control(&["--pin-dir", &pins, "status"], false);
+    assert!(ok, "{out}");
     assert!(
         status_took.elapsed() < Duration::from_secs(2),
         "status hung on a frozen Redis"
@@ -246,19 +206,13 @@ fn the_password_never_shows_and_a_world_readable_password_file_is_refused() {
     };
     write("redis://user:urlpa55@203.0.113.49:6379/0");
     let check = || {
-        let out = Command::new(bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("check-config")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+        said(
+            &Command::new(bin())
+                .arg("--config")
+                .arg(&config)
+                .arg("check-config")
+                .output()
+                .unwrap(),
         )
     };
     let (ok, out) = check();

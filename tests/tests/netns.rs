@@ -966,28 +966,7 @@ fn the_systemd_unit_verifies_and_the_daemon_reports_readiness_and_watchdog() {
 
 /// The CLI against the daemon's control socket, as `nobody` when `as_nobody`.
 fn control(daemon: &Daemon, args: &[&str], as_nobody: bool) -> (bool, String) {
-    let mut cmd = if as_nobody {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(bin());
-        c
-    } else {
-        std::process::Command::new(bin())
-    };
-    let out = cmd
-        .arg("--control")
-        .arg(&daemon.control)
-        .args(args)
-        .output()
-        .expect("run slowgate");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    daemon.control(args, as_nobody)
 }
 
 #[test]
@@ -1369,9 +1348,10 @@ fn drop_json(listed: &[&str], filler: usize) -> String {
 /// Whether every attempt of `from` to SMTP and IMAP is refused (`dropped`) or every one gets
 /// through.
 fn all_refused_or_passed(lab: &Lab, from: &str, dropped: bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got: Vec<u32> = [25, 143]
+    let want = if dropped { 0 } else { 3 };
+    let mut got: Vec<u32> = Vec::new();
+    until(Duration::from_secs(10), || {
+        got = [25, 143]
             .iter()
             .map(|port| {
                 attempts(
@@ -1383,15 +1363,10 @@ fn all_refused_or_passed(lab: &Lab, from: &str, dropped: bool) -> bool {
                 )
             })
             .collect();
-        let want = if dropped { 0 } else { 3 };
-        if got.iter().all(|n| *n == want) {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            eprintln!("{from}: {got:?} of 3 connected, wanted {want}");
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        got.iter().all(|n| *n == want)
+    }) || {
+        eprintln!("{from}: {got:?} of 3 connected, wanted {want}");
+        false
     }
 }
 
@@ -1517,17 +1492,9 @@ fn counted(lab: &Lab, who: &str) -> u64 {
 
 /// Waits (at most 10 s) until the kernel counts `want` connections for `who`.
 fn wait_counted(lab: &Lab, who: &str, want: u64) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = counted(lab, who);
-        if n == want {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            eprintln!("{who}: {n} counted, wanted {want}");
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    until(Duration::from_secs(10), || counted(lab, who) == want) || {
+        eprintln!("{who}: {} counted, wanted {want}", counted(lab, who));
+        false
     }
 }
 
@@ -1537,7 +1504,7 @@ fn concurrent_connections_are_capped_and_counted_down_after_closes_resets_and_ti
     let lab = Lab::new();
     // POP3 and submission hold their connections until the client closes (as a server does
     // until QUIT), and give up on a silent client after 1 s.
-    let _held = HoldingListeners::start(&lab.server, &[110, 587], Duration::from_secs(1)).unwrap();
+    let _held = Listeners::holding(&lab.server, &[110, 587], Duration::from_secs(1)).unwrap();
     let config = format!(
         "{}\n[ceiling.concurrent]\nsource = 20\nprefix = 30\nlimited = 5\n",
         daemon_config()
