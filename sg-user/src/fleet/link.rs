@@ -27,6 +27,16 @@ pub(super) struct Deliver {
     pub(super) republish: Arc<AtomicBool>,
 }
 
+impl Deliver {
+    /// An operator's entry from another host, to the daemon's main task (a full queue drops
+    /// it, counted; the next full read brings it again).
+    fn list(&self, change: ListChange) {
+        if self.lists.try_send(change).is_err() {
+            status(|s| s.dropped += 1);
+        }
+    }
+}
+
 /// Publications per pipeline.
 const BATCH: usize = 512;
 /// Points keys read per full reconcile, at most (a bound on work and memory).
@@ -271,9 +281,7 @@ fn add_to(settings: &Settings, pipe: &mut redis::Pipeline, o: &Outgoing) {
 fn take(settings: &Settings, bytes: &[u8], deliver: &Deliver) {
     let now = now_ms();
     match wire::parse_message(bytes, &settings.name, settings.lengths, now) {
-        Ok(Some(Incoming::List { change, .. })) => {
-            let _ = deliver.lists.try_send(change);
-        }
+        Ok(Some(Incoming::List { change, .. })) => deliver.list(change),
         Ok(Some(incoming)) => {
             if let Incoming::Points { at_ms, .. } = &incoming {
                 status(|s| s.lag_ms = now.saturating_sub(*at_ms));
@@ -399,9 +407,7 @@ async fn reconcile(
     let now_unix = now_ms() / 1000;
     for (_, value) in entries {
         match wire::parse_list_value(&value, settings.lengths, now_unix) {
-            Ok(Some(change)) => {
-                let _ = deliver.lists.try_send(change);
-            }
+            Ok(Some(change)) => deliver.list(change),
             Ok(None) => {}
             Err(why) => refused(&why),
         }
