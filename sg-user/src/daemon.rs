@@ -233,6 +233,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         }
         None => (None, None, None),
     };
+    let policy_events = tx.clone();
     let readers = sources::spawn(
         &config.sources,
         Start::End,
@@ -264,6 +265,28 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             (Some(feeds), Some(control))
         }
     };
+    // The policy service (Postfix, milter, Dovecot), answering from memory and the kernel's
+    // maps; its events go to the learning loop, which tells it the users' levels.
+    let policy = match config.policy.clone() {
+        Some(settings) => {
+            let levels = Arc::new(crate::policy::UserLevels::default());
+            let events = policy_events.clone();
+            let report = Box::new(move |event| {
+                if events.try_send(sources::Reading::Event(event)).is_err() {
+                    crate::policy::EVENTS_DROPPED
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let maps = Arc::new(Maps::open_pinned(pin_dir)?);
+            let service = policy::start(settings, maps, levels.clone(), report).await?;
+            Some(learn::PolicyLink {
+                levels,
+                inspect: service,
+            })
+        }
+        None => None,
+    };
+    drop(policy_events);
     let learning = {
         let (config, stop, stats) = (config.clone(), stop.clone(), stats.clone());
         let learning_maps = Maps::open_pinned(pin_dir)?;
@@ -277,6 +300,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                     requests: learning_rx,
                     feeds,
                     fleet: fleet_learning,
+                    policy,
                 },
                 stop,
                 stats,
@@ -298,15 +322,6 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         feeds: feed_control,
     });
     tokio::spawn(control::serve(listener, handles));
-    // The Postfix policy service, answering from memory and the kernel's maps.
-    if let Some(settings) = config.policy.clone() {
-        let maps = Arc::new(Maps::open_pinned(pin_dir)?);
-        tokio::spawn(async move {
-            if let Err(e) = policy::serve(settings, maps).await {
-                tracing::error!("{e:#}");
-            }
-        });
-    }
     tracing::info!("control socket {}", config.control_socket.display());
     if let Some(addr) = config.metrics {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -94,6 +94,8 @@ pub enum EventKind {
     FeedListed {
         centipoints: u32,
     },
+    /// The policy service deferred the user's message: it was over its own bucket.
+    PolicyDeferred,
 }
 
 /// One event of one sender.

@@ -479,39 +479,78 @@ fn fleet_metrics(out: &mut String) {
     );
 }
 
-/// The Postfix policy service: answers by verdict, malformed requests, answer time.
+/// The policy service: answers by front end, verdict and reason; malformed requests; the
+/// answer time as a histogram per front end; events the learning loop could not take.
 fn policy_metrics(out: &mut String) {
-    use crate::policy::{ANSWER_NS, ANSWERED_DEFER, ANSWERED_DUNNO, MALFORMED, SLOWEST_NS};
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let snap = crate::policy::snapshot();
     metric(
         out,
         "slowgate_policy_answers_total",
         "counter",
-        "Policy requests answered, by verdict (DUNNO, or deferred over a limit).",
-        &[
-            ("{verdict=\"dunno\"}".into(), load(&ANSWERED_DUNNO) as f64),
-            ("{verdict=\"defer\"}".into(), load(&ANSWERED_DEFER) as f64),
-        ],
+        "Policy answers, by front end (postfix, milter, dovecot), verdict and reason.",
+        &snap
+            .answers
+            .iter()
+            .map(|((front, verdict, reason), n)| {
+                (
+                    format!("{{front=\"{front}\",verdict=\"{verdict}\",reason=\"{reason}\"}}"),
+                    *n as f64,
+                )
+            })
+            .collect::<Vec<_>>(),
     );
+    let per_front = |f: &dyn Fn(&crate::policy::Front) -> f64| {
+        snap.fronts
+            .iter()
+            .map(|x| (format!("{{front=\"{}\"}}", x.name), f(x)))
+            .collect::<Vec<_>>()
+    };
     metric(
         out,
         "slowgate_policy_malformed_total",
         "counter",
-        "Policy connections closed for a malformed request, or silence within one.",
-        &[(String::new(), load(&MALFORMED) as f64)],
+        "Policy connections or requests refused as malformed (or silent within a request).",
+        &per_front(&|x| x.malformed as f64),
     );
+    let mut buckets = Vec::new();
+    for f in &snap.fronts {
+        let (front, sum) = (f.name, f.seconds);
+        let mut cumulative = 0;
+        for (i, n) in f.latency.iter().enumerate() {
+            cumulative += n;
+            let le = crate::policy::LATENCY_BOUNDS
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            buckets.push((
+                format!("_bucket{{front=\"{front}\",le=\"{le}\"}}"),
+                cumulative as f64,
+            ));
+        }
+        buckets.push((format!("_sum{{front=\"{front}\"}}"), sum));
+        buckets.push((format!("_count{{front=\"{front}\"}}"), cumulative as f64));
+    }
     metric(
         out,
-        "slowgate_policy_answer_seconds_sum",
-        "counter",
-        "Time spent answering policy requests.",
-        &[(String::new(), load(&ANSWER_NS) as f64 / 1e9)],
+        "slowgate_policy_answer_seconds",
+        "histogram",
+        "Time to answer a policy question, from the request read to the verdict.",
+        &buckets,
     );
     metric(
         out,
         "slowgate_policy_answer_seconds_max",
         "gauge",
         "The slowest policy answer since the start.",
-        &[(String::new(), load(&SLOWEST_NS) as f64 / 1e9)],
+        &per_front(&|x| x.slowest),
+    );
+    metric(
+        out,
+        "slowgate_policy_events_dropped_total",
+        "counter",
+        "Policy events (deferrals, Dovecot reports) dropped on a full learning queue.",
+        &[(
+            String::new(),
+            crate::policy::EVENTS_DROPPED.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
     );
 }

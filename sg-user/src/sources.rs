@@ -56,6 +56,8 @@ pub enum Reading {
     },
     /// Another producer (the fleet) has input for the learning loop: stop waiting.
     Wake,
+    /// An event the policy service saw itself (a Dovecot login report, a user's deferral).
+    Event(crate::events::Event),
 }
 
 /// How far a source was read, as saved with the points snapshot.

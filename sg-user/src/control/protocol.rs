@@ -69,6 +69,9 @@ pub struct Shown {
     /// In a fleet: each host's points for it (this host first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fleet: Vec<(String, f64)>,
+    /// A user's buckets in the policy service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<crate::policy::quota::UserBuckets>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

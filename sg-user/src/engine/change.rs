@@ -12,6 +12,9 @@ pub struct SenderInfo {
     pub limit: Option<String>,
     /// Events since the last level change, most frequent first.
     pub recent_events: Vec<(String, u32)>,
+    /// A user's buckets in the policy service (filled in by the learning loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<crate::policy::quota::UserBuckets>,
 }
 
 /// A level change for the enforcer and the log.

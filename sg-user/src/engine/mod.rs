@@ -237,6 +237,7 @@ impl Engine {
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), n))
                 .collect(),
+            buckets: None,
         })
     }
 

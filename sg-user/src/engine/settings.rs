@@ -37,11 +37,13 @@ pub struct Weights {
     pub dnsbl: f64,
     /// Multiplies the points reputation feeds give (each feed's own `points`).
     pub feed: f64,
+    /// A user's message the policy service deferred (over the user's own bucket).
+    pub policy_deferred: f64,
 }
 
 impl Weights {
     /// Each weight with its key in `[points.weights]`.
-    pub fn named(&self) -> [(&'static str, f64); 22] {
+    pub fn named(&self) -> [(&'static str, f64); 23] {
         [
             ("connection", self.connection),
             ("message", self.message),
@@ -65,6 +67,7 @@ impl Weights {
             ("spam", self.spam),
             ("dnsbl", self.dnsbl),
             ("feed", self.feed),
+            ("policy_deferred", self.policy_deferred),
         ]
     }
 }
@@ -97,12 +100,13 @@ impl Default for Weights {
             spam: 3.0,
             dnsbl: 1.0,
             feed: 1.0,
+            policy_deferred: 1.0,
         }
     }
 }
 
 /// Event kinds as counted per sender ("the events that moved it").
-pub const KIND_NAMES: [&str; 22] = [
+pub const KIND_NAMES: [&str; 23] = [
     "connection",
     "message",
     "unknown_recipient",
@@ -125,6 +129,7 @@ pub const KIND_NAMES: [&str; 22] = [
     "spam",
     "dnsbl",
     "feed",
+    "policy_deferred",
 ];
 
 /// The index of an event's kind in [`KIND_NAMES`].
@@ -154,6 +159,7 @@ pub fn kind_index(kind: &EventKind) -> usize {
         EventKind::Spam => 19,
         EventKind::DnsblListed { .. } => 20,
         EventKind::FeedListed { .. } => 21,
+        EventKind::PolicyDeferred => 22,
     }
 }
 
@@ -186,6 +192,7 @@ impl Weights {
             EventKind::Spam => self.spam,
             EventKind::DnsblListed { centipoints } => self.dnsbl * f64::from(*centipoints) / 100.0,
             EventKind::FeedListed { centipoints } => self.feed * f64::from(*centipoints) / 100.0,
+            EventKind::PolicyDeferred => self.policy_deferred,
         }
     }
 }

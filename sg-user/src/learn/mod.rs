@@ -31,8 +31,11 @@ use crate::{
     sources::{Line, ReadTo, Reading, Text},
 };
 
+mod policy;
 mod saver;
 mod shared;
+
+pub use policy::PolicyLink;
 
 use shared::Shared;
 
@@ -138,6 +141,8 @@ pub struct Inputs {
     pub feeds: Option<crate::feeds::Feeds>,
     /// Other hosts' points, and where to publish ours (None without `[fleet]`).
     pub fleet: Option<crate::fleet::ForLearning>,
+    /// The policy service's users' levels and buckets (None without `[policy]`).
+    pub policy: Option<PolicyLink>,
 }
 
 /// Runs until `stop` is set.
@@ -154,6 +159,7 @@ pub fn run(
         requests,
         feeds,
         fleet,
+        policy,
     } = inputs;
     let mut config = config.clone();
     let config = &mut config;
@@ -180,7 +186,11 @@ pub fn run(
             .inspect_err(|e| tracing::warn!("DNSBL lookups cannot start: {e}"))
             .ok()
     });
-    let mut lookups = Lookups { dnsbl, feeds };
+    let mut lookups = Lookups {
+        dnsbl,
+        feeds,
+        reported: Default::default(),
+    };
     // Test hook, never set in production: a line holding this text panics the loop, so the
     // tests can show that a worker's panic ends the daemon.
     let panic_on = std::env::var("SLOWGATE_TEST_PANIC_ON")
@@ -259,12 +269,23 @@ pub fn run(
             let now = crate::domain::boot_time_ns();
             let answer = match request {
                 Request::Top { n } => {
-                    serde_json::to_value(engine.top(n, now)).map_err(|e| e.to_string())
+                    let mut top = engine.top(n, now);
+                    if let Some(p) = &policy {
+                        for info in &mut top {
+                            if let Some(user) = info.sender.strip_prefix("user:") {
+                                info.buckets = Some(p.inspect.buckets(user));
+                            }
+                        }
+                    }
+                    serde_json::to_value(top).map_err(|e| e.to_string())
                 }
                 Request::Show { who } => {
                     let mut shown = show(&engine, &maps, &recent, &who, now);
                     if let Some(link) = &fleet_link {
                         shown.fleet = link.contributions(&engine, &who, now);
+                    }
+                    if let (Sender::User(user), Some(p)) = (&who, &policy) {
+                        shown.buckets = Some(p.inspect.buckets(user));
                     }
                     crate::control::protocol::reply(&shown)
                 }
@@ -331,6 +352,12 @@ pub fn run(
                             read.insert(source, at);
                         }
                         Reading::Wake => {}
+                        Reading::Event(event) => {
+                            lookups.reported.note(&event);
+                            stats.events += 1;
+                            stats.events_by_kind[crate::engine::kind_index(&event.kind)] += 1;
+                            changes.extend(engine.record(&event, now));
+                        }
                     }
                 }
             }
@@ -458,6 +485,9 @@ pub fn run(
         if !changes.is_empty() {
             // The kernel first: logging and history come after the limit is in force.
             stats.write_errors += enforce(&mut enforcer, &mut maps, &changes);
+            if let Some(p) = &policy {
+                p.levels_changed(&changes);
+            }
             if let Some(arrived) = arrived {
                 let took = arrived.elapsed().as_secs_f64();
                 stats.enforce_last_s = took;
@@ -513,6 +543,8 @@ fn operator_said(
 struct Lookups {
     dnsbl: Option<crate::dnsbl::Dnsbl>,
     feeds: Option<crate::feeds::Feeds>,
+    /// Failed logins the policy service reported before their log lines.
+    reported: policy::Reported,
 }
 
 fn handle(
@@ -539,6 +571,7 @@ fn handle(
         stats.not_understood += 1;
         return Vec::new();
     };
+    events.retain(|e| !lookups.reported.already(e));
     stats.events += events.len() as u64;
     *stats
         .events_by_format
@@ -617,6 +650,7 @@ fn show(
         tracked: engine.info(who, now),
         changes,
         kernel_entries: lists,
+        buckets: None,
     }
 }
 

@@ -6,6 +6,11 @@
 
 use std::collections::HashMap;
 
+use super::quota::{Ask, Stage};
+
+/// The front end's name in metrics and logs.
+pub const FRONT: &str = "postfix";
+
 /// The longest line read (Postfix's own limit on attribute values is lower).
 pub const MAX_LINE: usize = 4096;
 /// The most attributes in one request (Postfix sends about 30).
@@ -52,6 +57,21 @@ impl Request {
     /// What ties the requests of one message together.
     pub fn instance(&self) -> Option<&str> {
         self.get("instance")
+    }
+
+    /// The question this request asks, for `user` (its [`Request::user`]).
+    pub fn ask<'a>(&'a self, user: Option<&'a str>) -> Ask<'a> {
+        Ask {
+            stage: match self.state() {
+                "RCPT" => Stage::Rcpt,
+                "DATA" | "END-OF-MESSAGE" => Stage::Data,
+                _ => Stage::Other,
+            },
+            user,
+            client: self.client_address(),
+            message: self.instance(),
+            recipients: self.recipients(),
+        }
     }
 }
 
