@@ -24,7 +24,6 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -35,7 +34,10 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::*;
+use crate::{
+    mail::{Extra, Servers, base64, chmod, in_ns},
+    *,
+};
 
 mod fleet;
 
@@ -195,208 +197,34 @@ impl Topology {
     }
 }
 
-/// Postfix and Dovecot, configured under `dir`, running in the mta namespace.
-struct Servers {
-    dir: PathBuf,
-}
+/// The DNSBL: rbldnsd (it drops to nobody, and backgrounds itself) on the mta's address;
+/// `Servers`' drop stops it with the rest of what runs from `dir`.
+fn start_rbldnsd(ns: &Netns, dir: &Path) -> anyhow::Result<()> {
+    let d = dir.display();
 
-const MAILBOXES: [(&str, &str); 2] = [("alice", "alicepw"), ("bob", "bobpw")];
-
-impl Servers {
-    /// Postfix's files under `dir` (its queue, its config, its log).
-    fn write_postfix(dir: &Path) -> anyhow::Result<()> {
-        let d = dir.display();
-        for sub in ["pf", "spool", "mail", "dc/run", "dc/state"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        // The lab's files are read by unprivileged server processes.
-        chmod(dir, 0o755)?;
-        chown_nobody(&dir.join("mail"))?;
-        std::fs::write(dir.join("mail.log"), "")?;
-        std::fs::write(dir.join("dovecot.log"), "")?;
-        std::fs::write(
-            dir.join("pf/main.cf"),
-            format!(
-                "compatibility_level = 3.6\nqueue_directory = {d}/spool\n\
-                 data_directory = {d}/spool/data\nmail_owner = postfix\nsetgid_group = postdrop\n\
-                 myhostname = mx.example.net\nmydomain = example.net\nmydestination =\n\
-                 inet_interfaces = all\ninet_protocols = all\nmynetworks = 127.0.0.0/8\n\
-                 maillog_file = {d}/mail.log\nmaillog_file_prefixes = {d}\n\
-                 alias_maps =\nalias_database =\n\
-                 smtpd_peername_lookup = no\nsmtp_dns_support_level = disabled\n\
-                 smtpd_error_sleep_time = 0\nsmtpd_soft_error_limit = 100\n\
-                 smtpd_hard_error_limit = 100\n\
-                 virtual_mailbox_domains = example.net\nvirtual_mailbox_base = {d}/mail\n\
-                 virtual_mailbox_maps = texthash:{d}/pf/vmailbox\n\
-                 virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
-                 smtpd_sasl_type = dovecot\nsmtpd_sasl_path = {d}/dc/auth-client\n\
-                 smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination\n"
-            ),
-        )?;
-        std::fs::write(dir.join("pf/master.cf"), POSTFIX_MASTER_CF)?;
-        let vmailbox: String = MAILBOXES
-            .iter()
-            .map(|(u, _)| format!("{u}@example.net example.net/{u}/\n"))
-            .collect();
-        std::fs::write(dir.join("pf/vmailbox"), vmailbox)?;
-        Ok(())
-    }
-
-    fn start(ns: &Netns, dir: &Path) -> anyhow::Result<Servers> {
-        let servers = Servers {
-            dir: dir.to_path_buf(),
-        };
-        let d = dir.display();
-        Servers::write_postfix(dir)?;
-        std::fs::write(
-            dir.join("dc/dovecot.conf"),
-            format!(
-                "base_dir = {d}/dc/run\nstate_dir = {d}/dc/state\nlog_path = {d}/dovecot.log\n\
-                 info_log_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = *, ::\n\
-                 ssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\n\
-                 auth_failure_delay = 0\ndefault_login_user = dovenull\n\
-                 default_internal_user = dovecot\nmail_location = maildir:{d}/mail/%d/%n\n\
-                 first_valid_uid = 65534\n\
-                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/dc/users\n}}\n\
-                 userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/mail/%d/%n\n}}\n\
-                 service auth {{\n  unix_listener {d}/dc/auth-client {{\n    mode = 0666\n  }}\n}}\n"
-            ),
-        )?;
-        let users: String = MAILBOXES
-            .iter()
-            .map(|(u, p)| format!("{u}@example.net:{{PLAIN}}{p}\n"))
-            .collect();
-        std::fs::write(dir.join("dc/users"), users)?;
-        in_ns(ns, &["postfix", "-c", &format!("{d}/pf"), "start"])
-            .context("start Postfix (apt install postfix)")?;
-        in_ns(ns, &["dovecot", "-c", &format!("{d}/dc/dovecot.conf")])
-            .context("start Dovecot (apt install dovecot-imapd dovecot-pop3d)")?;
-        // The DNSBL: rbldnsd (it drops to nobody, and backgrounds itself) on the mta's address.
-        std::fs::create_dir_all(dir.join("rbl"))?;
-        std::fs::write(
-            dir.join("rbl/zone.txt"),
-            format!("{LISTED_V6}/128 :127.0.0.2:listed\n"),
-        )?;
-        chmod(&dir.join("rbl"), 0o755)?;
-        chmod(&dir.join("rbl/zone.txt"), 0o644)?;
-        in_ns(
-            ns,
-            &[
-                "rbldnsd",
-                "-u",
-                "nobody",
-                "-t",
-                "300",
-                "-w",
-                &format!("{d}/rbl"),
-                "-b",
-                &format!("{MTA_V4}/5353"),
-                &format!("{DNSBL_ZONE}:ip6trie:zone.txt"),
-            ],
-        )
-        .context("start rbldnsd (apt install rbldnsd)")?;
-        Ok(servers)
-    }
-
-    fn mail_log(&self) -> PathBuf {
-        self.dir.join("mail.log")
-    }
-
-    fn dovecot_log(&self) -> PathBuf {
-        self.dir.join("dovecot.log")
-    }
-
-    /// Messages delivered to `user` whose X-Lab-Id starts with `tag`.
-    fn delivered(&self, user: &str, tag: &str) -> usize {
-        let new = self.dir.join(format!("mail/example.net/{user}/new"));
-        let needle = format!("X-Lab-Id: {tag}");
-        std::fs::read_dir(new)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| {
-                        std::fs::read_to_string(e.path())
-                            .map(|t| t.contains(&needle))
-                            .unwrap_or(false)
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        let d = self.dir.display().to_string();
-        let _ = Command::new("postfix")
-            .args(["-c", &format!("{d}/pf"), "stop"])
-            .output();
-        let _ = Command::new("doveadm")
-            .args(["-c", &format!("{d}/dc/dovecot.conf"), "stop"])
-            .output();
-        // Whatever did not stop by itself.
-        let _ = Command::new("pkill").args(["-f", &d]).output();
-    }
-}
-
-const POSTFIX_MASTER_CF: &str = "\
-smtp      inet  n       -       n       -       -       smtpd
-submission inet n       -       n       -       -       smtpd
-  -o smtpd_sasl_auth_enable=yes
-  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-lmtp      unix  -       -       n       -       -       lmtp
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-";
-
-/// Runs a command in `ns` and waits for it. Its output goes to a file, not a pipe: a server
-/// that daemonizes keeps inherited pipes open, and reading them to the end would never return.
-fn in_ns(ns: &Netns, args: &[&str]) -> anyhow::Result<()> {
-    let out_path = std::env::temp_dir().join(unique("lab-cmd"));
-    let out = std::fs::File::create(&out_path)?;
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .status()
-        .with_context(|| format!("run {}", args.join(" ")));
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    if !status?.success() {
-        bail!("{}: {text}", args.join(" "));
-    }
-    Ok(())
-}
-
-fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-fn chown_nobody(path: &Path) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(65534), Some(65534))?;
+    std::fs::create_dir_all(dir.join("rbl"))?;
+    std::fs::write(
+        dir.join("rbl/zone.txt"),
+        format!("{LISTED_V6}/128 :127.0.0.2:listed\n"),
+    )?;
+    chmod(&dir.join("rbl"), 0o755)?;
+    chmod(&dir.join("rbl/zone.txt"), 0o644)?;
+    in_ns(
+        ns,
+        &[
+            "rbldnsd",
+            "-u",
+            "nobody",
+            "-t",
+            "300",
+            "-w",
+            &format!("{d}/rbl"),
+            "-b",
+            &format!("{MTA_V4}/5353"),
+            &format!("{DNSBL_ZONE}:ip6trie:zone.txt"),
+        ],
+    )
+    .context("start rbldnsd (apt install rbldnsd)")?;
     Ok(())
 }
 
@@ -619,27 +447,6 @@ fn imap_login(ns: &Netns, src: IpAddr, server: &str, user: &str, pass: &str) -> 
     };
     let _ = s.imap("a2", "LOGOUT");
     outcome
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -924,7 +731,8 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     std::fs::create_dir_all(&dir)?;
     let _files = RemoveOnDrop(dir.clone());
     let topology = Topology::build()?;
-    let servers = Servers::start(&topology.mta, &dir)?;
+    let servers = Servers::start(&topology.mta, &dir, &Extra::default())?;
+    start_rbldnsd(&topology.mta, &dir)?;
     // The second MX host and the Redis both share, before the first host's daemon starts.
     let fleet = fleet::Fleet::build(&topology, &dir, &timing)?;
     // The reputation feed: a plain list naming the feed sender's network, among others.

@@ -19,6 +19,7 @@ pub mod feed_server;
 pub mod fleet;
 pub mod flood;
 pub mod lab;
+pub mod mail;
 pub mod shapes;
 
 use anyhow::{Context, bail};

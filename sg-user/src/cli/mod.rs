@@ -68,12 +68,15 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
                 );
                 for row in &rows {
                     println!(
-                        "{:<28} {:>5} {:>9.1} {:>7}  {}",
+                        "{:<28} {:>5} {:>9.1} {:>7}  {}{}",
                         row.sender,
                         row.level,
                         row.points,
                         row.country.as_deref().unwrap_or("-"),
-                        events_text(&row.recent_events)
+                        events_text(&row.recent_events),
+                        row.buckets
+                            .as_ref()
+                            .map_or(String::new(), |b| format!("; {}", buckets_text(b)))
                     );
                 }
             }
@@ -101,6 +104,9 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
                     println!("recent:  {}", events_text(&t.recent_events));
                 }
                 None => println!("not tracked (no points)"),
+            }
+            if let Some(b) = &shown.buckets {
+                println!("buckets: {}", buckets_text(b));
             }
             if !shown.fleet.is_empty() {
                 let by: Vec<String> = shown
@@ -308,4 +314,17 @@ fn feed(cli: &Cli, command: &args::FeedCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A user's buckets in the policy service, in a few words.
+fn buckets_text(b: &crate::policy::quota::UserBuckets) -> String {
+    format!(
+        "messages {:.1} of {} ({:.0}/h), recipients {:.1} of {} ({:.0}/h)",
+        b.messages,
+        b.messages_capacity,
+        b.messages_per_hour,
+        b.recipients,
+        b.recipients_capacity,
+        b.recipients_per_hour
+    )
 }

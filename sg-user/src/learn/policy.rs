@@ -1,6 +1,7 @@
 //! The learning loop's side of the policy service: it tells the service the users' levels,
-//! shows their buckets, and takes the service's events, so that a login Dovecot reported is
-//! not counted again when Dovecot's (or Postfix's) log line says the same.
+//! shows their buckets, and takes the service's events, so that what the service reported is
+//! not counted again when the log line says the same: a failed login Dovecot reported, and the
+//! MTA's reject line of a message the service deferred.
 
 use std::{
     collections::HashMap,
@@ -12,7 +13,7 @@ use std::{
 use crate::{
     domain::{Limit, Sender},
     engine::Change,
-    events::{Event, EventKind},
+    events::{Event, EventKind, RejectKind},
     policy::{Inspect, UserLevels},
 };
 
@@ -39,46 +40,79 @@ const WAIT: Duration = Duration::from_secs(120);
 /// Sources with reported failures remembered, at most.
 const MAX_SOURCES: usize = 100_000;
 
-/// Failed logins the policy service reported, per source, not yet matched by a log line.
+/// What the policy service reported, per source and kind, not yet matched by a log line.
 #[derive(Default)]
 pub(super) struct Reported {
-    failures: HashMap<IpAddr, (u32, Instant)>,
+    failures: HashMap<(IpAddr, Kind), (u32, Instant)>,
+}
+
+/// The kinds of log events a report stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    /// A failed login (Dovecot's report; its log line, or Postfix's for SMTP AUTH).
+    LoginFailed,
+    /// A deferred message (the service's deferral; the MTA's `reject:` line with its 451).
+    Deferred,
+}
+
+impl Kind {
+    /// The kind a service's event stands for.
+    fn reported(e: &Event) -> Option<Kind> {
+        match e.kind {
+            EventKind::AuthFailure { .. } => Some(Kind::LoginFailed),
+            EventKind::PolicyDeferred => Some(Kind::Deferred),
+            _ => None,
+        }
+    }
+
+    /// The kind a log line's event may repeat.
+    fn logged(e: &Event) -> Option<Kind> {
+        match e.kind {
+            EventKind::AuthFailure { .. } => Some(Kind::LoginFailed),
+            EventKind::Reject {
+                reject: RejectKind::Other,
+            } => Some(Kind::Deferred),
+            _ => None,
+        }
+    }
 }
 
 impl Reported {
-    /// An event from the service: a failed login is remembered until its log line comes.
+    /// An event from the service, remembered until its log line comes.
     pub(super) fn note(&mut self, e: &Event) {
-        if !matches!(e.kind, EventKind::AuthFailure { .. }) {
+        let Some(kind) = Kind::reported(e) else {
             return;
-        }
+        };
+        let key = (e.source, kind);
         let now = Instant::now();
-        if self.failures.len() >= MAX_SOURCES && !self.failures.contains_key(&e.source) {
+        if self.failures.len() >= MAX_SOURCES && !self.failures.contains_key(&key) {
             self.failures
                 .retain(|_, (_, at)| now.duration_since(*at) < WAIT);
             if self.failures.len() >= MAX_SOURCES {
                 return; // counted twice rather than remembered without bound
             }
         }
-        let entry = self.failures.entry(e.source).or_insert((0, now));
+        let entry = self.failures.entry(key).or_insert((0, now));
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
     }
 
     /// Whether a log line's event was reported already (and is then not counted again).
     pub(super) fn already(&mut self, e: &Event) -> bool {
-        if !matches!(e.kind, EventKind::AuthFailure { .. }) {
+        let Some(kind) = Kind::logged(e) else {
             return false;
-        }
-        let Some((count, at)) = self.failures.get_mut(&e.source) else {
+        };
+        let key = (e.source, kind);
+        let Some((count, at)) = self.failures.get_mut(&key) else {
             return false;
         };
         if at.elapsed() >= WAIT {
-            self.failures.remove(&e.source);
+            self.failures.remove(&key);
             return false;
         }
         *count -= 1;
         if *count == 0 {
-            self.failures.remove(&e.source);
+            self.failures.remove(&key);
         }
         true
     }
@@ -110,5 +144,17 @@ mod tests {
         assert!(!r.already(&other));
         assert!(!r.already(&Event::new(EventKind::Connection, source)));
         assert!(r.already(&failure));
+        // A deferral stands for the MTA's reject line of the same source, not a login.
+        let deferred = Event::new(EventKind::PolicyDeferred, source);
+        let reject = Event::new(
+            EventKind::Reject {
+                reject: RejectKind::Other,
+            },
+            source,
+        );
+        r.note(&deferred);
+        assert!(!r.already(&failure));
+        assert!(r.already(&reject));
+        assert!(!r.already(&reject));
     }
 }

@@ -83,7 +83,7 @@ impl Fleet {
         ])?;
         let mx2_dir = dir.join("mx2");
         std::fs::create_dir_all(&mx2_dir)?;
-        Servers::write_postfix(&mx2_dir)?;
+        Servers::write_postfix(&mx2_dir, &Default::default())?;
         super::in_ns(
             &mx2,
             &[
