@@ -20,6 +20,7 @@ pub mod fleet;
 pub mod flood;
 pub mod lab;
 pub mod mail;
+pub mod policy_bench;
 pub mod shapes;
 
 use anyhow::{Context, bail};

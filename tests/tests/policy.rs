@@ -137,7 +137,12 @@ impl Setup {
     }
 
     fn metrics(&self) -> String {
-        http_get(&self.mta, "127.0.0.1:9420".parse().unwrap(), "/metrics").unwrap_or_default()
+        let mut page = None;
+        until(Duration::from_secs(5), || {
+            page = http_get(&self.mta, "127.0.0.1:9420".parse().unwrap(), "/metrics");
+            page.is_some()
+        });
+        page.unwrap_or_default()
     }
 }
 
@@ -210,7 +215,8 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
             .and_then(|t| t.split(' ').next())
             .and_then(|t| t.parse().ok())
             .unwrap_or(0.0);
-        tokens >= 1.0 || {
+        // Printed to a tenth: 1.0 may still be 0.96.
+        tokens >= 1.1 || {
             std::thread::sleep(Duration::from_millis(500));
             false
         }
@@ -286,10 +292,12 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
     )
     .unwrap();
     assert!(
-        ok && took < Duration::from_secs(1),
-        "bob's own login: {ok} in {took:?}\n{}\n{}",
+        // Dovecot's tarpit is 2 s here; anything shorter is not one.
+        ok && took < Duration::from_millis(1900),
+        "bob's own login: {ok} in {took:?}\n{}\n{}\n{}",
         daemon.control(&["show", CLIENT], false).1,
-        log(&daemon)
+        log(&daemon),
+        tail(&setup.servers.dovecot_log())
     );
     // Reported failures are not counted again from Dovecot's log lines: 10 failures of 3
     // points are 30 points, not 60 (the guesser's points decay a little meanwhile).

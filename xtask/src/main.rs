@@ -53,7 +53,9 @@ enum Task {
     Test,
     /// Benchmarks: `xdp` (per-packet cost against an empty XDP program), `parse` (against
     /// fail2ban-regex), `reaction` (log line to kernel limit), `memory` (per tracked sender),
-    /// `flood` (the daemon's CPU while its program drops a SYN flood, against nftables).
+    /// `flood` (the daemon's CPU while its program drops a SYN flood, against nftables),
+    /// `lists` (bulk list imports), `fleet` (a limit from one host to another through Redis),
+    /// `policy` (the Postfix policy service against policyd-rate-limit).
     Bench {
         #[arg(default_value = "xdp")]
         what: String,
@@ -324,13 +326,13 @@ fn test() -> anyhow::Result<()> {
     // Every benchmark once in its short form (a debug build: it shows the benchmark works, its
     // figures mean nothing), so a broken benchmark fails the tests.
     install_bench_packages()?;
-    for what in [
-        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists", "fleet",
-    ] {
+    let peer = install_policy_peer()?;
+    for what in BENCHES {
         run(cargo()
             .args(["run", "--package", "sg-tests", "--bin", "sg-bench", "--"])
             .args([what, "--quick"])
-            .env("SLOWGATE_BIN", &bin))
+            .env("SLOWGATE_BIN", &bin)
+            .env("SG_PEER_POLICYD", &peer))
         .with_context(|| format!("the short form of `cargo xtask bench {what}`"))?;
     }
     Ok(())
@@ -348,19 +350,45 @@ fn install_bench_packages() -> anyhow::Result<()> {
     )
 }
 
+/// The benchmarks `cargo xtask bench` knows.
+const BENCHES: [&str; 9] = [
+    "xdp", "parse", "replay", "reaction", "memory", "flood", "lists", "fleet", "policy",
+];
+
 fn bench(what: &str, args: &[String]) -> anyhow::Result<()> {
-    const KNOWN: [&str; 8] = [
-        "xdp", "parse", "replay", "reaction", "memory", "flood", "lists", "fleet",
-    ];
-    if !KNOWN.contains(&what) {
-        bail!("unknown benchmark `{what}` (known: {})", KNOWN.join(", "));
+    if !BENCHES.contains(&what) {
+        bail!("unknown benchmark `{what}` (known: {})", BENCHES.join(", "));
     }
     if matches!(what, "parse" | "replay" | "flood" | "lists") {
         install_bench_packages()?;
     }
+    let mut cmd = tests_binary("sg-bench");
+    if what == "policy" {
+        cmd.env("SG_PEER_POLICYD", install_policy_peer()?);
+    }
     // The reaction benchmark runs the daemon binary.
     build(true)?;
-    run(tests_binary("sg-bench").arg(what).args(args))
+    run(cmd.arg(what).args(args))
+}
+
+/// The policy benchmark's peer: policyd-rate-limit from PyPI, in a virtualenv of its own under
+/// target/ (installed once); returns its program.
+fn install_policy_peer() -> anyhow::Result<PathBuf> {
+    let venv = workspace().join("target/peer/policyd-rate-limit");
+    let program = venv.join("bin/policyd-rate-limit");
+    if program.exists() {
+        return Ok(program);
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("a virtualenv for policyd-rate-limit (python3 -m venv)")?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "policyd-rate-limit==1.2.0",
+    ]))
+    .context("pip install policyd-rate-limit")?;
+    Ok(program)
 }
 
 /// `cargo run --release` of a binary of the sg-tests package, against the release daemon.

@@ -51,12 +51,13 @@ fn main() -> anyhow::Result<()> {
         "flood" => sg_tests::flood::flood(&std::env::args().skip(2).collect::<Vec<_>>()),
         "lists" => sg_tests::bench::lists(&std::env::args().skip(2).collect::<Vec<_>>()),
         "fleet" => sg_tests::fleet::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "policy" => sg_tests::policy_bench::bench(&std::env::args().skip(2).collect::<Vec<_>>()),
         "mixed-log" => {
             sg_tests::bench::write_mixed_log(&std::env::args().skip(2).collect::<Vec<_>>())
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood, lists, fleet)"
+                "unknown benchmark {other} (known: xdp, parse, replay, reaction, memory, flood, lists, fleet, policy)"
             )
         }
     }
