@@ -40,6 +40,7 @@ use crate::{
 };
 
 mod fleet;
+mod policy;
 
 /// Set by SIGINT/SIGTERM: every loop ends, guards clean up.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -1132,6 +1133,7 @@ pub fn run(options: Options) -> anyhow::Result<Vec<Row>> {
     drop(daemon);
     drop(fleet);
     drop(servers);
+    rows.extend(policy::run(options.quick)?);
     Ok(rows)
 }
 

@@ -12,5 +12,5 @@ fn the_lab_scenario_passes_every_verdict_row() {
     sg_tests::lab::print(&rows);
     let failed: Vec<&str> = rows.iter().filter(|r| !r.pass).map(|r| r.check).collect();
     assert!(failed.is_empty(), "failed rows: {failed:?}");
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 16);
 }

@@ -320,6 +320,64 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
         assert!(metrics.contains(want), "{want} missing:\n{metrics}");
     }
 
+    // Hostile input to the milter and to Dovecot's endpoint is refused, and both go on.
+    hostile_milter(&setup.milter_socket);
+    for (request, status) in [
+        (
+            "GET /?command=allow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+            "405",
+        ),
+        (
+            dovecot_post("command=allow", "{\"remote\":\"203.0.113.9\"}", false),
+            "401",
+        ),
+        (dovecot_post("command=allow", "{\"remote\":", true), "400"),
+        (dovecot_post("command=drop", "{}", true), "400"),
+        (
+            dovecot_post("command=allow", "{\"remote\":\"not an address\"}", true),
+            "400",
+        ),
+        (
+            dovecot_post(
+                "command=allow",
+                &format!("{{\"login\":\"{}\"}}", "x".repeat(20_000)),
+                true,
+            ),
+            "413",
+        ),
+    ] {
+        let answer = http(&setup.mta, &request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request:.80} answered {answer:.200}"
+        );
+    }
+    let (ok, _) = imap_login(
+        &setup.client,
+        ip(CLIENT),
+        at(143),
+        "bob@example.net",
+        "bobpw",
+    )
+    .unwrap();
+    assert!(ok, "Dovecot's logins after the hostile requests");
+    let mut bob_milter = setup.smtp(MILTER_PORT, "bob@example.net", "bobpw");
+    let (code, text) = bob_milter.send(&["bob@example.net"], "bob-after").unwrap();
+    assert_eq!(code, 250, "the milter after the hostile frames: {text}");
+    let metrics = setup.metrics();
+    for front in ["milter", "dovecot"] {
+        let malformed = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "slowgate_policy_malformed_total{{front=\"{front}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(malformed >= 2.0, "{front}: {malformed} malformed counted");
+    }
+
     // Fail-open: with the daemon killed, mail and logins go on. Alice, over her bucket a
     // moment ago, sends eight messages on 587 and through the milter; the guesser's right
     // password works again.
@@ -361,4 +419,47 @@ fn tail(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Frames no milter client sends: junk, a length past any frame, a frame cut short.
+fn hostile_milter(socket: &std::path::Path) {
+    use std::io::{Read, Write};
+    for frame in [
+        &b"\x00\x00\x00\x05Xjunk"[..],
+        b"\xff\xff\xff\xffO",
+        b"\x00\x00\x00\x0dO\x00\x00",
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(frame).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        // The daemon closes the connection (or gives up on it) rather than hang or crash.
+        let _ = s.read_to_end(&mut rest);
+    }
+}
+
+/// A POST as Dovecot sends it, with the API header or without.
+fn dovecot_post(query: &str, body: &str, with_key: bool) -> String {
+    format!(
+        "POST /?{query} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
+        body.len(),
+        if with_key {
+            format!("{API_KEY}\r\n")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// One raw HTTP exchange with Dovecot's policy endpoint, from inside `ns`.
+fn http(ns: &Netns, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = DOVECOT_POLICY.parse().unwrap();
+    let mut s = tcp_connect(ns, ip("127.0.0.1"), addr, Duration::from_secs(5)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
 }

@@ -7,7 +7,7 @@
 //! `milter_default_action = accept`, Dovecot's `auth_policy_reject_on_fail = no`.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
     net::IpAddr,
     sync::{Arc, Mutex},
@@ -48,8 +48,16 @@ pub(super) struct Service {
     /// Events for the learning loop (a user's deferrals, Dovecot's reports); never waits.
     report: Box<dyn Fn(Event) + Send + Sync>,
     reported: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// The kernel's limit of each address asked about lately, and when it was read: a
+    /// session's questions (and a busy relay's sessions) cost the map lookups once a second.
+    limits: Mutex<HashMap<IpAddr, (f64, Option<Limit>)>>,
     start: Instant,
 }
+
+/// How long a kernel limit read for an address is used again, in seconds.
+const LIMIT_FRESH: f64 = 1.0;
+/// Addresses whose limit is kept, at most (the table is emptied when full).
+const LIMITS_KEPT: usize = 65_536;
 
 impl Service {
     fn now(&self) -> f64 {
@@ -57,7 +65,23 @@ impl Service {
     }
 
     fn address_limit(&self, address: IpAddr) -> Option<Limit> {
-        self.maps.limit_for_address(address).ok().flatten()
+        let now = self.now();
+        if let Some((at, limit)) = self
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            && now - at < LIMIT_FRESH
+        {
+            return *limit;
+        }
+        let limit = self.maps.limit_for_address(address).ok().flatten();
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if limits.len() >= LIMITS_KEPT {
+            limits.clear();
+        }
+        limits.insert(address, (now, limit));
+        limit
     }
 
     /// Whether the deferral of `message` is the first (the event is sent once per message).
@@ -150,6 +174,7 @@ pub(super) async fn start(
         levels,
         report,
         reported: Default::default(),
+        limits: Default::default(),
         start: Instant::now(),
     });
     let idle = settings.idle;
