@@ -218,7 +218,7 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
             Default::default()
         });
     // Fleet mode: a task of its own talks to Redis; what it reads wakes the learning loop.
-    let (fleet_learning, fleet, mut fleet_lists) = match config.fleet.clone() {
+    let (fleet_learning, fleet, mut fleet_lists, fleet_spent) = match config.fleet.clone() {
         Some(settings) => {
             tracing::info!(
                 "fleet: {} as {} (working alone until it answers)",
@@ -226,12 +226,17 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 settings.name
             );
             let wake = tx.clone();
-            let (learning, fleet, lists) = crate::fleet::start(settings, move || {
+            let started = crate::fleet::start(settings, move || {
                 let _ = wake.try_send(sources::Reading::Wake);
             });
-            (Some(learning), Some(fleet), Some(lists))
+            (
+                Some(started.learning),
+                Some(started.fleet),
+                Some(started.lists),
+                Some(started.spent),
+            )
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let policy_events = tx.clone();
     let readers = sources::spawn(
@@ -278,7 +283,8 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
                 }
             });
             let maps = Arc::new(Maps::open_pinned(pin_dir)?);
-            let service = policy::start(settings, maps, levels.clone(), report).await?;
+            let shared = fleet.clone().zip(fleet_spent);
+            let service = policy::start(settings, maps, levels.clone(), report, shared).await?;
             Some(learn::PolicyLink {
                 levels,
                 inspect: service,

@@ -272,3 +272,69 @@ fn in_a_fleet_one_host_fetches_a_feed_and_the_other_takes_its_copy() {
     assert_eq!(server.asked.lock().unwrap().len(), 1, "both hosts fetched");
     assert!(!f.b.connects() && !f.a.connects());
 }
+
+/// One policy request for `user` at `state` to the policy service on `ns`'s 127.0.0.1:10040;
+/// the action.
+fn policy_action(ns: &Netns, state: &str, user: &str, instance: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = "127.0.0.1:10040".parse().unwrap();
+    let stream = tcp_connect(
+        ns,
+        "127.0.0.1".parse().unwrap(),
+        addr,
+        Duration::from_secs(3),
+    )
+    .expect("connect to the policy service");
+    let mut writer = stream.try_clone().unwrap();
+    write!(
+        writer,
+        "request=smtpd_access_policy\nprotocol_state={state}\nsasl_username={user}\n\
+         client_address=203.0.113.7\ninstance={instance}\nrecipient_count=1\n\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim().trim_start_matches("action=").to_string()
+}
+
+#[test]
+fn a_users_buckets_are_fleet_wide_and_each_host_keeps_its_own_without_redis() {
+    let mut f = fleet();
+    for host in [&mut f.a, &mut f.b] {
+        host.config
+            .push_str("[policy]\nlisten = \"127.0.0.1:10040\"\n[users]\nmessages = \"5/h\"\n");
+    }
+    let mut redis = Redis::start(&f.redis_ns);
+    let (da, db) = f.joined();
+    // alice sends 3 messages through A: B, which saw none, lets her send 2 more, not 3.
+    for i in 0..3 {
+        let action = policy_action(&f.a.ns, "DATA", "alice@example.net", &format!("a{i}"));
+        assert_eq!(action, "DUNNO", "A, message {i}: {}", da.log_text());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..2 {
+        let action = policy_action(&f.b.ns, "DATA", "alice@example.net", &format!("b{i}"));
+        assert_eq!(action, "DUNNO", "B, message {i}");
+    }
+    let action = policy_action(&f.b.ns, "RCPT", "alice@example.net", "b2");
+    assert!(
+        action.starts_with("451"),
+        "B let her send a 6th: {action}\n{}",
+        db.log_text()
+    );
+    // And back: A saw B's two.
+    std::thread::sleep(Duration::from_secs(1));
+    let action = policy_action(&f.a.ns, "RCPT", "alice@example.net", "a3");
+    assert!(action.starts_with("451"), "A let her send a 6th: {action}");
+    // bob is his own: five on B.
+    for i in 0..5 {
+        let action = policy_action(&f.b.ns, "DATA", "bob@example.net", &format!("bob{i}"));
+        assert_eq!(action, "DUNNO", "bob's message {i}");
+    }
+    // Without Redis each host answers at once from its own buckets.
+    redis.kill();
+    let began = Instant::now();
+    let action = policy_action(&f.a.ns, "DATA", "carol@example.net", "c0");
+    assert_eq!(action, "DUNNO");
+    assert!(began.elapsed() < Duration::from_millis(500));
+}

@@ -136,6 +136,11 @@ impl Setup {
         s
     }
 
+    /// bob's IMAP login with his password from `src`: whether it worked, and how long it took.
+    fn bob_logs_in_from(&self, src: &str) -> (bool, Duration) {
+        imap_login(&self.client, ip(src), at(143), "bob@example.net", "bobpw").unwrap()
+    }
+
     fn metrics(&self) -> String {
         let mut page = None;
         until(Duration::from_secs(5), || {
@@ -274,23 +279,9 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
     for _ in 0..4 {
         guess();
     }
-    let (ok, _) = imap_login(
-        &setup.client,
-        ip(GUESSER),
-        at(143),
-        "bob@example.net",
-        "bobpw",
-    )
-    .unwrap();
+    let (ok, _) = setup.bob_logs_in_from(GUESSER);
     assert!(!ok, "a blocked guesser logs in with a right password");
-    let (ok, took) = imap_login(
-        &setup.client,
-        ip(CLIENT),
-        at(143),
-        "bob@example.net",
-        "bobpw",
-    )
-    .unwrap();
+    let (ok, took) = setup.bob_logs_in_from(CLIENT);
     assert!(
         // Dovecot's tarpit is 2 s here; anything shorter is not one.
         ok && took < Duration::from_millis(1900),
@@ -352,14 +343,7 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
             "{request:.80} answered {answer:.200}"
         );
     }
-    let (ok, _) = imap_login(
-        &setup.client,
-        ip(CLIENT),
-        at(143),
-        "bob@example.net",
-        "bobpw",
-    )
-    .unwrap();
+    let (ok, _) = setup.bob_logs_in_from(CLIENT);
     assert!(ok, "Dovecot's logins after the hostile requests");
     let mut bob_milter = setup.smtp(MILTER_PORT, "bob@example.net", "bobpw");
     let (code, text) = bob_milter.send(&["bob@example.net"], "bob-after").unwrap();
@@ -396,14 +380,7 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
             .unwrap();
         assert_eq!(code, 250, "without the daemon, through the milter: {text}");
     }
-    let (ok, took) = imap_login(
-        &setup.client,
-        ip(GUESSER),
-        at(143),
-        "bob@example.net",
-        "bobpw",
-    )
-    .unwrap();
+    let (ok, took) = setup.bob_logs_in_from(GUESSER);
     assert!(ok, "without the daemon, Dovecot logs in ({took:?})");
     assert!(setup.milter_socket.exists());
 }

@@ -23,6 +23,7 @@ use crate::{
     domain::Limit,
     enforcer::Maps,
     events::{Event, EventKind},
+    fleet::{Fleet, Spent},
     policy::{
         self, Decide, Inspect, Listen, Settings, UserLevels, answered,
         dovecot::{self, Answer, Command, Logins},
@@ -162,6 +163,7 @@ pub(super) async fn start(
     maps: Arc<Maps>,
     levels: Arc<UserLevels>,
     report: Box<dyn Fn(Event) + Send + Sync>,
+    fleet: Option<(Fleet, tokio::sync::mpsc::Receiver<Spent>)>,
 ) -> anyhow::Result<Arc<Service>> {
     let max_keys = settings.quotas.max_keys;
     let service = Arc::new(Service {
@@ -177,6 +179,9 @@ pub(super) async fn start(
         limits: Default::default(),
         start: Instant::now(),
     });
+    if let Some((fleet, spent)) = fleet {
+        tokio::spawn(share_buckets(service.clone(), fleet, spent));
+    }
     let idle = settings.idle;
     if let Some(listen) = &settings.listen {
         let listener = Listener::bind(listen, "policy.listen").await?;
@@ -214,6 +219,43 @@ pub(super) async fn start(
         }));
     }
     Ok(service)
+}
+
+/// How often the tokens taken here are told to the fleet.
+const SHARE_EVERY: Duration = Duration::from_millis(200);
+
+/// In a fleet, users' buckets are fleet-wide: what this host takes is published (through the
+/// fleet's link task, which never makes anyone wait), and what other hosts took is taken here.
+async fn share_buckets(
+    service: Arc<Service>,
+    fleet: Fleet,
+    mut spent: tokio::sync::mpsc::Receiver<Spent>,
+) {
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let taken = service
+                    .quotas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_spent();
+                for (user, messages, recipients) in taken {
+                    fleet.spent(Spent { user, messages, recipients });
+                }
+            }
+            s = spent.recv() => {
+                let Some(s) = s else { return };
+                let (level, _) = service.levels.get(&s.user);
+                let now = service.now();
+                service
+                    .quotas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spent_elsewhere(&s.user, s.messages, s.recipients, level, now);
+            }
+        }
+    }
 }
 
 /// A stream of either kind of listener.

@@ -24,6 +24,7 @@ pub(super) struct Deliver {
     pub(super) to_learning: SyncSender<Incoming>,
     pub(super) wake: Box<dyn Fn() + Send + Sync>,
     pub(super) lists: tokio::sync::mpsc::Sender<ListChange>,
+    pub(super) spent: tokio::sync::mpsc::Sender<super::Spent>,
     pub(super) republish: Arc<AtomicBool>,
 }
 
@@ -274,6 +275,13 @@ fn add_to(settings: &Settings, pipe: &mut redis::Pipeline, o: &Outgoing) {
                 .arg(wire::list_message(host, change))
                 .ignore();
         }
+        // Only published: a bucket's debit matters now or never.
+        Outgoing::Spent(spent) => {
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(wire::spent_message(host, spent, now_ms()))
+                .ignore();
+        }
     }
 }
 
@@ -282,6 +290,14 @@ fn take(settings: &Settings, bytes: &[u8], deliver: &Deliver) {
     let now = now_ms();
     match wire::parse_message(bytes, &settings.name, settings.lengths, now) {
         Ok(Some(Incoming::List { change, .. })) => deliver.list(change),
+        // A full queue drops it, counted (a host without the policy service has no queue).
+        Ok(Some(Incoming::Spent { spent, .. })) => {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                deliver.spent.try_send(spent)
+            {
+                status(|s| s.dropped += 1);
+            }
+        }
         Ok(Some(incoming)) => {
             if let Incoming::Points { at_ms, .. } = &incoming {
                 status(|s| s.lag_ms = now.saturating_sub(*at_ms));

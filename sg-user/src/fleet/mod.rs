@@ -124,6 +124,17 @@ pub enum Outgoing {
     },
     Release(Sender),
     List(ListChange),
+    /// Tokens this host's policy service took from a user's buckets lately.
+    Spent(Spent),
+}
+
+/// Tokens one host took from a user's buckets (messages, recipients): every other host takes
+/// them from its own copy, so a user's buckets are fleet-wide.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spent {
+    pub user: String,
+    pub messages: u32,
+    pub recipients: u32,
 }
 
 /// The fleet's state, for `slowgate status` and the metrics.
@@ -193,6 +204,10 @@ impl Fleet {
     pub fn list(&self, change: ListChange) {
         self.send(Outgoing::List(change));
     }
+
+    pub fn spent(&self, spent: Spent) {
+        self.send(Outgoing::Spent(spent));
+    }
 }
 
 /// What the learning loop takes from the fleet.
@@ -204,16 +219,25 @@ pub struct ForLearning {
     pub republish: Arc<AtomicBool>,
 }
 
+/// What [`start`] hands back.
+pub struct Started {
+    /// The learning loop's part.
+    pub learning: ForLearning,
+    /// A handle for the daemon's producers.
+    pub fleet: Fleet,
+    /// Operators' entries from other hosts.
+    pub lists: tokio::sync::mpsc::Receiver<ListChange>,
+    /// Tokens other hosts took from users' buckets.
+    pub spent: tokio::sync::mpsc::Receiver<Spent>,
+}
+
 /// Starts the link task on the current tokio runtime. `wake` is sent a unit whenever
-/// something arrives for the learning loop (it waits on its line channel). Returns the
-/// learning loop's part, a handle for the daemon, and the operators' entries from other hosts.
-pub fn start(
-    settings: Settings,
-    wake: impl Fn() + Send + Sync + 'static,
-) -> (ForLearning, Fleet, tokio::sync::mpsc::Receiver<ListChange>) {
+/// something arrives for the learning loop (it waits on its line channel).
+pub fn start(settings: Settings, wake: impl Fn() + Send + Sync + 'static) -> Started {
     let (out, out_rx) = tokio::sync::mpsc::channel(BUFFER);
     let (to_learning, incoming) = std::sync::mpsc::sync_channel(BUFFER);
     let (lists_tx, lists_rx) = tokio::sync::mpsc::channel(1024);
+    let (spent_tx, spent_rx) = tokio::sync::mpsc::channel(BUFFER);
     let republish = Arc::new(AtomicBool::new(false));
     *STATUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Status {
         redis: settings.shown(),
@@ -228,18 +252,20 @@ pub fn start(
             to_learning,
             wake: Box::new(wake),
             lists: lists_tx,
+            spent: spent_tx,
             republish: republish.clone(),
         },
     ));
-    (
-        ForLearning {
+    Started {
+        learning: ForLearning {
             fleet: fleet.clone(),
             incoming,
             republish,
         },
         fleet,
-        lists_rx,
-    )
+        lists: lists_rx,
+        spent: spent_rx,
+    }
 }
 
 pub fn now_ms() -> u64 {

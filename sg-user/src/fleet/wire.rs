@@ -12,6 +12,7 @@
 
 use serde_json::{Value, json};
 
+use super::Spent;
 use crate::{
     decisions::ListChange,
     domain::{PrefixLengths, Sender},
@@ -44,7 +45,16 @@ pub enum Incoming {
     Release { host: String, sender: Sender },
     /// An operator's change made on another host.
     List { host: String, change: ListChange },
+    /// Tokens another host took from a user's buckets.
+    Spent { host: String, spent: Spent },
 }
+
+/// The longest user name taken from another host.
+const MAX_SPENT_USER: usize = 256;
+/// The most tokens one message may say were taken.
+const MAX_SPENT: u64 = 1_000_000;
+/// A debit older than this (it waited while Redis was away) is not applied.
+const SPENT_FRESH_MS: u64 = 60_000;
 
 /// A valid host name: what `name` in `[fleet]` may be.
 pub fn valid_host(name: &str) -> bool {
@@ -159,6 +169,11 @@ pub fn release_message(host: &str, sender: &Sender) -> String {
     json!({"t": "r", "h": host, "s": sender.to_string()}).to_string()
 }
 
+pub fn spent_message(host: &str, spent: &Spent, at_ms: u64) -> String {
+    json!({"t": "b", "h": host, "u": spent.user, "m": spent.messages, "r": spent.recipients, "at": at_ms})
+        .to_string()
+}
+
 pub fn list_message(host: &str, change: &ListChange) -> String {
     json!({"t": "l", "h": host, "c": Value::from(change.clone())}).to_string()
 }
@@ -269,6 +284,32 @@ pub fn parse_message(
             host,
             change: change(v["c"].clone(), lengths)?,
         })),
+        Some("b") => {
+            let user = v["u"]
+                .as_str()
+                .filter(|u| {
+                    !u.is_empty() && u.len() <= MAX_SPENT_USER && !u.chars().any(char::is_control)
+                })
+                .ok_or("no valid user")?;
+            let count = |k: &str| {
+                v[k].as_u64()
+                    .filter(|n| *n <= MAX_SPENT)
+                    .map(|n| n as u32)
+                    .ok_or(format!("no valid count {k:?}"))
+            };
+            let at_ms = v["at"].as_u64().ok_or("no time")?;
+            if at_ms + SPENT_FRESH_MS < now_ms || at_ms > now_ms + SPENT_FRESH_MS {
+                return Ok(None);
+            }
+            Ok(Some(Incoming::Spent {
+                host,
+                spent: Spent {
+                    user: user.to_lowercase(),
+                    messages: count("m")?,
+                    recipients: count("r")?,
+                },
+            }))
+        }
         other => Err(format!("unknown message type {other:?}")),
     }
 }
@@ -279,6 +320,52 @@ mod tests {
 
     const LENGTHS: PrefixLengths = PrefixLengths::DEFAULT;
     const NOW: u64 = 1_763_884_800_000;
+
+    #[test]
+    fn a_users_spent_tokens_travel_checked_and_stale_ones_are_dropped() {
+        let spent = Spent {
+            user: "Alice@Example.net".into(),
+            messages: 3,
+            recipients: 7,
+        };
+        let m = spent_message("mx1", &spent, NOW);
+        let Some(Incoming::Spent { host, spent: got }) =
+            parse_message(m.as_bytes(), "mx2", LENGTHS, NOW).unwrap()
+        else {
+            panic!("not a debit: {m}");
+        };
+        assert_eq!(host, "mx1");
+        assert_eq!(
+            (got.user.as_str(), got.messages, got.recipients),
+            ("alice@example.net", 3, 7)
+        );
+        // Waited too long (Redis was away): not applied; from the future: not applied.
+        let old = spent_message("mx1", &spent, NOW - 120_000);
+        assert_eq!(
+            parse_message(old.as_bytes(), "mx2", LENGTHS, NOW).unwrap(),
+            None
+        );
+        let late = spent_message("mx1", &spent, NOW + 120_000);
+        assert_eq!(
+            parse_message(late.as_bytes(), "mx2", LENGTHS, NOW).unwrap(),
+            None
+        );
+        for bad in [
+            r#"{"t":"b","h":"mx1","u":"","m":1,"r":1,"at":1763884800000}"#.to_string(),
+            r#"{"t":"b","h":"mx1","u":"a\u0000b","m":1,"r":1,"at":1763884800000}"#.to_string(),
+            r#"{"t":"b","h":"mx1","u":"a","m":-1,"r":1,"at":1763884800000}"#.to_string(),
+            r#"{"t":"b","h":"mx1","u":"a","m":1e12,"r":1,"at":1763884800000}"#.to_string(),
+            format!(
+                r#"{{"t":"b","h":"mx1","u":"{}","m":1,"r":1,"at":1763884800000}}"#,
+                "x".repeat(300)
+            ),
+        ] {
+            assert!(
+                parse_message(bad.as_bytes(), "mx2", LENGTHS, NOW).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn messages_round_trip_and_our_own_are_skipped() {

@@ -61,7 +61,7 @@ impl Shared {
                     changes.extend(engine.release(&sender, now_ns));
                 }
                 // Operators' entries go to the daemon's main task.
-                Incoming::List { .. } => {}
+                Incoming::List { .. } | Incoming::Spent { .. } => {}
             }
         }
         if self.link.republish.swap(false, Ordering::Relaxed) {

@@ -66,17 +66,22 @@ impl Buckets {
         if have < f64::from(n) {
             return false;
         }
+        self.set(key, shape, have - f64::from(n), now);
+        true
+    }
+
+    /// Takes `n` tokens, or as many as there are: what another host took from its copy of a
+    /// shared bucket.
+    pub fn drain(&mut self, key: &str, shape: &Shape, n: u32, now: f64) {
+        let have = self.tokens(key, shape, now);
+        self.set(key, shape, (have - f64::from(n)).max(0.0), now);
+    }
+
+    fn set(&mut self, key: &str, shape: &Shape, tokens: f64, now: f64) {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
             self.evict(now, shape);
         }
-        self.buckets.insert(
-            key.into(),
-            Bucket {
-                tokens: have - f64::from(n),
-                at: now,
-            },
-        );
-        true
+        self.buckets.insert(key.into(), Bucket { tokens, at: now });
     }
 
     /// Makes room: every bucket that is full again goes; if none is, the fullest one.
@@ -125,6 +130,11 @@ mod tests {
         // Asking for more than there is takes nothing.
         assert!(!b.take("carol", &s, 4, 0.0));
         assert!((b.tokens("carol", &s, 0.0) - 3.0).abs() < 1e-9);
+        // Draining takes what there is, never below empty.
+        b.drain("carol", &s, 2, 0.0);
+        assert!((b.tokens("carol", &s, 0.0) - 1.0).abs() < 1e-9);
+        b.drain("carol", &s, 5, 0.0);
+        assert!(b.tokens("carol", &s, 0.0).abs() < 1e-9);
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct Quotas {
     addresses: Buckets,
     counted: HashSet<Box<str>>,
     counted_order: VecDeque<Box<str>>,
+    /// Tokens taken here per user since [`Quotas::take_spent`] (a fleet shares them).
+    spent: HashMap<Box<str>, (u32, u32)>,
 }
 
 impl Quotas {
@@ -166,7 +168,31 @@ impl Quotas {
             addresses: Buckets::new(max),
             counted: HashSet::new(),
             counted_order: VecDeque::new(),
+            spent: HashMap::new(),
         }
+    }
+
+    /// The tokens taken per user since the last call: (user, messages, recipients).
+    pub fn take_spent(&mut self) -> Vec<(String, u32, u32)> {
+        self.spent
+            .drain()
+            .map(|(u, (m, r))| (u.into(), m, r))
+            .collect()
+    }
+
+    /// Another host took tokens from `user`'s buckets: they are taken here too (as many as
+    /// there are).
+    pub fn spent_elsewhere(
+        &mut self,
+        user: &str,
+        messages: u32,
+        recipients: u32,
+        level: usize,
+        now: f64,
+    ) {
+        let l = self.limits_of(user, level);
+        self.messages.drain(user, &l.messages, messages, now);
+        self.recipients.drain(user, &l.recipients, recipients, now);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -279,6 +305,12 @@ impl Quotas {
                         return Verdict::Defer(Reason::UserRecipients);
                     }
                     self.messages.take(u, &l.messages, 1, now);
+                    // Remembered for the fleet, within the same bound as the buckets.
+                    if self.spent.len() < self.settings.max_keys || self.spent.contains_key(*u) {
+                        let s = self.spent.entry((*u).into()).or_default();
+                        s.0 = s.0.saturating_add(1);
+                        s.1 = s.1.saturating_add(ask.recipients.max(1));
+                    }
                 }
                 if let Some(m) = ask.message {
                     if self.counted_order.len() >= COUNTED
@@ -352,6 +384,12 @@ mod tests {
             assert_eq!(q.decide(&data, CLEAN, 0.0), Verdict::Dunno);
             assert_eq!(q.decide(&data, CLEAN, 0.0), Verdict::Dunno);
         }
+        // What was taken is there for a fleet to share, once.
+        assert_eq!(
+            q.take_spent(),
+            vec![("alice@example.net".to_string(), 3, 3)]
+        );
+        assert!(q.take_spent().is_empty());
         // The fourth message is deferred as early as RCPT, with a temporary failure.
         let fourth = ask(Stage::Rcpt, alice, "198.51.100.9", "m3", 0);
         assert_eq!(
@@ -376,6 +414,12 @@ mod tests {
         // After 20 minutes one message has refilled (3 an hour).
         let later = ask(Stage::Rcpt, alice, "203.0.113.7", "m4", 0);
         assert_eq!(q.decide(&later, CLEAN, 1201.0), Verdict::Dunno);
+        // Another host of the fleet took it first: deferred here too.
+        q.spent_elsewhere(alice, 1, 1, 0, 1201.0);
+        assert_eq!(
+            q.decide(&later, CLEAN, 1201.0),
+            Verdict::Defer(Reason::UserMessages)
+        );
     }
 
     #[test]
