@@ -276,7 +276,11 @@ impl Listener {
     async fn bind(listen: &Listen, key: &str) -> anyhow::Result<Listener> {
         Ok(match listen {
             Listen::Unix(path) => {
-                let _ = std::fs::remove_file(path);
+                // A socket left by an earlier run goes; anything else at the path is an error.
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    let _ = std::fs::remove_file(path);
+                }
                 let listener = tokio::net::UnixListener::bind(path)
                     .with_context(|| format!("{key}: listen on {}", path.display()))?;
                 // The MTA (user postfix, smmsp) connects; the directory is what protects it.
