@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use miltr_common::{
     actions::{Action, Continue, Replycode},
     commands::{Connect, Macro, Mail, Recipient},
+    optneg::{OptNeg, Protocol},
 };
 use miltr_server::Milter;
 
@@ -103,6 +104,24 @@ fn address(text: &str) -> Option<IpAddr> {
 #[async_trait]
 impl Milter for Session {
     type Error = std::convert::Infallible;
+
+    /// Only what the questions need: no HELO, headers, body or unknown commands are sent
+    /// (of what the MTA offers to leave out).
+    async fn option_negotiation(
+        &mut self,
+        theirs: OptNeg,
+    ) -> Result<OptNeg, miltr_server::Error<Self::Error>> {
+        let ours = OptNeg {
+            protocol: Protocol::NO_HELO
+                | Protocol::NO_HEADER
+                | Protocol::NO_END_OF_HEADER
+                | Protocol::NO_BODY
+                | Protocol::NO_UNKNOWN,
+            ..OptNeg::default()
+        };
+        ours.merge_compatible(&theirs)
+            .map_err(|e| miltr_common::ProtocolError::CompatibilityError(e).into())
+    }
 
     async fn macro_(&mut self, m: Macro) -> Result<(), Self::Error> {
         for (name, value) in m.macros() {
