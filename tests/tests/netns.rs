@@ -1726,7 +1726,7 @@ fn the_policy_service_holds_users_to_their_buckets_and_survives_malformed_reques
     let metrics =
         http_get(&lab.server, "127.0.0.1:9465".parse().unwrap(), "/metrics").unwrap_or_default();
     assert!(
-        metrics.contains("slowgate_policy_malformed_total 5"),
+        metrics.contains("slowgate_policy_malformed_total{front=\"postfix\"} 5"),
         "{metrics}"
     );
 }
