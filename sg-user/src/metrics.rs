@@ -85,6 +85,13 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
         );
         metric(
             &mut out,
+            "slowgate_drop_events_lost_total",
+            "counter",
+            "Drop events the kernel could not hand to the daemon (its ring buffer was full).",
+            &[(String::new(), at(counter::EVENTS_LOST))],
+        );
+        metric(
+            &mut out,
             "slowgate_opaque_packets_total",
             "counter",
             "IP packets whose transport header was out of reach, judged by their source.",
@@ -281,6 +288,19 @@ pub fn render(maps: &Maps, stats: &Stats, fill: &[(&'static str, usize, u32)]) -
             ("{stat=\"last\"}".into(), stats.enforce_last_s),
             ("{stat=\"max\"}".into(), stats.enforce_max_s),
         ],
+    );
+    // The learning loop's last tick (the watchdog's view): a loop that stalls grows this.
+    let loop_age = if stats.heartbeat_ns == 0 {
+        -1.0
+    } else {
+        crate::domain::boot_time_ns().saturating_sub(stats.heartbeat_ns) as f64 / 1e9
+    };
+    metric(
+        &mut out,
+        "slowgate_learning_tick_age_seconds",
+        "gauge",
+        "Seconds since the learning loop last finished a tick (it ticks every second; -1: not yet).",
+        &[(String::new(), loop_age)],
     );
     let age = if stats.store_last_save_unix == 0 {
         -1.0

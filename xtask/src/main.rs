@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "rbldnsd",
     // A real Redis for the fleet's tests (started inside the tests' namespaces only).
     "redis-server",
+    // promtool, which checks the alert rules (the package's server is not used).
+    "prometheus",
 ];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];
