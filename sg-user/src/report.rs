@@ -147,15 +147,7 @@ pub fn text(report: &Report, top: usize) -> String {
             r.country.as_deref().unwrap_or("-")
         );
     }
-    let _ = writeln!(out, "\nDrops per hour (most senders limited at once):");
-    for (hour, n) in &report.drops_per_hour {
-        let _ = writeln!(
-            out,
-            "  {}  {n:>8}  ({} limited)",
-            format_time(hour * 1_000_000_000),
-            report.limited_per_hour.get(hour).copied().unwrap_or(0)
-        );
-    }
+    drops_over_time(&mut out, report);
     let _ = writeln!(out, "\nEvents per kind:");
     for (k, n) in &report.events {
         let _ = writeln!(out, "  {k:<20} {n:>8}");
@@ -167,6 +159,76 @@ pub fn text(report: &Report, top: usize) -> String {
         }
     }
     out
+}
+
+/// Hourly rows up to this many hours; beyond, a roll-up per day, the busiest hours and a
+/// sparkline per day, so two weeks fit a terminal (the HTML form keeps every hour).
+const HOURLY_ROWS: usize = 48;
+/// The busiest hours listed in the roll-up.
+const BUSIEST: usize = 5;
+
+/// Drops over time: one row per hour for short reports, else the roll-up.
+fn drops_over_time(out: &mut String, report: &Report) {
+    let limited = |hour: &u64| report.limited_per_hour.get(hour).copied().unwrap_or(0);
+    if report.drops_per_hour.len() <= HOURLY_ROWS {
+        let _ = writeln!(out, "\nDrops per hour (most senders limited at once):");
+        for (hour, n) in &report.drops_per_hour {
+            let _ = writeln!(
+                out,
+                "  {}  {n:>8}  ({} limited)",
+                format_time(hour * 1_000_000_000),
+                limited(hour)
+            );
+        }
+        return;
+    }
+    // Day (Unix seconds at 00:00 UTC) -> (drops, most limited at once, 24 hourly drops).
+    let mut days: BTreeMap<u64, (u64, u64, [u64; 24])> = BTreeMap::new();
+    for (hour, n) in &report.drops_per_hour {
+        let day = days.entry(hour - hour % 86_400).or_default();
+        day.0 += n;
+        day.1 = day.1.max(limited(hour));
+        day.2[(hour % 86_400 / 3600) as usize] = *n;
+    }
+    let peak = report
+        .drops_per_hour
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let _ = writeln!(
+        out,
+        "\nDrops per day (most senders limited at once), and per hour 00-23 UTC:"
+    );
+    for (day, (drops, most, hours)) in &days {
+        let spark: String = hours.iter().map(|n| spark(*n, peak)).collect();
+        let _ = writeln!(
+            out,
+            "  {}  {drops:>9}  ({most:>3} limited)  {spark}",
+            &format_time(day * 1_000_000_000)[..10]
+        );
+    }
+    let mut busiest: Vec<(&u64, &u64)> = report.drops_per_hour.iter().collect();
+    busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let _ = writeln!(out, "\nBusiest hours:");
+    for (hour, n) in busiest.into_iter().take(BUSIEST) {
+        let _ = writeln!(
+            out,
+            "  {}  {n:>8}  ({} limited)",
+            format_time(hour * 1_000_000_000),
+            limited(hour)
+        );
+    }
+}
+
+/// One character of a sparkline: `n` against the largest value.
+fn spark(n: u64, peak: u64) -> char {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if n == 0 {
+        return ' ';
+    }
+    BARS[((n * 8 - 1) / peak).min(7) as usize]
 }
 
 /// The HTML report: the same tables, and SVG bar charts of drops and of limited senders per
@@ -257,15 +319,75 @@ fn chart(title: &str, series: &BTreeMap<u64, u64>, color: &str) -> String {
             (bar - 2.0).max(1.0),
             format_time(hour * 1_000_000_000)
         );
-        if i == 0 || i + 1 == series.len() {
+        // Both ends of the time axis carry their date and hour; the right one ends at the
+        // chart's edge instead of running past it.
+        let label = &format_time(hour * 1_000_000_000)[..16];
+        if i == 0 {
             let _ = write!(
                 svg,
-                "<text x=\"{x:.1}\" y=\"{}\" font-size=\"10\">{}</text>",
-                H + 14.0,
-                &format_time(hour * 1_000_000_000)[5..16]
+                "<text x=\"{x:.1}\" y=\"{}\" font-size=\"10\">{label}</text>",
+                H + 14.0
+            );
+        }
+        if i + 1 == series.len() && series.len() > 1 {
+            let _ = write!(
+                svg,
+                "<text x=\"{W}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{label}</text>",
+                H + 28.0
             );
         }
     }
     svg += "</svg>\n";
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_of(hours: u64) -> Report {
+        let start = 1_763_769_600; // 2025-11-22 00:00 UTC
+        let mut report = Report {
+            from: start,
+            to: start + hours * 3600,
+            ..Report::default()
+        };
+        for h in 0..hours {
+            let t = start + h * 3600;
+            report
+                .drops_per_hour
+                .insert(t, (h % 24) * 10 + u64::from(h == 200) * 5000);
+            report.limited_per_hour.insert(t, h % 7);
+        }
+        report
+    }
+
+    #[test]
+    fn two_weeks_fit_a_terminal_and_short_reports_keep_their_hours() {
+        let text = text(&report_of(14 * 24), 10);
+        assert!(text.lines().count() < 60, "{text}");
+        assert!(text.contains("Drops per day"), "{text}");
+        // The busiest hour is named, with its date.
+        assert!(
+            text.contains("Busiest hours:\n  2025-11-30 08:00:00      5080"),
+            "{text}"
+        );
+        assert_eq!(text.matches("  2025-1").count(), 14 + BUSIEST, "{text}");
+        let short = super::text(&report_of(24), 10);
+        assert!(short.contains("Drops per hour"), "{short}");
+        assert_eq!(short.matches(" limited)").count(), 24);
+        assert_eq!(spark(0, 10), ' ');
+        assert_eq!(spark(10, 10), '█');
+        assert_eq!(spark(1, 10), '▁');
+    }
+
+    #[test]
+    fn the_charts_label_both_ends_of_the_time_axis_with_dates() {
+        let page = html(&report_of(14 * 24), 10);
+        assert!(page.contains(">2025-11-22 00:00</text>"), "no left date");
+        assert!(
+            page.contains("text-anchor=\"end\">2025-12-05 23:00</text>"),
+            "no right date"
+        );
+    }
 }
