@@ -34,6 +34,7 @@ pub fn execute(cli: &Cli) -> anyhow::Result<()> {
             if let Some(dir) = &cli.pin_dir {
                 config.pin_dir = dir.clone();
             }
+            crate::logging::configure(config.log_filter.as_deref())?;
             crate::daemon::run(&config)
         }
         Command::CheckConfig => {

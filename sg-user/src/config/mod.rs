@@ -82,6 +82,8 @@ pub struct Config {
     pub limit_ttl: Duration,
     /// Where the Prometheus endpoint listens; None = off.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[log] filter` (the environment's `SLOWGATE_LOG` or `RUST_LOG` wins).
+    pub log_filter: Option<String>,
     pub control_socket: PathBuf,
     /// The group allowed on the control socket besides root (a name), if any.
     pub control_group: Option<String>,

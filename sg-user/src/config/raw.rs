@@ -58,6 +58,8 @@ pub(super) struct RawConfig {
     pub(super) policy: Option<super::policy::RawPolicy>,
     #[serde(default)]
     pub(super) users: super::policy::RawUsers,
+    #[serde(default)]
+    pub(super) log: RawLog,
 }
 
 /// `[[dnsbl]]`: a zone and the points of its answers.
@@ -475,4 +477,12 @@ pub(super) struct RawLimit {
     pub(super) burst: Option<u32>,
     #[serde(default)]
     pub(super) block: bool,
+}
+
+/// `[log]`: which events the daemon writes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// tracing's EnvFilter syntax (`info`, `info,slowgate::policy=debug`).
+    pub(super) filter: Option<String>,
 }

@@ -40,6 +40,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     let feeds = super::feeds::feeds(&raw.feeds)?;
     let fleet = super::fleet::fleet(raw.fleet.as_ref(), engine.lengths(), engine.half_life)?;
     let policy = super::policy::policy(raw.policy.as_ref(), &raw.users)?;
+    if let Some(filter) = &raw.log.filter {
+        crate::logging::valid_filter(filter)
+            .map_err(|e| key_error!("log.filter".to_string(), "{filter:?}: {e}"))?;
+    }
     Ok(Config {
         path: path.to_path_buf(),
         interfaces: raw.interfaces,
@@ -71,6 +75,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         metrics,
         control_socket: raw.control.socket,
         control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
+        log_filter: raw.log.filter,
     })
 }
 
