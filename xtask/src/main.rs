@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod deb;
+
 /// Debian's rustc for the BPF build (see ../shared/TOOLCHAIN.md).
 const BPF_RUSTC: &str = "/usr/bin/rustc";
 
@@ -30,6 +32,9 @@ const TEST_PACKAGES: &[&str] = &[
     "redis-server",
     // promtool, which checks the alert rules (the package's server is not used).
     "prometheus",
+    // The package's test: a fresh Debian root to install it into, and lintian.
+    "debootstrap",
+    "lintian",
 ];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];
@@ -71,6 +76,8 @@ enum Task {
     /// Man pages and shell completions from the CLI definition, into target/man and
     /// target/completions.
     Man,
+    /// The Debian package: target/deb/slowgate_<version>_amd64.deb (release build).
+    Deb,
     /// The lab: real Postfix and Dovecot under attack, slowgate protecting them.
     Lab {
         /// The short form the test suite runs.
@@ -87,6 +94,7 @@ fn main() {
         Task::Test => test(),
         Task::Bench { what, args } => setup().and_then(|()| bench(&what, &args)),
         Task::Man => setup().and_then(|()| man()),
+        Task::Deb => setup().and_then(|()| deb::deb(true).map(|_| ())),
         Task::Fuzz => fuzz(),
         Task::Lab { quick } => setup().and_then(|()| {
             let args: Vec<String> = if quick {
@@ -322,9 +330,18 @@ fn test() -> anyhow::Result<()> {
     // Root tests: the program in the kernel, namespaces, the daemon. Serial: they share the
     // kernel and name their namespaces per process.
     let bin = workspace().join("target/debug/slowgate");
+    // The package's test installs an older version, then this one (debug builds: the test is
+    // about the packaging).
+    let version = deb::version()?;
+    let old = with_env("SLOWGATE_DEB_VERSION", &format!("{version}~prev"), || {
+        deb::deb(false)
+    })?;
+    let new = deb::deb(false)?;
     run(cargo()
         .args(["test", "--package", "sg-tests", "--", "--test-threads=1"])
-        .env("SLOWGATE_BIN", &bin))?;
+        .env("SLOWGATE_BIN", &bin)
+        .env("SLOWGATE_DEB_OLD", &old)
+        .env("SLOWGATE_DEB_NEW", &new))?;
     // Every benchmark once in its short form (a debug build: it shows the benchmark works, its
     // figures mean nothing), so a broken benchmark fails the tests.
     install_bench_packages()?;
@@ -338,6 +355,15 @@ fn test() -> anyhow::Result<()> {
         .with_context(|| format!("the short form of `cargo xtask bench {what}`"))?;
     }
     Ok(())
+}
+
+/// Runs `f` with the environment variable `name` set to `value` (this process is single-threaded).
+fn with_env<T>(name: &str, value: &str, f: impl FnOnce() -> T) -> T {
+    // SAFETY: xtask runs no other thread while it sets and removes the variable.
+    unsafe { env::set_var(name, value) };
+    let result = f();
+    unsafe { env::remove_var(name) };
+    result
 }
 
 /// Debian packages of the benchmarks' baselines.

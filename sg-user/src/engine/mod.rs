@@ -435,7 +435,7 @@ impl Engine {
             .map_or(f64::MAX, |row| row.points);
         let contributes = self.points(&Sender::Source(source), u64::from(now) * 1_000_000_000)
             >= first_level / f64::from(min_sources);
-        let hash = address_hash(self.tracked.hasher(), source);
+        let hash = rotation::address_hash(self.tracked.hasher(), source);
         let generation_s = self
             .config
             .half_life
@@ -692,23 +692,3 @@ impl Engine {
         }
     }
 }
-
-/// The keyed hash of a contributing address (rotation.rs). Random keys in the daemon, so an
-/// attacker cannot pick addresses that collide; a fixed key in the unit tests, so that six
-/// addresses never collide in one run and not in the next.
-#[cfg(not(test))]
-fn address_hash(keys: &foldhash::quality::RandomState, address: IpAddr) -> u64 {
-    std::hash::BuildHasher::hash_one(keys, address)
-}
-
-#[cfg(test)]
-fn address_hash(_: &foldhash::quality::RandomState, address: IpAddr) -> u64 {
-    std::hash::BuildHasher::hash_one(
-        &foldhash::quality::FixedState::with_seed(TEST_SEED),
-        address,
-    )
-}
-
-/// A key under which the tests' addresses do not collide in the 64 buckets of rotation.rs.
-#[cfg(test)]
-const TEST_SEED: u64 = 1;
