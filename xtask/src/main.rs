@@ -35,6 +35,8 @@ const TEST_PACKAGES: &[&str] = &[
     // The package's test: a fresh Debian root to install it into, and lintian.
     "debootstrap",
     "lintian",
+    // Renders the HTML report for its screenshot test.
+    "chromium",
 ];
 /// The mail servers of the lab (and of its short form in the tests).
 const LAB_PACKAGES: &[&str] = &["postfix", "dovecot-imapd", "dovecot-pop3d"];
