@@ -34,6 +34,13 @@ fn main() {
         });
         // The next plain build must not find the variant's binary in place of its own.
         let _ = std::fs::remove_file(&variant);
+        // The benchmark's baseline for the kernel diagnostics: the program without them.
+        let variant = build_ebpf_with(&["no-kernel-log"]);
+        let embedded = out_dir.join("sg-ebpf-no-kernel-log.o");
+        std::fs::copy(&variant, &embedded).unwrap_or_else(|e| {
+            panic!("copy {} to {}: {e}", variant.display(), embedded.display())
+        });
+        let _ = std::fs::remove_file(&variant);
     }
 }
 

@@ -395,6 +395,9 @@ pub mod flag {
     /// Concurrent-connection caps are on (`Config::concurrent_*`): the one bit the hot path
     /// reads when they are off, next to the fields it reads anyway.
     pub const CONCURRENT_CAPS: u32 = 2;
+    /// Kernel diagnostics through aya-log (`[log] kernel`): parse errors, unusual packet shapes
+    /// and each refusal, read by the daemon into its log. Off, each costs one flag test.
+    pub const KERNEL_DEBUG: u32 = 4;
 }
 
 /// The single entry of CONFIG, written by userspace before the program is attached.

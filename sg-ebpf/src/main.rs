@@ -19,6 +19,14 @@ mod program {
         macros::{btf_map, xdp},
         programs::XdpContext,
     };
+    /// A kernel diagnostic (aya-log, at debug level), written only while `[log] kernel` is on;
+    /// compiled out of the benchmark's baseline object (feature `no-kernel-log`).
+    macro_rules! diagnose {
+        ($($arg:tt)*) => {
+            #[cfg(not(feature = "no-kernel-log"))]
+            aya_log_ebpf::debug!($($arg)*);
+        };
+    }
     use sg_common::{
         Addr, Config, DropEvent, FilterLine, ListEntry, ListLengths, Policy, PolicyKey, Slot,
         VERIFIED_FOR_NS, action, apply_mask, capacity, counter, filter, flag, is_v4_mapped, reason,
@@ -109,11 +117,21 @@ mod program {
             Ok(verdict) => verdict,
             Err(parse::ParseError::TooManyVlanTags) => {
                 // The stack would dig a SYN out from under them; we cannot judge its source.
+                if debugging() {
+                    diagnose!(
+                        &ctx,
+                        "too many VLAN tags: dropped (its source cannot be judged)"
+                    );
+                }
                 count(counter::DROP_REASON + u32::from(reason::UNJUDGEABLE));
                 xdp_action::XDP_DROP
             }
-            Err(_) => {
+            Err(e) => {
                 // No source to judge, and no stack reads further either: pass and count.
+                if debugging() {
+                    let truncated = u8::from(e == parse::ParseError::Truncated);
+                    diagnose!(&ctx, "parse error (truncated: {}): passed", truncated);
+                }
                 count(counter::PARSE_ERROR);
                 xdp_action::XDP_PASS
             }
@@ -139,13 +157,33 @@ mod program {
         unsafe { bpf_jiffies64() as u32 }
     }
 
+    /// Whether kernel diagnostics are on (read only off the hot path).
+    #[inline(always)]
+    fn debugging() -> bool {
+        CONFIG.get(0).is_some_and(diagnosing)
+    }
+
+    /// Whether `config` switches kernel diagnostics on: one flag test (none without them).
+    #[inline(always)]
+    fn diagnosing(config: &Config) -> bool {
+        !cfg!(feature = "no-kernel-log") && config.flags & flag::KERNEL_DEBUG != 0
+    }
+
     #[inline(always)]
     fn try_slowgate(ctx: &XdpContext) -> Result<u32, parse::ParseError> {
         // SAFETY: data..data_end is the packet, readable for the whole program run.
         let tcp = match unsafe { parse::parse(ctx.data(), ctx.data_end()) }? {
             Packet::Tcp(tcp) => tcp,
             Packet::Other => return Ok(xdp_action::XDP_PASS),
-            Packet::Opaque(src) => return Ok(judge_opaque(&src)),
+            Packet::Opaque(src) => {
+                if debugging() {
+                    diagnose!(
+                        ctx,
+                        "a packet whose TCP header is out of reach: judged by its source"
+                    );
+                }
+                return Ok(judge_opaque(&src));
+            }
         };
         let service = match PORTS.get(u32::from(tcp.dport)) {
             Some(&s) if s != 0 => s,
@@ -178,7 +216,17 @@ mod program {
         count(counter::SERVICE_NEW_CONN + u32::from(service));
         match decide(&tcp.src, config, now, &ahead) {
             None => Ok(xdp_action::XDP_PASS),
-            Some(why) => Ok(refuse(&tcp.src, tcp.dport, service, why, config)),
+            Some(why) => {
+                if diagnosing(config) {
+                    diagnose!(
+                        ctx,
+                        "refused a new connection to port {}: reason {}",
+                        tcp.dport,
+                        why
+                    );
+                }
+                Ok(refuse(&tcp.src, tcp.dport, service, why, config))
+            }
         }
     }
 

@@ -184,6 +184,9 @@ async fn run_async(config: &Config) -> anyhow::Result<()> {
         );
     }
     maps.record_attachments(&attached)?;
+    // The program's diagnostics (`[log] kernel`), read whether or not they are on: the
+    // program writes none until the flag is set, and a reload can set it.
+    enforcer::forward_kernel_log(pin_dir, &config.interfaces);
     // The concurrent caps' connection counter, pinned like the XDP links.
     match &config.concurrent {
         Some(caps) => {
@@ -497,6 +500,7 @@ async fn reload(
         };
         maps.write_config(&new.kernel_config(), clock.0, clock.1)
             .map_err(|e| format!("{e:#}"))?;
+        crate::logging::configure(new.log_filter.as_deref()).map_err(|e| format!("{e:#}"))?;
         maps.write_ports(&new.ports).map_err(|e| format!("{e:#}"))?;
         // The learning loop's enforcer writes the new config's lists.
         control::ask_learning_loop(learning, learn::Request::Reload(Box::new(new.clone()))).await?;

@@ -94,3 +94,46 @@ fn a_bad_log_filter_is_a_clear_config_error() {
     assert!(!out.status.success());
     assert!(text.contains("log.filter"), "{text}");
 }
+
+#[test]
+fn kernel_diagnostics_reach_the_log_when_switched_on_and_stop_when_switched_off() {
+    require_root();
+    let server = Netns::new("klog").unwrap();
+    let client = Netns::new("klogc").unwrap();
+    veth(&server, "sg0", &client, "cl0").unwrap();
+    server.addr("sg0", "198.51.100.1/24").unwrap();
+    client.addr("cl0", "198.51.100.66/24").unwrap();
+    let _listeners = Listeners::start(&server, &[25]).unwrap();
+    let pins = PinDir::new();
+    let config = "interfaces = [\"sg0\"]\nattach_mode = \"native\"\n\
+                  [lists]\ndeny = [\"198.51.100.66\"]\n[log]\nkernel = true\n";
+    let daemon = Daemon::start(&server, config, &pins.path).unwrap();
+    let knock = || {
+        connect(
+            &client,
+            "198.51.100.66".parse().unwrap(),
+            "198.51.100.1:25".parse().unwrap(),
+            Duration::from_millis(200),
+        )
+    };
+    // Each refused SYN is traced by the program, read and written by the daemon.
+    assert!(!knock());
+    let traced = until(Duration::from_secs(5), || {
+        daemon
+            .log_text()
+            .contains("kernel: refused a new connection to port 25")
+    });
+    assert!(traced, "no kernel trace:\n{}", daemon.log_text());
+    // Switched off by a reload: the program traces nothing more.
+    let path = daemon.log.parent().unwrap().join("slowgate.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("kernel = true", "kernel = false")).unwrap();
+    let (ok, out) = daemon.control(&["reload"], false);
+    assert!(ok, "{out}");
+    let before = daemon.log_text().matches("kernel: ").count();
+    for _ in 0..3 {
+        assert!(!knock());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(daemon.log_text().matches("kernel: ").count(), before);
+}

@@ -84,6 +84,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// `[log] filter` (the environment's `SLOWGATE_LOG` or `RUST_LOG` wins).
     pub log_filter: Option<String>,
+    /// `[log] kernel`: the XDP program's diagnostics in the daemon's log.
+    pub kernel_debug: bool,
     pub control_socket: PathBuf,
     /// The group allowed on the control socket besides root (a name), if any.
     pub control_group: Option<String>,
@@ -163,6 +165,10 @@ impl Config {
                 0
             } | if self.concurrent.is_some() {
                 sg_common::flag::CONCURRENT_CAPS
+            } else {
+                0
+            } | if self.kernel_debug {
+                sg_common::flag::KERNEL_DEBUG
             } else {
                 0
             },

@@ -485,4 +485,7 @@ pub(super) struct RawLimit {
 pub(super) struct RawLog {
     /// tracing's EnvFilter syntax (`info`, `info,slowgate::policy=debug`).
     pub(super) filter: Option<String>,
+    /// Kernel diagnostics through aya-log (switched by `slowgate reload`).
+    #[serde(default)]
+    pub(super) kernel: bool,
 }

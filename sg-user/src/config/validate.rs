@@ -76,6 +76,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         control_socket: raw.control.socket,
         control_group: (!raw.control.group.is_empty()).then_some(raw.control.group),
         log_filter: raw.log.filter,
+        kernel_debug: raw.log.kernel,
     })
 }
 

@@ -27,11 +27,13 @@ mod batch;
 mod concurrent;
 mod feeds;
 mod filter;
+mod kernel_log;
 mod lookup;
 pub mod maps;
 pub mod program;
 
 pub use concurrent::*;
+pub use kernel_log::forward_kernel_log;
 pub use maps::{Entry, Maps};
 pub use program::*;
 

@@ -48,6 +48,12 @@ pub static EBPF_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub static EBPF_OBJECT_NON_ATOMIC: &[u8] =
     include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf-non-atomic.o"));
 
+/// The same program without its kernel diagnostics (aya-log): the baseline that shows, in
+/// `cargo xtask bench xdp`, what they cost while switched off.
+#[cfg(feature = "test-objects")]
+pub static EBPF_OBJECT_NO_KERNEL_LOG: &[u8] =
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sg-ebpf-no-kernel-log.o"));
+
 /// The throttle program's name in the object.
 pub const PROGRAM: &str = "slowgate";
 /// An empty XDP program in the same object, the baseline of `cargo xtask bench xdp`.
@@ -220,7 +226,7 @@ pub fn default_capacity() -> Capacity {
     }
 }
 
-fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+pub(super) fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("link_{iface}"))
 }
 

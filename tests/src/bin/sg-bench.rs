@@ -239,6 +239,83 @@ fn xdp(sizes: &Sizes) -> anyhow::Result<()> {
          prefix not seen lately); the rest, false positives of the filters, read their slots.",
         100.0 * on_first_contact_path
     );
+    kernel_diagnostics_cost(repeat, runs)
+}
+
+/// What the kernel diagnostics (aya-log) cost while switched off: the shipped program against
+/// the same program built without them, same config and packets, alternating runs.
+fn kernel_diagnostics_cost(repeat: u32, runs: usize) -> anyhow::Result<()> {
+    let config = test_config(
+        "[ceiling.source]\nrate = \"1000000000/s\"\nburst = 65535\n\
+         [ceiling.prefix]\nrate = \"1000000000/s\"\nburst = 65535\n",
+    );
+    let blocked = [198, 51, 100, 8];
+    let mut programs = Vec::new();
+    for object in [
+        slowgate::enforcer::EBPF_OBJECT_NO_KERNEL_LOG,
+        slowgate::enforcer::EBPF_OBJECT,
+    ] {
+        let mut p = TestProgram::load_object(object, &config, &config.capacity)?;
+        p.maps.limit_set(
+            net(blocked),
+            Limit::Rate {
+                rate: "1/h".parse()?,
+                burst: 1,
+            },
+            None,
+        )?;
+        programs.push(p);
+    }
+    let cases: [(&str, Vec<u8>, u32); 3] = [
+        (
+            "SYN, unknown source",
+            v4_tcp([203, 0, 113, 9], 25, TCP_SYN),
+            XDP_PASS,
+        ),
+        (
+            "SYN dropped by a limit",
+            v4_tcp(blocked, 25, TCP_SYN),
+            XDP_DROP,
+        ),
+        (
+            "truncated packet (a parse error)",
+            frame(&[], 0x0800, &[0x45]),
+            XDP_PASS,
+        ),
+    ];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut costs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; cases.len()];
+    for _ in 0..runs {
+        for (i, (name, pkt, want)) in cases.iter().enumerate() {
+            let mut mean = [0.0; 2];
+            for (j, p) in programs.iter().enumerate() {
+                let (verdict, d) = p.run_program(slowgate::enforcer::PROGRAM, pkt, repeat);
+                anyhow::ensure!(
+                    verdict == *want,
+                    "{name}: verdict {verdict}, expected {want}"
+                );
+                mean[j] = ns(d);
+                costs[i][j].push(ns(d));
+            }
+            ratios[i].push(mean[1] / mean[0]);
+        }
+    }
+    println!();
+    println!(
+        "Kernel diagnostics (aya-log, `[log] kernel`) switched off, against the same program \
+         built without them (median of {runs} alternating runs):"
+    );
+    println!();
+    println!("| case | without diagnostics, ns | with them, off, ns | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.2} |",
+            median(&mut costs[i][0]),
+            median(&mut costs[i][1]),
+            median(&mut ratios[i])
+        );
+    }
     Ok(())
 }
 
