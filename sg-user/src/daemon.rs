@@ -46,11 +46,11 @@ const STALLED_AFTER: Duration = Duration::from_secs(30);
 /// A panic in any thread or task ends the whole process with a non-zero status, so the
 /// supervisor restarts it; a daemon that keeps running without learning protects nobody.
 /// The pinned program keeps enforcing meanwhile.
+/// The panic is said in one line, without the default hook's backtrace: resolving one in a
+/// large binary can take seconds (with RUST_BACKTRACE set), while the daemon should be gone.
 fn exit_on_any_panic() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        tracing::error!("a worker panicked; exiting so that the supervisor restarts us");
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("a worker panicked ({info}); exiting so that the supervisor restarts us");
         std::process::exit(70);
     }));
 }
