@@ -270,6 +270,18 @@ fn users_are_held_to_their_buckets_guessers_are_tarpitted_then_refused_and_all_f
     for _ in 0..3 {
         guess();
     }
+    // Its fourth failure puts it at level 1 (12 points) once the learning loop wrote it.
+    let limited = until(Duration::from_secs(5), || {
+        daemon
+            .control(&["show", GUESSER], false)
+            .1
+            .contains("level:   1")
+    });
+    assert!(
+        limited,
+        "the guesser never reached level 1\n{}",
+        log(&daemon)
+    );
     let (_, slowed) = guess();
     assert!(
         slowed >= Duration::from_millis(1800),

@@ -51,9 +51,14 @@ pub(super) struct Service {
     reported: Mutex<(HashSet<String>, VecDeque<String>)>,
     /// The kernel's limit of each address asked about lately, and when it was read: a
     /// session's questions (and a busy relay's sessions) cost the map lookups once a second.
-    limits: Mutex<HashMap<IpAddr, (f64, Option<Limit>)>>,
+    /// Forgotten whenever the maps' GENERATION moves (every written change bumps it), read at
+    /// most every [`GENERATION_EVERY`]: a new limit is seen within that.
+    limits: Mutex<(HashMap<IpAddr, (f64, Option<Limit>)>, f64, u32)>,
     start: Instant,
 }
+
+/// How often the maps' GENERATION is read, in seconds.
+const GENERATION_EVERY: f64 = 0.01;
 
 /// How long a kernel limit read for an address is used again, in seconds.
 const LIMIT_FRESH: f64 = 1.0;
@@ -67,21 +72,30 @@ impl Service {
 
     fn address_limit(&self, address: IpAddr) -> Option<Limit> {
         let now = self.now();
-        if let Some((at, limit)) = self
-            .limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&address)
-            && now - at < LIMIT_FRESH
         {
-            return *limit;
+            let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            let (limits, checked, generation) = &mut *guard;
+            if now - *checked >= GENERATION_EVERY {
+                *checked = now;
+                if let Ok(g) = self.maps.generation()
+                    && g != *generation
+                {
+                    *generation = g;
+                    limits.clear();
+                }
+            }
+            if let Some((at, limit)) = limits.get(&address)
+                && now - at < LIMIT_FRESH
+            {
+                return *limit;
+            }
         }
         let limit = self.maps.limit_for_address(address).ok().flatten();
-        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        if limits.len() >= LIMITS_KEPT {
-            limits.clear();
+        let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.0.len() >= LIMITS_KEPT {
+            guard.0.clear();
         }
-        limits.insert(address, (now, limit));
+        guard.0.insert(address, (now, limit));
         limit
     }
 
