@@ -53,8 +53,17 @@ pub(super) struct Service {
     /// session's questions (and a busy relay's sessions) cost the map lookups once a second.
     /// Forgotten whenever the maps' GENERATION moves (every written change bumps it), read at
     /// most every [`GENERATION_EVERY`]: a new limit is seen within that.
-    limits: Mutex<(HashMap<IpAddr, (f64, Option<Limit>)>, f64, u32)>,
+    limits: Mutex<Limits>,
     start: Instant,
+}
+
+/// The kernel's limits read lately: per address (when read, the limit), when GENERATION was
+/// last read, and its value then.
+#[derive(Default)]
+struct Limits {
+    of: HashMap<IpAddr, (f64, Option<Limit>)>,
+    checked: f64,
+    generation: u32,
 }
 
 /// How often the maps' GENERATION is read, in seconds.
@@ -73,29 +82,28 @@ impl Service {
     fn address_limit(&self, address: IpAddr) -> Option<Limit> {
         let now = self.now();
         {
-            let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-            let (limits, checked, generation) = &mut *guard;
-            if now - *checked >= GENERATION_EVERY {
-                *checked = now;
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            if now - limits.checked >= GENERATION_EVERY {
+                limits.checked = now;
                 if let Ok(g) = self.maps.generation()
-                    && g != *generation
+                    && g != limits.generation
                 {
-                    *generation = g;
-                    limits.clear();
+                    limits.generation = g;
+                    limits.of.clear();
                 }
             }
-            if let Some((at, limit)) = limits.get(&address)
+            if let Some((at, limit)) = limits.of.get(&address)
                 && now - at < LIMIT_FRESH
             {
                 return *limit;
             }
         }
         let limit = self.maps.limit_for_address(address).ok().flatten();
-        let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.0.len() >= LIMITS_KEPT {
-            guard.0.clear();
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if limits.of.len() >= LIMITS_KEPT {
+            limits.of.clear();
         }
-        guard.0.insert(address, (now, limit));
+        limits.of.insert(address, (now, limit));
         limit
     }
 
